@@ -62,10 +62,16 @@ def load_features(n_train=10_000):
     texts = load_texts(n_train)
     if not path.exists():
         members = {name: _member_embeddings(name, texts, n_train) for name in WEIGHTS}
-        np.savez(path, **{f"{m}_{s}": a for m, d in members.items() for s, a in d.items()})
+        np.savez(
+            path, **{f"{m}_{s}": a for m, d in members.items() for s, a in d.items()}
+        )
     data = np.load(path)
-    out = {"corpus_ids": texts["corpus_ids"], "query_ids": texts["query_ids"],
-           "qrels": {"dev": _qrels("dev"), "test": _qrels("test")}, "members": {}}
+    out = {
+        "corpus_ids": texts["corpus_ids"],
+        "query_ids": texts["query_ids"],
+        "qrels": {"dev": _qrels("dev"), "test": _qrels("test")},
+        "members": {},
+    }
     for split in ("train", "corpus", "queries"):
         parts = [WEIGHTS[m] * data[f"{m}_{split}"] for m in WEIGHTS]
         out[split] = np.hstack(parts).astype(np.float32)
@@ -111,5 +117,7 @@ def ndcg10(queries, corpus, feats, split, *, normalize=True, k=10):
     part = np.take_along_axis(sims, idx, 1)
     order = np.argsort(-part, axis=1, kind="stable")
     idx = np.take_along_axis(idx, order, 1)
-    run = run_from_topk(list(qrels), feats["corpus_ids"], np.take_along_axis(part, order, 1), idx)
+    run = run_from_topk(
+        list(qrels), feats["corpus_ids"], np.take_along_axis(part, order, 1), idx
+    )
     return ndcg_at_k(run, qrels, k)

@@ -6,36 +6,17 @@
 and all queries, plus dev/test qrels. Arrays are cached under ``benchmarks/.cache``.
 """
 
-import gzip
 import json
 from pathlib import Path
 
 import numpy as np
 
+from skfusion.datasets import load_beir, load_passages
 from skfusion.metrics import ndcg_at_k, run_from_topk
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "debian-packages"
 CACHE = Path(__file__).parent / ".cache"
 WEIGHTS = {"minilm": 1.0, "m2v": 0.5, "tfidf": 0.5}
-
-
-def _read_jsonl(path):
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
-
-
-def _texts(rows):
-    return [(r.get("title", "") + " " + r["text"]).strip() for r in rows]
-
-
-def _qrels(split):
-    out = {}
-    with open(DATA / "qrels" / f"{split}.tsv") as f:
-        next(f)
-        for line in f:
-            q, d, s = line.rstrip("\n").split("\t")
-            out.setdefault(q, {})[d] = int(s)
-    return out
 
 
 def _l2(x):
@@ -44,15 +25,14 @@ def _l2(x):
 
 
 def load_texts(n_train=10_000):
-    corpus = _read_jsonl(DATA / "corpus.jsonl.gz")
-    queries = _read_jsonl(DATA / "queries.jsonl.gz")
-    train = _read_jsonl(DATA / "train.jsonl.gz")[:n_train]
+    dev, test = load_beir(DATA, "dev"), load_beir(DATA, "test")
     return {
-        "train": _texts(train),
-        "corpus": _texts(corpus),
-        "queries": [q["text"] for q in queries],
-        "corpus_ids": [r["_id"] for r in corpus],
-        "query_ids": [q["_id"] for q in queries],
+        "train": load_passages(DATA / "train.jsonl.gz", limit=n_train),
+        "corpus": test.corpus_texts,
+        "queries": dev.query_texts + test.query_texts,
+        "corpus_ids": test.corpus_ids,
+        "query_ids": dev.query_ids + test.query_ids,
+        "qrels": {"dev": dev.qrels, "test": test.qrels},
     }
 
 
@@ -62,14 +42,12 @@ def load_features(n_train=10_000):
     texts = load_texts(n_train)
     if not path.exists():
         members = {name: _member_embeddings(name, texts, n_train) for name in WEIGHTS}
-        np.savez(
-            path, **{f"{m}_{s}": a for m, d in members.items() for s, a in d.items()}
-        )
+        np.savez(path, **{f"{m}_{s}": a for m, d in members.items() for s, a in d.items()})
     data = np.load(path)
     out = {
         "corpus_ids": texts["corpus_ids"],
         "query_ids": texts["query_ids"],
-        "qrels": {"dev": _qrels("dev"), "test": _qrels("test")},
+        "qrels": texts["qrels"],
         "members": {},
     }
     for split in ("train", "corpus", "queries"):
@@ -84,7 +62,10 @@ def _member_embeddings(name, texts, n_train):
     splits = ("train", "corpus", "queries")
     if name == "minilm":
         raw = CACHE / "raw"
-        q = np.load(raw / "minilm_queries.npy")
+        pos = {
+            q: i for i, q in enumerate(json.loads((raw / "ids_queries.json").read_text()))
+        }
+        q = np.load(raw / "minilm_queries.npy")[[pos[i] for i in texts["query_ids"]]]
         c = np.load(raw / "minilm_corpus.npy")
         t = np.load(raw / "minilm_train.npy")[:n_train]
         return {"train": _l2(t), "corpus": _l2(c), "queries": _l2(q)}

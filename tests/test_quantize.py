@@ -1,0 +1,245 @@
+"""PercentileQuantizer and the bit-packing helpers."""
+
+import subprocess
+import sys
+
+import joblib
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.preprocessing import KBinsDiscretizer
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from skfusion.quantize import PercentileQuantizer, pack_codes, unpack_codes
+
+
+def _data(n=500, d=6, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((n, d)) * np.arange(1, d + 1)).astype(np.float32)
+
+
+@parametrize_with_checks(
+    [PercentileQuantizer(), PercentileQuantizer(bits=3, pack=True, subsample=50)]
+)
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+def test_codes_follow_the_paper_formula_literally():
+    X = _data()
+    for bits in (1, 2, 3, 4, 8):
+        q = PercentileQuantizer(bits=bits).fit(X)
+        X64 = X.astype(np.float64)
+        expected = np.zeros(X.shape, dtype=np.int64)
+        for j in range(X.shape[1]):
+            for k in range(1, 2**bits):
+                tau = np.percentile(X64[:, j], 100 * k / 2**bits)
+                assert q.thresholds_[j, k - 1] == tau
+                expected[:, j] += X64[:, j] > tau
+        codes = q.transform(X)
+        assert codes.dtype == np.uint8
+        np.testing.assert_array_equal(codes, expected)
+
+
+def test_float32_rounding_matches_float64_formula_at_the_edges():
+    X = _data(200, 3)
+    q = PercentileQuantizer(bits=4).fit(X.astype(np.float64))
+    # Values right at, just above and just below every float64 break-point.
+    t = q.thresholds_.astype(np.float32)
+    probe = np.concatenate(
+        [t, np.nextafter(t, np.float32(np.inf)), np.nextafter(t, np.float32(-np.inf))],
+        axis=1,
+    ).T.astype(np.float32)
+    expected = (probe.astype(np.float64)[:, :, None] > q.thresholds_[None]).sum(2)
+    np.testing.assert_array_equal(q.transform(probe), expected)
+    np.testing.assert_array_equal(q.transform(probe.astype(np.float64)), expected)
+
+
+def test_bucket_values_and_inverse_transform():
+    X = _data(4000, 4)
+    q = PercentileQuantizer(bits=3).fit(X)
+    codes = q.transform(X)
+    rec = q.inverse_transform(codes)
+    assert rec.dtype == np.float32 and rec.shape == X.shape
+    for j in range(4):
+        for b in range(8):
+            np.testing.assert_allclose(
+                q.bucket_values_[j, b], X[codes[:, j] == b, j].mean(), rtol=1e-5
+            )
+    # More bits reconstruct better.
+    errs = [
+        np.abs(
+            PercentileQuantizer(bits=b)
+            .fit(X)
+            .inverse_transform(PercentileQuantizer(bits=b).fit(X).transform(X))
+            - X
+        ).mean()
+        for b in (1, 2, 4)
+    ]
+    assert errs[0] > errs[1] > errs[2]
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_pack_roundtrip_and_packed_inverse(bits):
+    X = _data(300, 7)
+    plain = PercentileQuantizer(bits=bits).fit(X)
+    packed = PercentileQuantizer(bits=bits, pack=True).fit(X)
+    p = packed.transform(X)
+    assert p.shape == (300, -(-7 * bits // 8)) and p.dtype == np.uint8
+    np.testing.assert_array_equal(unpack_codes(p, bits, 7), plain.transform(X))
+    np.testing.assert_array_equal(
+        packed.inverse_transform(p), plain.inverse_transform(plain.transform(X))
+    )
+    assert len(packed.get_feature_names_out()) == p.shape[1]
+
+
+def test_constant_and_tied_dimensions_give_documented_codes():
+    X = np.zeros((40, 3))
+    X[:, 1] = np.r_[np.zeros(36), 1.0, 2.0, 3.0, 4.0]  # 90% ties
+    X[:, 2] = np.arange(40)
+    q = PercentileQuantizer(bits=3).fit(X)
+    assert np.isfinite(q.thresholds_).all() and np.isfinite(q.bucket_values_).all()
+    np.testing.assert_array_equal(q.thresholds_[0], 0.0)
+    codes = q.transform(np.array([[0.0, 0.0, 0.0], [0.5, 4.0, 39.0]]))
+    np.testing.assert_array_equal(codes[0, :2], [0, 0])  # equal to the constant: 0
+    np.testing.assert_array_equal(codes[1, :2], [7, 7])  # above it: top code
+    # Empty buckets of the constant dimension reconstruct to the constant.
+    np.testing.assert_array_equal(q.bucket_values_[0], 0.0)
+    np.testing.assert_array_equal(np.bincount(q.transform(X)[:, 2]), [5] * 8)
+
+
+def test_subsample_is_seeded():
+    X = _data(3000, 3)
+    a = PercentileQuantizer(bits=2, subsample=100, random_state=0).fit(X)
+    b = PercentileQuantizer(bits=2, subsample=100, random_state=0).fit(X)
+    c = PercentileQuantizer(bits=2, subsample=100, random_state=1).fit(X)
+    np.testing.assert_array_equal(a.thresholds_, b.thresholds_)
+    assert not np.array_equal(a.thresholds_, c.thresholds_)
+
+
+def test_same_buckets_as_kbinsdiscretizer_on_continuous_data():
+    X = _data(2000, 3)
+    ours = PercentileQuantizer(bits=2).fit(X).transform(X)
+    kb = KBinsDiscretizer(
+        n_bins=4,
+        encode="ordinal",
+        strategy="quantile",
+        quantile_method="linear",
+        subsample=None,
+    ).fit(X.astype(np.float64))
+    # KBins puts values equal to an edge in the upper bin; none are equal here.
+    agree = (kb.transform(X.astype(np.float64)) == ours).mean()
+    assert agree > 0.998
+
+
+@pytest.mark.parametrize("bits", [0, 9, 2.5, "2"])
+def test_bad_bits(bits):
+    with pytest.raises(ValueError, match="bits"):
+        PercentileQuantizer(bits=bits).fit(_data())
+
+
+def test_bad_inputs():
+    X = _data()
+    with pytest.raises(ValueError, match="n_samples=3"):
+        PercentileQuantizer(bits=2).fit(X[:3])
+    for bad in (np.nan, np.inf):
+        Xb = X.copy()
+        Xb[3, 1] = bad
+        with pytest.raises(ValueError, match="NaN|infinity"):
+            PercentileQuantizer().fit(Xb)
+    q = PercentileQuantizer().fit(X)
+    with pytest.raises(ValueError, match="features"):
+        q.transform(X[:, :4])
+    with pytest.raises(NotFittedError):
+        PercentileQuantizer().transform(X)
+    with pytest.raises(TypeError, match="integers"):
+        q.inverse_transform(X)
+    with pytest.raises(ValueError, match="0..3"):
+        q.inverse_transform(np.full((2, 6), 4, dtype=np.uint8))
+    with pytest.raises(ValueError, match="columns"):
+        q.inverse_transform(np.zeros((2, 5), dtype=np.uint8))
+    with pytest.raises(ValueError, match="0..1"):
+        pack_codes(np.array([[2]]), 1)
+
+
+def test_clone_params_feature_names():
+    q = PercentileQuantizer(bits=4, pack=True, random_state=3)
+    c = clone(q)
+    assert c.get_params() == q.get_params()
+    q.fit(_data(100, 5))
+    assert list(q.get_feature_names_out()) == [f"percentilequantizer{i}" for i in range(3)]
+    q.set_params(pack=False).fit(_data(100, 5))
+    assert len(q.get_feature_names_out()) == 5
+
+
+def test_joblib_roundtrip_in_fresh_process(tmp_path):
+    X = _data(300, 5)
+    q = PercentileQuantizer(bits=3, pack=True, subsample=100, random_state=0).fit(X)
+    joblib.dump((q, X), tmp_path / "q.joblib")
+    code = (
+        "import joblib, numpy as np, sys; q, X = joblib.load(sys.argv[1]); "
+        "np.save(sys.argv[2], q.transform(X)); np.save(sys.argv[3], "
+        "q.inverse_transform(q.transform(X)))"
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            str(tmp_path / "q.joblib"),
+            str(tmp_path / "c.npy"),
+            str(tmp_path / "r.npy"),
+        ],
+        check=True,
+    )
+    np.testing.assert_array_equal(np.load(tmp_path / "c.npy"), q.transform(X))
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "r.npy"), q.inverse_transform(q.transform(X))
+    )
+
+
+_floats = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False, width=32)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    X=arrays(
+        np.float32, st.tuples(st.integers(16, 60), st.integers(1, 4)), elements=_floats
+    ),
+    bits=st.integers(1, 4),
+    data=st.data(),
+)
+def test_codes_are_monotone_in_the_input(X, bits, data):
+    q = PercentileQuantizer(bits=bits).fit(X)
+    a = data.draw(arrays(np.float32, (20, X.shape[1]), elements=_floats))
+    b = data.draw(arrays(np.float32, (20, X.shape[1]), elements=_floats))
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    assert (q.transform(lo) <= q.transform(hi)).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(64, 400), bits=st.integers(1, 4), seed=st.integers(0, 2**16))
+def test_each_bucket_holds_its_share_of_the_calibration_mass(n, bits, seed):
+    # Continuous data (no ties): each bucket holds n / 2**b rows up to rounding.
+    X = np.random.default_rng(seed).standard_normal((n, 2))
+    codes = PercentileQuantizer(bits=bits).fit(X).transform(X)
+    for j in range(2):
+        counts = np.bincount(codes[:, j], minlength=2**bits)
+        assert np.abs(counts - n / 2**bits).max() <= 1.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    bits=st.integers(1, 8),
+    shape=st.tuples(st.integers(0, 6), st.integers(1, 19)),
+    data=st.data(),
+)
+def test_pack_unpack_is_identity(bits, shape, data):
+    codes = data.draw(arrays(np.uint8, shape, elements=st.integers(0, 2**bits - 1)))
+    packed = pack_codes(codes, bits)
+    assert packed.shape == (shape[0], -(-shape[1] * bits // 8))
+    np.testing.assert_array_equal(unpack_codes(packed, bits, shape[1]), codes)

@@ -1,0 +1,229 @@
+"""skfusion.search: exact top-k over floats, packed bits and percentile codes."""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from skfusion.lsh import RandomProjectionLSH
+from skfusion.quantize import PercentileQuantizer
+from skfusion.search import search, spread_weights
+
+PATHS = [False, pytest.param(True, id="faiss")]
+
+
+def _faiss_or_skip(use_faiss):
+    if use_faiss:
+        pytest.importorskip("faiss")
+    return use_faiss
+
+
+def _brute(S, k):
+    """Reference: full float64 score matrix, (score desc, index asc)."""
+    idx = np.broadcast_to(np.arange(S.shape[1]), S.shape)
+    order = np.lexsort((idx, -S), axis=1)[:, :k]
+    return np.take_along_axis(S, order, 1), order
+
+
+def _data(n_db=700, n_q=40, d=16, seed=0):
+    rng = np.random.default_rng(seed)
+    return (
+        rng.standard_normal((n_q, d)).astype(np.float32),
+        rng.standard_normal((n_db, d)).astype(np.float32),
+    )
+
+
+def _l2(X):
+    return X / np.linalg.norm(X, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("use_faiss", PATHS)
+@pytest.mark.parametrize("batch_size", [1, 33, 10_000])
+def test_float_metrics_match_brute_force(use_faiss, batch_size):
+    _faiss_or_skip(use_faiss)
+    Q, D = _data()
+    w = np.random.default_rng(3).uniform(0, 2, 16)
+    for metric, S in [
+        ("cosine", _l2(Q).astype(np.float64) @ _l2(D).T.astype(np.float64)),
+        ("ip", Q.astype(np.float64) @ D.T.astype(np.float64)),
+    ]:
+        s, i = search(Q, D, 7, metric=metric, batch_size=batch_size, use_faiss=use_faiss)
+        ref_s, ref_i = _brute(S, 7)
+        np.testing.assert_array_equal(i, ref_i)
+        np.testing.assert_allclose(s, ref_s, rtol=1e-6)
+    s, i = search(
+        Q, D, 7, metric="ip", weights=w, batch_size=batch_size, use_faiss=use_faiss
+    )
+    ref_s, ref_i = _brute((Q * w).astype(np.float64) @ D.T.astype(np.float64), 7)
+    np.testing.assert_array_equal(i, ref_i)
+
+
+def test_auto_metric_is_cosine_for_floats():
+    Q, D = _data()
+    np.testing.assert_array_equal(
+        search(Q, D * 5.0, 5)[1], search(Q, D, 5, metric="cosine")[1]
+    )
+
+
+@pytest.mark.parametrize("use_faiss", PATHS)
+def test_ties_go_to_the_lower_index_on_both_paths(use_faiss):
+    _faiss_or_skip(use_faiss)
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((20, 8)).astype(np.float32)
+    D = np.tile(base, (40, 1))  # every row repeated 40 times, far beyond k2
+    Q = base[:5] + 0.01 * rng.standard_normal((5, 8)).astype(np.float32)
+    s, i = search(Q, D, 45, batch_size=64, use_faiss=use_faiss)
+    best = np.argmax(_l2(Q) @ _l2(base).T, axis=1)
+    for r in range(5):
+        np.testing.assert_array_equal(i[r, :40], best[r] + 20 * np.arange(40))
+        assert len(set(s[r, :40])) == 1
+    bits = RandomProjectionLSH(64, random_state=0).fit(D).transform(D)
+    s, i = search(bits[:3], bits, 45, batch_size=64, use_faiss=use_faiss)
+    np.testing.assert_array_equal(i[:, :40], np.arange(3)[:, None] + 20 * np.arange(40))
+    np.testing.assert_array_equal(s[:, :40], 64)
+
+
+@pytest.mark.parametrize("batch_size", [5, 1000])
+def test_faiss_and_numpy_paths_are_identical(batch_size):
+    pytest.importorskip("faiss")
+    Q, D = _data(n_db=900, d=24)
+    q = PercentileQuantizer(bits=2).fit(D)
+    w = spread_weights(q, 1.0)
+    lsh = RandomProjectionLSH(128, random_state=0).fit(D)
+    cases = [
+        dict(queries=Q, database=D, metric="cosine"),
+        dict(queries=Q, database=D, metric="ip"),
+        dict(queries=lsh.transform(Q), database=lsh.transform(D), metric="hamming"),
+        dict(queries=q.transform(Q), database=q.transform(D), metric="codes", quantizer=q),
+        dict(
+            queries=q.transform(Q),
+            database=q.transform(D),
+            metric="codes",
+            quantizer=q,
+            weights=w,
+        ),
+        dict(queries=Q, database=q.transform(D), metric="asymmetric", quantizer=q),
+        dict(queries=Q, database=q.transform(D), metric="reconstruct", quantizer=q),
+    ]
+    for case in cases:
+        a = search(k=12, batch_size=batch_size, use_faiss=False, **case)
+        b = search(k=12, batch_size=batch_size, use_faiss=True, **case)
+        np.testing.assert_array_equal(a[0], b[0], err_msg=case["metric"])
+        np.testing.assert_array_equal(a[1], b[1], err_msg=case["metric"])
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_code_metrics_match_their_definitions(pack):
+    Q, D = _data(n_db=500, d=12)
+    q = PercentileQuantizer(bits=2, pack=pack).fit(D)
+    plain = PercentileQuantizer(bits=2).fit(D)
+    cq, cd = plain.transform(Q) - 1.5, plain.transform(D) - 1.5
+    w = spread_weights(q, 0.5)
+    # Symmetric: centred codes against centred codes, weighted.
+    s, i = search(
+        q.transform(Q), q.transform(D), 9, quantizer=q, weights=w, use_faiss=False
+    )
+    ref_s, ref_i = _brute((cq * w).astype(np.float64) @ cd.T, 9)
+    np.testing.assert_array_equal(i, ref_i)
+    np.testing.assert_allclose(s, ref_s, rtol=1e-6)
+    # "auto" with float queries and a quantizer is asymmetric.
+    s, i = search(Q, q.transform(D), 9, quantizer=q, use_faiss=False)
+    np.testing.assert_array_equal(i, _brute(Q.astype(np.float64) @ cd.T, 9)[1])
+    rec = plain.inverse_transform(plain.transform(D)).astype(np.float64)
+    s, i = search(Q, q.transform(D), 9, metric="reconstruct", quantizer=q)
+    np.testing.assert_array_equal(i, _brute(Q.astype(np.float64) @ rec.T, 9)[1])
+
+
+def test_spread_weights():
+    X = np.random.default_rng(0).standard_normal((400, 3)) * [1.0, 4.0, 0.0]
+    q = PercentileQuantizer(bits=2).fit(X)
+    np.testing.assert_allclose(spread_weights(q, 0.0), [1.5, 1.5, 0.0])
+    w = spread_weights(q, 1.0)
+    assert w.mean() == pytest.approx(1.0) and w[2] == 0
+    assert w[1] / w[0] == pytest.approx(q.std_[1] / q.std_[0], rel=1e-6)
+    with pytest.raises(ValueError, match="fitted"):
+        spread_weights(PercentileQuantizer())
+
+
+def test_k_larger_than_database_is_clamped():
+    Q, D = _data(n_db=6)
+    s, i = search(Q, D, 10)
+    assert s.shape == i.shape == (40, 6)
+    assert (np.sort(i, axis=1) == np.arange(6)).all()
+
+
+def test_memory_is_bounded_by_batch_size():
+    Q, D = _data(n_db=200_000, n_q=300, d=8)
+    tracemalloc.start()
+    search(Q, D, 10, batch_size=2048, use_faiss=False)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    full = Q.shape[0] * D.shape[0] * 4  # the n_queries x n_db float32 matrix: 240 MB
+    assert peak < full / 10
+
+
+def test_bad_inputs():
+    Q, D = _data()
+    q = PercentileQuantizer(bits=2).fit(D)
+    codes = q.transform(D)
+    bits = np.zeros((5, 8), dtype=np.uint8)
+    with pytest.raises(ValueError, match="columns"):
+        search(Q[:, :5], D)
+    with pytest.raises(ValueError, match="bytes per row"):
+        search(bits[:, :4], bits, metric="hamming")
+    with pytest.raises(TypeError, match="quantizer"):
+        search(Q, codes)  # float vs uint8 without the quantizer
+    with pytest.raises(TypeError, match="dtype"):
+        search(codes, D)
+    with pytest.raises(TypeError, match="hamming"):
+        search(Q, D, metric="hamming")
+    with pytest.raises(ValueError, match="quantizer"):
+        search(Q, codes, metric="asymmetric")
+    with pytest.raises(TypeError, match="float queries"):
+        search(codes, codes, metric="asymmetric", quantizer=q)
+    with pytest.raises(ValueError, match="columns"):
+        search(Q, codes[:, :3], quantizer=q)
+    for k in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="k must"):
+            search(Q, D, k)
+    with pytest.raises(ValueError, match="metric"):
+        search(Q, D, metric="l2")
+    Qn = Q.copy()
+    Qn[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        search(Qn, D)
+    with pytest.raises(ValueError, match="NaN"):
+        search(Q, np.vstack([D, np.full((1, 16), np.inf, np.float32)]))
+    with pytest.raises(ValueError, match="weights"):
+        search(Q, D, weights=np.ones(3))
+    with pytest.raises(ValueError, match="non-negative"):
+        search(Q, D, weights=-np.ones(16))
+    with pytest.raises(ValueError, match="weights"):
+        search(bits, bits, metric="hamming", weights=np.ones(64))
+    with pytest.raises(ValueError, match="2-D"):
+        search(Q[0], D)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.data(),
+    n_bytes=st.integers(1, 20),
+    n_db=st.integers(1, 80),
+    k=st.integers(1, 90),
+    batch_size=st.integers(1, 50),
+)
+def test_hamming_equals_brute_force(data, n_bytes, n_db, k, batch_size):
+    # Few distinct byte values give many equal distances: ties are the hard part.
+    byte = st.sampled_from([0, 1, 3, 255])
+    D = data.draw(arrays(np.uint8, (n_db, n_bytes), elements=byte))
+    Q = data.draw(arrays(np.uint8, (4, n_bytes), elements=byte))
+    ub = lambda x: np.unpackbits(x, axis=1).astype(np.int64)  # noqa: E731
+    dist = (ub(Q)[:, None, :] != ub(D)[None, :, :]).sum(-1)
+    ref_s, ref_i = _brute(-dist.astype(np.float64), min(k, n_db))
+    for use_faiss in (False, "auto"):
+        s, i = search(Q, D, k, metric="hamming", batch_size=batch_size, use_faiss=use_faiss)
+        np.testing.assert_array_equal(i, ref_i)
+        np.testing.assert_array_equal(s, 8 * n_bytes + ref_s)

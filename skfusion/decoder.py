@@ -1,0 +1,634 @@
+"""Matryoshka decoder: a linear layer that compresses a concatenation of embeddings.
+
+:class:`MatryoshkaDecoder` trains one linear layer (weight and bias) with the paper's
+Matryoshka pairwise-cosine loss so that every prefix of its output (the "stops")
+preserves the input's cosine similarities. Training uses torch; the fitted weights are
+numpy arrays, so ``transform`` is a numpy matmul and a fitted decoder loads and runs
+without torch.
+"""
+
+import time
+from numbers import Integral, Real
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
+
+from ._compat import Interval, StrOptions, _fit_context, validate_data
+
+__all__ = ["MatryoshkaDecoder"]
+
+# Rows per block when streaming statistics over (possibly memory-mapped) inputs.
+_BLOCK = 8192
+
+
+def _batches(indices, batch_size):
+    """Split ``indices`` into batches; a trailing batch of one row joins the previous."""
+    batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
+    if len(batches) > 1 and len(batches[-1]) < 2:
+        batches[-2] = np.concatenate([batches[-2], batches.pop()])
+    return [b for b in batches if len(b) >= 2]
+
+
+def _rows(X, idx):
+    """Rows ``idx`` of ``X`` as a float32 array; sorted reads keep memmaps sequential."""
+    return np.ascontiguousarray(X[np.sort(idx)], dtype=np.float32)
+
+
+class _Moments:
+    """Streaming mean and covariance of the inputs (float64 accumulators).
+
+    Sums are taken around a fixed shift (the first block's mean) so the float64
+    second-moment matrix does not lose precision to a large mean.
+    """
+
+    def __init__(self, n_features):
+        self.n = 0
+        self.shift = None
+        self.s1 = np.zeros(n_features)
+        self.s2 = np.zeros((n_features, n_features))
+
+    def update(self, X):
+        for start in range(0, X.shape[0], _BLOCK):
+            block = np.asarray(X[start : start + _BLOCK], dtype=np.float32)
+            if self.shift is None:
+                self.shift = block.mean(axis=0)
+            block = block - self.shift
+            self.n += block.shape[0]
+            self.s1 += block.sum(axis=0, dtype=np.float64)
+            self.s2 += (block.T @ block).astype(np.float64)
+
+    @property
+    def mean(self):
+        return self.shift + self.s1 / self.n
+
+    @property
+    def covariance(self):
+        m = self.s1 / self.n
+        return self.s2 / self.n - np.outer(m, m)
+
+
+def _principal_axes(cov):
+    """Eigenvalues (descending, >= 0) and unit eigenvectors (rows) with fixed signs."""
+    vals, vecs = np.linalg.eigh(cov)
+    order = np.argsort(vals)[::-1]
+    vals = np.clip(vals[order], 0.0, None)
+    vecs = vecs[:, order].T
+    # Deterministic signs: the largest-magnitude entry of each axis is positive.
+    signs = np.sign(vecs[np.arange(len(vecs)), np.abs(vecs).argmax(axis=1)])
+    signs[signs == 0] = 1.0
+    return vals, vecs * signs[:, None]
+
+
+def _power(values, exponent):
+    """``values ** -exponent`` with tiny values floored (relative to the largest)."""
+    floor = max(float(np.max(values, initial=0.0)) * 1e-6, 1e-12)
+    return np.maximum(values, floor) ** (-exponent)
+
+
+class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """Linear decoder trained with a Matryoshka pairwise-cosine loss.
+
+    Maps each (L2-normalised, concatenated) input row ``z`` to ``h = W z + b`` with
+    ``n_components`` outputs. Training minimises, for each batch of ``B`` rows, the
+    mean over the ``stops`` ``s`` of
+    ``sum_{i != j} w_ij (cos(h_i[:s], h_j[:s]) - t_ij) ** 2 / sum_{i != j} w_ij``,
+    where ``t_ij`` is the cosine of the inputs (the paper's loss when
+    ``neighbor_weight=0`` and ``target_whiten=0``). Any prefix ``h[:s]`` at a stop is a
+    good embedding by itself; ``output_dim`` picks one.
+
+    Parameters
+    ----------
+    n_components : int, default=768
+        Width of the linear layer's output.
+    stops : array-like of int, default=(32, 64, 128, 200, 256, 300, 384, 512, 768)
+        Strictly increasing prefix widths the loss is averaged over (the paper's
+        Matryoshka stops); each must be ``<= n_components``. ``None`` uses one stop at
+        ``n_components`` (the plain pairwise loss, no Matryoshka prefixes).
+    output_dim : int, default=None
+        Width returned by ``transform`` (the first ``output_dim`` outputs); ``None``
+        returns all ``n_components``. Used at transform time only: change it with
+        ``set_params`` after fitting, no refit needed.
+    init : {"pca", "random"}, default="pca"
+        Starting weights. ``"pca"``: the top principal axes of the inputs (bias from
+        their mean), so training starts from PCA. ``"random"``: torch's default uniform
+        initialisation of a linear layer, as in the paper.
+    loss : {"pairwise_mse"}, default="pairwise_mse"
+        The training objective; see the formula above and ``neighbor_weight``.
+    neighbor_weight : float, default=0.0
+        Extra weight on each row's nearest neighbours in the batch:
+        ``w_ij = 1 + neighbor_weight * (B - 1) * softmax_{j != i}(t_ij / 0.05)``, so a
+        row's neighbours carry ``neighbor_weight`` times the weight of all its pairs.
+        Retrieval quality lives at the top of the ranking. 0 gives uniform weights.
+    target_whiten : float, default=0.0
+        Exponent of the partial whitening applied to the targets: ``t_ij`` is the
+        cosine of ``(z - mean)`` projected on the inputs' principal axes, each scaled by
+        ``variance ** -target_whiten`` (statistics of the training inputs). ``0`` uses
+        the raw input cosines (the paper). With ``init="pca"`` the starting weights are
+        scaled the same way, so training starts from whitened PCA.
+    whiten : float, default=0.0
+        Exponent of a post-hoc output scaling: output ``k`` is multiplied by
+        ``explained_variance_[k] ** -whiten`` before normalisation (0.5 is full
+        whitening). Used at transform time only (no refit), so it is cheap to tune.
+    max_epochs : int, default=20
+        Passes over the training rows in ``fit``; 0 keeps the initial weights (with
+        ``init="pca"`` the decoder is then plain PCA).
+    batch_size : int, default=1024
+        Rows per batch (the loss compares all pairs in a batch).
+    learning_rate : float, default=1e-4
+        AdamW step size.
+    weight_decay : float, default=0.0
+        AdamW decoupled weight decay.
+    validation_fraction : float, default=0.1
+        Share of the rows held out for early stopping (at least 2 rows); used only when
+        ``early_stopping=True``.
+    early_stopping : bool, default=True
+        Stop when the held-out loss has not improved by ``tol`` for
+        ``n_iter_no_change`` epochs and keep the weights of the best epoch.
+    n_iter_no_change : int, default=3
+        Patience of early stopping, in epochs.
+    tol : float, default=1e-6
+        Minimum decrease of the held-out loss that counts as an improvement.
+    normalize : bool, default=True
+        L2-normalise the rows returned by ``transform`` (transform time only).
+    device : str, default=None
+        Torch device for training (``"cpu"``, ``"cuda"``, ...). ``None`` uses CUDA when
+        available, else the CPU; resolved in ``fit`` and never written back. The fitted
+        weights are numpy arrays, so the decoder always loads and transforms on a
+        CPU-only machine.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the random initialisation, the validation split and the batch order
+        (through a local ``torch.Generator``; nothing is seeded globally). Training is
+        deterministic on the CPU for a fixed value.
+    verbose : bool, default=False
+        Print the training and validation loss after every epoch.
+
+    Attributes
+    ----------
+    components_ : ndarray of shape (n_components, n_features_in_), dtype float32
+        Weight of the linear layer.
+    bias_ : ndarray of shape (n_components,), dtype float32
+        Bias of the linear layer.
+    explained_variance_ : ndarray of shape (n_components,), dtype float32
+        Variance of each output on the training inputs (exact, from their covariance);
+        used by ``whiten``.
+    mean_ : ndarray of shape (n_features_in_,), dtype float32
+        Mean of the training inputs.
+    loss_curve_ : list of float
+        Mean training loss of each epoch.
+    validation_loss_curve_ : list of float or None
+        Held-out loss after each epoch; ``None`` without early stopping.
+    best_validation_loss_ : float or None
+        Lowest held-out loss (the kept weights); ``None`` without early stopping.
+    n_iter_ : int
+        Epochs run (``fit``) or batches seen (``partial_fit``).
+    n_samples_seen_ : int
+        Rows used for the input statistics (all rows given to ``fit`` or to every
+        ``partial_fit`` call so far).
+    n_features_in_ : int
+        Number of features seen during ``fit``.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen during ``fit``; only when ``X`` has string feature names.
+
+    See Also
+    --------
+    sklearn.decomposition.PCA : The linear baseline; ``init="pca", max_epochs=0`` gives
+        the same subspace, and ``whiten`` its partially whitened variant.
+
+    Notes
+    -----
+    The loss is computed efficiently: target cosines once per batch, prefix norms from
+    a cumulative sum of squares, prefix Gram matrices built incrementally, so all stops
+    together cost about one ``B x B x n_components`` matmul.
+
+    ``fit`` streams over ``X`` in row blocks and gathers each batch separately, so an
+    ``np.memmap`` is never loaded whole. ``partial_fit`` runs one pass over each chunk
+    (no early stopping): the first call initialises the weights (``init="pca"`` uses
+    the first chunk's principal axes) and the input statistics accumulate over chunks.
+
+    Training is single-process (no DataLoader workers), so ``GridSearchCV(n_jobs>1)``
+    is safe. The paper trains on the outputs of frozen models for 500,000 Wikipedia
+    passages; ``init="pca"`` and ``target_whiten`` are this library's additions.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skfusion.decoder import MatryoshkaDecoder
+    >>> rng = np.random.default_rng(0)
+    >>> Z = rng.normal(size=(200, 24)).astype(np.float32)
+    >>> Z /= np.linalg.norm(Z, axis=1, keepdims=True)
+    >>> dec = MatryoshkaDecoder(n_components=8, stops=(4, 8), max_epochs=2,
+    ...                         random_state=0).fit(Z)
+    >>> dec.transform(Z).shape
+    (200, 8)
+    >>> dec.set_params(output_dim=4).transform(Z).shape
+    (200, 4)
+    """
+
+    _parameter_constraints: dict = {
+        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "stops": ["array-like", None],
+        "output_dim": [Interval(Integral, 1, None, closed="left"), None],
+        "init": [StrOptions({"pca", "random"})],
+        "loss": [StrOptions({"pairwise_mse"})],
+        "neighbor_weight": [Interval(Real, 0, None, closed="left")],
+        "target_whiten": [Interval(Real, 0, 1, closed="both")],
+        "whiten": [Interval(Real, 0, 1, closed="both")],
+        "max_epochs": [Interval(Integral, 0, None, closed="left")],
+        "batch_size": [Interval(Integral, 2, None, closed="left")],
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "early_stopping": ["boolean"],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "normalize": ["boolean"],
+        "device": [str, None],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        n_components=768,
+        stops=(32, 64, 128, 200, 256, 300, 384, 512, 768),
+        *,
+        output_dim=None,
+        init="pca",
+        loss="pairwise_mse",
+        neighbor_weight=0.0,
+        target_whiten=0.0,
+        whiten=0.0,
+        max_epochs=20,
+        batch_size=1024,
+        learning_rate=1e-4,
+        weight_decay=0.0,
+        validation_fraction=0.1,
+        early_stopping=True,
+        n_iter_no_change=3,
+        tol=1e-6,
+        normalize=True,
+        device=None,
+        random_state=None,
+        verbose=False,
+    ):
+        self.n_components = n_components
+        self.stops = stops
+        self.output_dim = output_dim
+        self.init = init
+        self.loss = loss
+        self.neighbor_weight = neighbor_weight
+        self.target_whiten = target_whiten
+        self.whiten = whiten
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.validation_fraction = validation_fraction
+        self.early_stopping = early_stopping
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
+        self.normalize = normalize
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ checks
+    def _check_stops(self):
+        if self.stops is None:
+            return [self.n_components]
+        stops = np.asarray(self.stops)
+        if stops.ndim != 1 or stops.size == 0 or not np.issubdtype(stops.dtype, np.integer):
+            raise ValueError(
+                "stops must be a non-empty 1-d sequence of int, got "
+                f"{self.stops!r}; e.g. stops=(32, 64, 128)."
+            )
+        if np.any(np.diff(stops) <= 0) or stops[0] < 1:
+            raise ValueError(
+                f"stops must be positive and strictly increasing, got {self.stops!r}."
+            )
+        if stops[-1] > self.n_components:
+            raise ValueError(
+                f"stops must not exceed n_components={self.n_components}, got a stop "
+                f"of {int(stops[-1])}; lower the stop or raise n_components."
+            )
+        return [int(s) for s in stops]
+
+    def _check_output_dim(self):
+        if self.output_dim is not None and self.output_dim > self.n_components:
+            raise ValueError(
+                f"output_dim={self.output_dim} exceeds n_components="
+                f"{self.n_components}; use output_dim <= n_components or None."
+            )
+
+    @property
+    def _n_features_out(self):
+        return self.n_components if self.output_dim is None else self.output_dim
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
+
+    # ------------------------------------------------------------------ training
+    def _setup(self, X, rng, torch):
+        """Input statistics, target whitening and initial weights from ``X``."""
+        d = X.shape[1]
+        moments = _Moments(d)
+        moments.update(X)
+        self._moments = moments
+        mean = moments.mean
+        self.mean_ = mean.astype(np.float32)
+        need_axes = self.init == "pca" or self.target_whiten > 0
+        if need_axes:
+            variances, axes = _principal_axes(moments.covariance)
+        if self.target_whiten > 0:
+            scale = _power(variances, self.target_whiten)
+            self._target_map = (axes.T * scale).astype(np.float32)
+        else:
+            self._target_map = None
+
+        gen = torch.Generator().manual_seed(int(rng.randint(np.iinfo(np.int32).max)))
+        # torch.nn.Linear's default initialisation (the paper's starting point).
+        bound = 1.0 / np.sqrt(d)
+        W = (torch.rand(self.n_components, d, generator=gen) * 2 - 1) * bound
+        b = (torch.rand(self.n_components, generator=gen) * 2 - 1) * bound
+        W, b = W.numpy().astype(np.float32), b.numpy().astype(np.float32)
+        if self.init == "pca":
+            k = min(self.n_components, d)
+            top = axes[:k]
+            if self.target_whiten > 0:
+                top = top * _power(variances[:k], self.target_whiten)[:, None]
+            W[:k] = top
+            b[:k] = -(top @ mean)
+        self.components_, self.bias_ = W, b
+
+    def _targets(self, Zb, torch):
+        from ._losses import cosine_gram
+
+        if self._target_map is None:
+            return cosine_gram(Zb)
+        centred = Zb - torch.as_tensor(self.mean_, device=Zb.device)
+        return cosine_gram(centred @ torch.as_tensor(self._target_map, device=Zb.device))
+
+    def _batch_loss(self, layer, Zb, stops, torch):
+        from ._losses import matryoshka_pairwise_mse, neighbor_weights
+
+        target = self._targets(Zb, torch)
+        weights = None
+        if self.neighbor_weight > 0:
+            weights = neighbor_weights(target, self.neighbor_weight)
+        return matryoshka_pairwise_mse(layer(Zb), target, stops, weights)
+
+    def _make_layer(self, torch, device):
+        layer = torch.nn.Linear(self.n_features_in_, self.n_components)
+        with torch.no_grad():
+            layer.weight.copy_(torch.from_numpy(self.components_))
+            layer.bias.copy_(torch.from_numpy(self.bias_))
+        return layer.to(device)
+
+    def _store_layer(self, layer):
+        self.components_ = layer.weight.detach().cpu().numpy().astype(np.float32)
+        self.bias_ = layer.bias.detach().cpu().numpy().astype(np.float32)
+
+    def _finish(self):
+        cov = self._moments.covariance
+        W = self.components_.astype(np.float64)
+        var = np.einsum("kd,de,ke->k", W, cov, W)
+        self.explained_variance_ = np.clip(var, 0.0, None).astype(np.float32)
+        self.n_samples_seen_ = int(self._moments.n)
+
+    def _epoch(self, X, batches, layer, opt, stops, device, torch):
+        total, count = 0.0, 0
+        for idx in batches:
+            Zb = torch.from_numpy(_rows(X, idx)).to(device)
+            loss = self._batch_loss(layer, Zb, stops, torch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+        return total / max(count, 1)
+
+    def _evaluate(self, X, batches, layer, stops, device, torch):
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for idx in batches:
+                Zb = torch.from_numpy(_rows(X, idx)).to(device)
+                total += float(self._batch_loss(layer, Zb, stops, torch)) * len(idx)
+                count += len(idx)
+        return total / max(count, 1)
+
+    def _resolve_device(self, torch):
+        if self.device is not None:
+            return torch.device(self.device)
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Fit the decoder on the rows of ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Concatenated embeddings (typically L2-normalised rows); an ``np.memmap``
+            is streamed, never loaded whole.
+        y : None
+            Ignored. Present for API consistency by convention.
+
+        Returns
+        -------
+        self : MatryoshkaDecoder
+            The fitted decoder.
+        """
+        import torch
+
+        X = validate_data(
+            self,
+            X,
+            dtype=[np.float64, np.float32],
+            copy=False,
+            ensure_min_samples=2,
+            reset=True,
+        )
+        stops = self._check_stops()
+        self._check_output_dim()
+        n = X.shape[0]
+        rng = check_random_state(self.random_state)
+        order = rng.permutation(n)
+        if self.early_stopping:
+            n_val = max(2, int(round(self.validation_fraction * n)))
+            if n - n_val < 2:
+                raise ValueError(
+                    f"early_stopping with validation_fraction={self.validation_fraction}"
+                    f" leaves fewer than 2 training rows out of n_samples={n}; pass "
+                    "more rows or early_stopping=False."
+                )
+            val_idx, train_idx = order[:n_val], order[n_val:]
+        else:
+            val_idx, train_idx = None, order
+        self._rng = rng  # continues the stream for later partial_fit calls
+        self._setup(X, rng, torch)
+        self._optimizer_state = None
+        self.loss_curve_ = []
+        self.validation_loss_curve_ = [] if self.early_stopping else None
+        self.best_validation_loss_ = None
+        self.n_iter_ = 0
+        if self.max_epochs > 0:
+            self._train(X, train_idx, val_idx, stops, rng, torch)
+        self._finish()
+        return self
+
+    def _train(self, X, train_idx, val_idx, stops, rng, torch):
+        device = self._resolve_device(torch)
+        layer = self._make_layer(torch, device)
+        opt = torch.optim.AdamW(
+            layer.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
+        )
+        val_batches = None if val_idx is None else _batches(val_idx, self.batch_size)
+        best, best_state, stale = np.inf, None, 0
+        for epoch in range(self.max_epochs):
+            start = time.perf_counter()
+            batches = _batches(rng.permutation(train_idx), self.batch_size)
+            self.loss_curve_.append(
+                self._epoch(X, batches, layer, opt, stops, device, torch)
+            )
+            self.n_iter_ = epoch + 1
+            msg = f"Epoch {epoch + 1}/{self.max_epochs}: loss={self.loss_curve_[-1]:.6g}"
+            if val_batches is not None:
+                val = self._evaluate(X, val_batches, layer, stops, device, torch)
+                self.validation_loss_curve_.append(val)
+                msg += f", validation loss={val:.6g}"
+                if val < best - self.tol:
+                    stale = 0
+                else:
+                    stale += 1
+                if val < best:
+                    best = val
+                    best_state = {k: v.clone() for k, v in layer.state_dict().items()}
+            if self.verbose:
+                print(f"{msg} ({time.perf_counter() - start:.1f}s)", flush=True)
+            if val_batches is not None and stale >= self.n_iter_no_change:
+                if self.verbose:
+                    print(f"Early stopping after epoch {epoch + 1}.", flush=True)
+                break
+        if best_state is not None:
+            layer.load_state_dict(best_state)
+            self.best_validation_loss_ = float(best)
+        self._store_layer(layer)
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y=None):
+        """Train on one chunk of rows (one pass), for streams larger than memory.
+
+        The first call initialises the weights from this chunk (``init``); later calls
+        continue training (the optimizer state is kept) and add the chunk to the input
+        statistics behind ``explained_variance_``. No early stopping.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            A chunk of concatenated embeddings (at least 2 rows).
+        y : None
+            Ignored. Present for API consistency by convention.
+
+        Returns
+        -------
+        self : MatryoshkaDecoder
+            The updated decoder.
+        """
+        import torch
+
+        first = not hasattr(self, "components_")
+        X = validate_data(
+            self,
+            X,
+            dtype=[np.float64, np.float32],
+            copy=False,
+            ensure_min_samples=2,
+            reset=first,
+        )
+        stops = self._check_stops()
+        self._check_output_dim()
+        if not first and self.components_.shape[0] != self.n_components:
+            raise ValueError(
+                f"n_components changed from {self.components_.shape[0]} to "
+                f"{self.n_components} since the first partial_fit; call fit to restart."
+            )
+        if first:
+            self._rng = check_random_state(self.random_state)
+            self._setup(X, self._rng, torch)
+            self._optimizer_state = None
+            self.loss_curve_ = []
+            self.validation_loss_curve_ = None
+            self.best_validation_loss_ = None
+            self.n_iter_ = 0
+        else:
+            self._moments.update(X)
+        device = self._resolve_device(torch)
+        layer = self._make_layer(torch, device)
+        opt = torch.optim.AdamW(
+            layer.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
+        )
+        if self._optimizer_state is not None:
+            opt.load_state_dict(_state_to_torch(self._optimizer_state, torch, device))
+        batches = _batches(self._rng.permutation(X.shape[0]), self.batch_size)
+        loss = self._epoch(X, batches, layer, opt, stops, device, torch)
+        self.loss_curve_.append(loss)
+        self.n_iter_ += len(batches)
+        if self.verbose:
+            print(f"partial_fit on {X.shape[0]} rows: loss={loss:.6g}", flush=True)
+        self._optimizer_state = _state_to_numpy(opt.state_dict())
+        self._store_layer(layer)
+        self._finish()
+        return self
+
+    # ------------------------------------------------------------------ inference
+    def transform(self, X):
+        """Project ``X`` and return the first ``output_dim`` outputs.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features_in_)
+            Concatenated embeddings.
+
+        Returns
+        -------
+        X_new : ndarray of shape (n_samples, output_dim or n_components)
+            Same float dtype as ``X`` (float32 or float64); rows L2-normalised when
+            ``normalize=True``; outputs scaled by ``explained_variance_ ** -whiten``.
+        """
+        check_is_fitted(self, "components_")
+        self._check_output_dim()
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        k = self._n_features_out
+        W = self.components_[:k].astype(X.dtype, copy=False)
+        H = X @ W.T
+        H += self.bias_[:k].astype(X.dtype, copy=False)
+        if self.whiten:
+            H *= _power(self.explained_variance_[:k].astype(np.float64), self.whiten)
+        if self.normalize:
+            norms = np.linalg.norm(H, axis=1, keepdims=True)
+            H /= np.maximum(norms, np.finfo(H.dtype).tiny)
+        return H.astype(X.dtype, copy=False)
+
+
+def _state_to_numpy(state):
+    out = {"param_groups": state["param_groups"], "state": {}}
+    for key, values in state["state"].items():
+        out["state"][key] = {
+            k: v.detach().cpu().numpy() if hasattr(v, "detach") else v
+            for k, v in values.items()
+        }
+    return out
+
+
+def _state_to_torch(state, torch, device):
+    out = {"param_groups": state["param_groups"], "state": {}}
+    for key, values in state["state"].items():
+        out["state"][key] = {
+            k: torch.as_tensor(v, device="cpu" if k == "step" else device)
+            for k, v in values.items()
+        }
+    return out

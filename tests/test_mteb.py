@@ -233,3 +233,55 @@ def test_run_mteb_wraps_pipelines_and_writes_no_cache(tiny_beir, svd_pipe, _mteb
 def test_import_does_not_need_mteb():
     code = "import sys, skfusion.mteb_task; assert 'mteb' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def _search_run(data, queries, docs, **kwargs):
+    from skfusion.search import search
+
+    scores, idx = search(queries, docs, k=len(docs), **kwargs)
+    # The real scores (not ranks), so ties are ordered by trec_eval's rule as in MTEB.
+    return {
+        q: {data.corpus_ids[j]: float(s) for s, j in zip(srow, irow, strict=True)}
+        for q, srow, irow in zip(data.query_ids, scores, idx, strict=True)
+    }
+
+
+@pytest.mark.parametrize("pack", [False, True])
+@pytest.mark.parametrize("beta", [None, 1.0])
+def test_percentile_codes_use_the_code_similarity(tiny_beir, svd_pipe, pack, beta):
+    pytest.importorskip("skfusion.quantize")
+    pytest.importorskip("skfusion.search")
+    from skfusion.mteb_task import MTEBEncoder
+    from skfusion.quantize import PercentileQuantizer
+    from skfusion.search import spread_weights
+
+    quant = PercentileQuantizer(bits=2, pack=pack).fit(
+        svd_pipe.transform(load_sample_passages(limit=400))
+    )
+    pipe = make_pipeline(*[s for _, s in svd_pipe.steps], quant)
+    weights = None if beta is None else spread_weights(quant, beta)
+    enc = MTEBEncoder(pipe, name="test/codes", weights=weights)
+    assert enc.similarity_name == "codes"  # detected, not cosine on uint8
+    data = load_beir(tiny_beir, split="dev")
+    queries, docs = pipe.transform(data.query_texts), pipe.transform(data.corpus_texts)
+    run = _search_run(data, queries, docs, metric="codes", quantizer=quant, weights=weights)
+    _assert_same(_mteb_scores(enc, tiny_beir), evaluate(run, data.qrels, METRICS))
+    assert quant.pack is pack  # restored after encoding
+
+
+def test_lsh_bits_use_hamming(tiny_beir, svd_pipe):
+    pytest.importorskip("skfusion.lsh")
+    pytest.importorskip("skfusion.search")
+    from skfusion.lsh import RandomProjectionLSH
+    from skfusion.mteb_task import MTEBEncoder
+
+    lsh = RandomProjectionLSH(64, random_state=0).fit(
+        svd_pipe.transform(load_sample_passages(limit=400))
+    )
+    pipe = make_pipeline(*[s for _, s in svd_pipe.steps], lsh)
+    enc = MTEBEncoder(pipe, name="test/lsh")
+    assert enc.similarity_name == "hamming"
+    data = load_beir(tiny_beir, split="dev")
+    queries, docs = pipe.transform(data.query_texts), pipe.transform(data.corpus_texts)
+    run = _search_run(data, queries, docs, metric="hamming")
+    _assert_same(_mteb_scores(enc, tiny_beir), evaluate(run, data.qrels, METRICS))

@@ -14,6 +14,7 @@ from sklearn.utils._param_validation import (
     StrOptions,
     validate_params,
 )
+from sklearn.utils._set_output import _wrap_data_with_container
 from sklearn.utils.validation import validate_data
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "Options",
     "StrOptions",
     "_fit_context",
+    "_wrap_data_with_container",
     "validate_data",
     "validate_params",
 ]

@@ -1,0 +1,892 @@
+"""ConcatEmbedder: several text-embedding models as one scikit-learn transformer.
+
+Each member (a sentence-transformers model given by name or path, a
+``SentenceTransformer`` instance, or any scikit-learn text transformer) embeds the texts;
+the outputs are L2-normalised, weighted and concatenated. Member outputs can be cached
+on disk per text, so repeated transforms (grid-search candidates, reruns) run no model.
+"""
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+import warnings
+from numbers import Integral
+
+import numpy as np
+from scipy import sparse
+from sklearn.base import (
+    BaseEstimator,
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+    clone,
+)
+from sklearn.utils.validation import check_is_fitted
+
+from skfusion._cache import (
+    CacheUnavailableError,
+    EmbeddingCache,
+    namespace,
+    text_keys,
+)
+from skfusion._compat import (
+    Interval,
+    StrOptions,
+    _fit_context,
+    _wrap_data_with_container,
+)
+from skfusion._text import check_texts
+
+__all__ = ["ConcatEmbedder"]
+
+logger = logging.getLogger(__name__)
+
+_PROMPT_NAMES = ("query", "document")
+# sentence-transformers' own look-up order (encode_query / encode_document).
+_ST_PROMPT_CANDIDATES = {
+    "query": ("query",),
+    "document": ("document", "passage", "corpus"),
+}
+# Texts per model call: a multiple of batch_size big enough that per-call overhead is
+# negligible, small enough that the cache is written (and a kill loses) little.
+_BATCHES_PER_CHUNK = 32
+
+_ST_REF, _ST_INSTANCE, _SKLEARN = "sentence-transformer", "instance", "sklearn"
+
+
+def _is_sentence_transformer(obj):
+    # A SentenceTransformer can only exist if its package was imported; checking
+    # sys.modules keeps `import skfusion.embedder` free of torch.
+    st = sys.modules.get("sentence_transformers")
+    return st is not None and isinstance(obj, st.SentenceTransformer)
+
+
+def _is_text_transformer(obj):
+    return (
+        hasattr(obj, "fit")
+        and hasattr(obj, "transform")
+        and hasattr(obj, "get_params")
+        and not isinstance(obj, type)
+    )
+
+
+def _default_name(member):
+    if isinstance(member, (str, os.PathLike)):
+        ref = os.path.normpath(os.fspath(member))
+        return os.path.basename(ref) or ref
+    if _is_sentence_transformer(member):
+        card = getattr(member, "model_card_data", None)
+        base = getattr(card, "base_model", None)
+        if base:
+            return base.rstrip("/").rsplit("/", 1)[-1]
+        return "sentencetransformer"
+    return type(member).__name__.lower()
+
+
+def _member_kind(member, where):
+    if isinstance(member, (str, os.PathLike)):
+        if not os.fspath(member):
+            raise ValueError(f"{where} is an empty string; give a model name or path.")
+        return _ST_REF
+    if _is_sentence_transformer(member):
+        return _ST_INSTANCE
+    if _is_text_transformer(member):
+        return _SKLEARN
+    raise ValueError(
+        f"{where} must be a sentence-transformers model name or local path (str), a "
+        "SentenceTransformer instance, or a scikit-learn text transformer with fit and "
+        f"transform (e.g. make_pipeline(TfidfVectorizer(), TruncatedSVD(256))); got "
+        f"{type(member).__name__}."
+    )
+
+
+def _named_members(models):
+    """Validate ``models`` and return ``[(name, member, kind), ...]`` with unique names."""
+    if len(models) == 0:
+        raise ValueError(
+            "models is empty; give at least one member, e.g. "
+            "['sentence-transformers/all-MiniLM-L6-v2']."
+        )
+    entries = []
+    for i, item in enumerate(models):
+        if isinstance(item, tuple):
+            if len(item) != 2 or not isinstance(item[0], str) or not item[0]:
+                raise ValueError(
+                    f"models[{i}] is a tuple; a named member must be a pair "
+                    f"(name: non-empty str, member), got {item!r:.100}."
+                )
+            name, member = item
+            explicit = True
+        else:
+            name, member, explicit = None, item, False
+        kind = _member_kind(member, f"models[{i}]")
+        entries.append([name, member, kind, explicit])
+    explicit_names = [e[0] for e in entries if e[3]]
+    duplicates = {n for n in explicit_names if explicit_names.count(n) > 1}
+    if duplicates:
+        raise ValueError(
+            f"models has duplicate member names {sorted(duplicates)}; names must be unique."
+        )
+    # Default names: like sklearn's make_pipeline, suffix "-1", "-2", ... on clashes.
+    defaults = [_default_name(e[1]) for e in entries if not e[3]]
+    taken = set(explicit_names)
+    counts = {n: defaults.count(n) for n in defaults}
+    seen = {}
+    for e in entries:
+        if e[3]:
+            continue
+        base = _default_name(e[1])
+        if counts[base] == 1 and base not in taken:
+            e[0] = base
+        else:
+            k = seen.get(base, 0)
+            while True:
+                k += 1
+                candidate = f"{base}-{k}"
+                if candidate not in taken:
+                    break
+            seen[base] = k
+            e[0] = candidate
+        taken.add(e[0])
+    return [(e[0], e[1], e[2]) for e in entries]
+
+
+def _hash_tokenizer(h, tokenizer):
+    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+    to_str = getattr(backend, "to_str", None)
+    if to_str is None:
+        h.update(repr(tokenizer).encode())
+        return
+    config = json.loads(to_str())
+    # transformers changes truncation/padding on the backend at every call; they are
+    # call settings, not part of the model.
+    config.pop("truncation", None)
+    config.pop("padding", None)
+    h.update(json.dumps(config, sort_keys=True).encode())
+
+
+def _st_fingerprint(model):
+    """Hash of a SentenceTransformer's modules, weights and tokenizer (hex str)."""
+    import torch
+
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr(model).encode())
+    for key, tensor in model.state_dict().items():
+        t = tensor.detach().to("cpu").contiguous().reshape(-1)
+        h.update(f"{key}|{t.dtype}|{tuple(tensor.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy())
+    _hash_tokenizer(h, getattr(model, "tokenizer", None))
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _max_seq_length(model, value):
+    """Temporarily set a SentenceTransformer's max_seq_length (restored after)."""
+    if value is None:
+        yield
+        return
+    old = model.max_seq_length
+    model.max_seq_length = value
+    try:
+        yield
+    finally:
+        model.max_seq_length = old
+
+
+class _Member:
+    """One fitted member: its name, kind, reference or object, fingerprint and dim.
+
+    SentenceTransformers given by name or path are pickled by reference: the loaded
+    model is dropped from the state and reloaded on first use.
+    """
+
+    def __init__(self, name, kind, ref, model, fingerprint, dim):
+        self.name = name
+        self.kind = kind
+        self.ref = ref  # str for _ST_REF, else None
+        self.model = model
+        self.fingerprint = fingerprint  # recorded at fit
+        self.current_fingerprint = fingerprint  # of the model actually loaded
+        self.dim = dim
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        if self.kind == _ST_REF:
+            state["model"] = None
+            state["current_fingerprint"] = None
+        return state
+
+
+def _load_sentence_transformer(name, ref, device, reloading):
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        return SentenceTransformer(ref, device=device)
+    except Exception as exc:
+        where = (
+            f"the local directory {ref!r} (exists: {os.path.isdir(ref)}) or, failing "
+            f"that, the Hugging Face model {ref!r} (HF_HUB_OFFLINE="
+            f"{os.environ.get('HF_HUB_OFFLINE', 'unset')})"
+        )
+        hint = (
+            "The fitted embedder stores this member by reference (name or path), not "
+            "its weights; make the model available there again or refit."
+            if reloading
+            else "Check the name or path."
+        )
+        raise OSError(
+            f"ConcatEmbedder member {name!r}: cannot load a SentenceTransformer from "
+            f"{where}: {type(exc).__name__}: {exc}. {hint}"
+        ) from exc
+
+
+def _as_float32(values, name):
+    if sparse.issparse(values):
+        values = values.toarray()
+    values = np.asarray(values)
+    if values.ndim != 2:
+        raise ValueError(
+            f"ConcatEmbedder member {name!r} returned an array of shape "
+            f"{values.shape}; a member must return one row per text."
+        )
+    return values.astype(np.float32, copy=False)
+
+
+class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """Embed texts with several models and concatenate their normalised outputs.
+
+    Each member embeds every text; its output is L2-normalised (when ``normalize``),
+    multiplied by its weight, and the members' blocks are concatenated into one
+    float32 vector per text.
+
+    Parameters
+    ----------
+    models : list
+        The members, in output order. Each is one of
+
+        - a sentence-transformers model name or local path (``str``), loaded with
+          ``SentenceTransformer`` in :meth:`fit` (never in ``__init__``);
+        - a ``SentenceTransformer`` instance, used as is;
+        - a scikit-learn text transformer (``fit``/``transform`` on a list of str,
+          dense or sparse output, e.g.
+          ``make_pipeline(TfidfVectorizer(), TruncatedSVD(256))``), cloned and fit on
+          the texts given to :meth:`fit`.
+
+        A ``(name, member)`` tuple names a member; otherwise the name is derived
+        (basename of the path or model id, or the lower-cased class name; clashes get
+        ``-1``, ``-2``, ... suffixes). Names appear in errors, in ``prompts`` and in
+        :meth:`get_feature_names_out`.
+    weights : array-like of shape (n_members,), default=None
+        Positive weight per member, applied after normalisation (and after the
+        cache, so changing weights never re-encodes). ``None`` means all ones.
+    normalize : bool, default=True
+        L2-normalise each member's output before weighting. An all-zero member
+        output (e.g. TF-IDF of a text with no known word) stays zero.
+    prompts : dict, default=None
+        Per-member prompts overriding the models' own configured prompts, keyed by
+        member name: ``{"e5": {"query": "query: ", "document": "passage: "}}``. Use
+        ``""`` to switch a configured prompt off.
+    prompt_name : {"query", "document"} or None, default=None
+        Which prompt each member prepends: the one in ``prompts`` for that member,
+        else the SentenceTransformer's configured prompt (``model.prompts``, with
+        sentence-transformers' fallbacks ``"passage"``, ``"corpus"`` for documents),
+        else none. ``None`` uses each model's ``default_prompt_name`` (usually none).
+        See also :meth:`encode_queries` and :meth:`encode_documents`.
+    batch_size : int, default=32
+        Texts per forward pass of each SentenceTransformer member.
+    max_seq_length : int, default=None
+        Truncate inputs of the SentenceTransformer members to this many tokens;
+        ``None`` keeps each model's own limit.
+    device : str, default=None
+        Torch device for the SentenceTransformer members (``"cpu"``, ``"cuda"``,
+        ``"cuda:1"``, ...). ``None`` lets sentence-transformers choose (CUDA, then
+        MPS, then CPU) when loading; instances are left where they are.
+    cache_dir : str or path-like, default=None
+        Directory of an on-disk embedding cache (created if missing). ``None``
+        disables caching.
+    show_progress_bar : bool, default=None
+        Show a tqdm bar over the batches still to encode. ``None`` shows it when the
+        ``skfusion`` logger is at level INFO or more verbose (the rule
+        sentence-transformers uses); ``False`` silences it.
+
+    Attributes
+    ----------
+    member_names_ : list of str
+        Name of each member, in output order.
+    dims_ : ndarray of shape (n_members,), dtype=int64
+        Output width of each member.
+    n_features_out_ : int
+        ``dims_.sum()``: the width of the output.
+    fingerprints_ : list of str
+        Hash of each member's weights and configuration at fit time (the
+        SentenceTransformer's modules, state dict and tokenizer; ``joblib.hash`` of a
+        fitted scikit-learn member). Part of every cache key.
+
+    See Also
+    --------
+    sentence_transformers.SentenceTransformer : The models this class wraps.
+    sklearn.pipeline.FeatureUnion : Concatenates transformers, without
+        normalisation, weights after normalisation, prompts or a cache.
+
+    Notes
+    -----
+    **Weighted cosine.** With ``normalize=True`` each block has norm ``w_m``, so for
+    texts ``a`` and ``b``
+
+    .. math::
+
+        \\cos(c_a, c_b) = \\frac{\\sum_m w_m^2 \\cos_m(a, b)}{\\sum_m w_m^2},
+
+    the ``w^2``-weighted mean of the members' cosines (exactly, unless a member's
+    output is all zeros for ``a`` or ``b``).
+
+    **Input.** A list, tuple, 1-D numpy array or pandas Series of ``str``. Empty
+    strings are texts like any other; ``None``, NaN or any non-``str`` element
+    raises ``ValueError`` naming its position; an empty input gives a ``(0, D)``
+    array. There is no ``n_features_in_``: the input is not a feature matrix (as
+    for scikit-learn's text vectorizers). Duplicate texts are encoded once.
+
+    **Prompts.** Prompts go through sentence-transformers (``encode_query`` /
+    ``encode_document`` with an explicit ``prompt``), so models whose pooling
+    excludes the prompt, or that route queries and documents differently, behave
+    as with sentence-transformers. scikit-learn members get a prompt only when
+    ``prompts`` names one for them. Settings for common small models:
+
+    - ``intfloat/e5-small-v2``: ``prompts={"e5-small-v2": {"query": "query: ",
+      "document": "passage: "}}`` (both sides need them);
+    - ``BAAI/bge-small-en-v1.5``: ``{"query": "Represent this sentence for
+      searching relevant passages: "}`` (documents: none);
+    - ``thenlper/gte-small``: no prompts;
+    - ``Snowflake/snowflake-arctic-embed-m``: its configuration already holds the
+      query prompt ``"Represent this sentence for searching relevant passages: "``
+      (documents: none), so ``prompt_name="query"`` is enough.
+
+    Then ``pipe.set_params(embed__prompt_name="query").transform(queries)``, or
+    without changing parameters ``embedder.encode_queries(queries)``.
+
+    **Cache.** With ``cache_dir``, each member's raw (pre-normalisation, unweighted)
+    vector is stored per text in an SQLite database, keyed by the member's
+    fingerprint, its prompt (and query/document task), ``max_seq_length`` and a hash of
+    the text. So ``weights`` and ``normalize`` can change freely, and a refit
+    scikit-learn member with different fitted state gets new keys. Several
+    processes may share one cache directory (local disk); a process killed
+    mid-write leaves no partial entry and an entry failing its checksum is
+    recomputed and overwritten, never returned. A cache that cannot be opened
+    (e.g. the file is not a database) triggers a warning and embeddings are
+    computed without it. The cache never shrinks; delete the directory to reset.
+    Vectors computed on another device (GPU vs CPU) differ in the last bits.
+
+    **Persistence.** Members given by name or path are pickled *by reference*: the
+    pickle holds the name (or absolute path) and the fingerprint, and the model is
+    reloaded on first use; if it no longer loads, an ``OSError`` names the member
+    and where it looked, and if it loads but its fingerprint changed a warning says
+    embeddings will differ. ``SentenceTransformer`` instances and fitted
+    scikit-learn members are pickled *by value* (an instance has no reference that
+    guarantees the same weights). An instance is fingerprinted at fit and again
+    before each cached transform, so changing its weights never serves stale
+    vectors. :func:`sklearn.base.clone` deep-copies instance members; pass names or
+    paths to avoid copying weights.
+
+    Examples
+    --------
+    >>> from sklearn.decomposition import TruncatedSVD
+    >>> from sklearn.feature_extraction.text import TfidfVectorizer
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from skfusion.embedder import ConcatEmbedder
+    >>> texts = ["apt installs packages", "vim edits text", "git tracks changes"]
+    >>> lsa = make_pipeline(TfidfVectorizer(), TruncatedSVD(2, random_state=0))
+    >>> embedder = ConcatEmbedder([("lsa", lsa), ("tfidf", TfidfVectorizer())])
+    >>> X = embedder.fit_transform(texts)
+    >>> X.shape, X.dtype
+    ((3, 11), dtype('float32'))
+    >>> embedder.dims_
+    array([2, 9])
+    >>> embedder.get_feature_names_out()[:3]
+    array(['lsa_0', 'lsa_1', 'tfidf_0'], dtype=object)
+    >>> float(round((X[0] ** 2).sum(), 5))  # two unit blocks, weights 1
+    2.0
+
+    With sentence-transformers models (downloaded or local paths)::
+
+        embedder = ConcatEmbedder(
+            ["sentence-transformers/all-MiniLM-L6-v2", ("e5", "intfloat/e5-small-v2")],
+            prompts={"e5": {"query": "query: ", "document": "passage: "}},
+            cache_dir="~/.cache/skfusion",
+        ).fit(passages)
+        doc_vectors = embedder.encode_documents(passages)
+        query_vectors = embedder.encode_queries(queries)
+    """
+
+    _parameter_constraints: dict = {
+        "models": [list],
+        "weights": ["array-like", None],
+        "normalize": ["boolean"],
+        "prompts": [dict, None],
+        "prompt_name": [StrOptions(set(_PROMPT_NAMES)), None],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "max_seq_length": [Interval(Integral, 1, None, closed="left"), None],
+        "device": [str, None],
+        "cache_dir": [str, os.PathLike, None],
+        "show_progress_bar": ["boolean", None],
+    }
+
+    def __init__(
+        self,
+        models,
+        *,
+        weights=None,
+        normalize=True,
+        prompts=None,
+        prompt_name=None,
+        batch_size=32,
+        max_seq_length=None,
+        device=None,
+        cache_dir=None,
+        show_progress_bar=None,
+    ):
+        self.models = models
+        self.weights = weights
+        self.normalize = normalize
+        self.prompts = prompts
+        self.prompt_name = prompt_name
+        self.batch_size = batch_size
+        self.max_seq_length = max_seq_length
+        self.device = device
+        self.cache_dir = cache_dir
+        self.show_progress_bar = show_progress_bar
+
+    # -- parameters checked at fit and transform time ------------------------------
+
+    def _check_weights(self, n_members):
+        if self.weights is None:
+            return np.ones(n_members, dtype=np.float32)
+        try:
+            weights = np.asarray(self.weights, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"weights must be a sequence of {n_members} positive numbers, got "
+                f"{self.weights!r:.100}."
+            ) from exc
+        if weights.shape != (n_members,):
+            raise ValueError(
+                f"weights has shape {weights.shape} but there are {n_members} "
+                f"members; give one weight per member (or None for all ones)."
+            )
+        if not np.all(np.isfinite(weights)) or np.any(weights <= 0):
+            raise ValueError(
+                f"weights must be finite and > 0, got {weights.tolist()}; drop a "
+                "member from models instead of giving it weight 0."
+            )
+        return weights.astype(np.float32)
+
+    def _check_prompts(self, names):
+        prompts = self.prompts or {}
+        for key, value in prompts.items():
+            if key not in names:
+                raise ValueError(
+                    f"prompts has an entry for {key!r}, which is not a member name; "
+                    f"member names are {list(names)} (name a member with a "
+                    "(name, member) tuple in models)."
+                )
+            if not isinstance(value, dict) or any(
+                k not in _PROMPT_NAMES or not isinstance(v, str) for k, v in value.items()
+            ):
+                raise ValueError(
+                    f"prompts[{key!r}] must be a dict with keys among "
+                    f"{list(_PROMPT_NAMES)} and str values, e.g. "
+                    f'{{"query": "query: ", "document": "passage: "}}; got '
+                    f"{value!r:.100}."
+                )
+        return prompts
+
+    # -- fit -------------------------------------------------------------------
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Load the SentenceTransformer members and fit the scikit-learn members.
+
+        Parameters
+        ----------
+        X : list, tuple, numpy.ndarray or pandas.Series of str
+            Passages. scikit-learn members are fit on them; SentenceTransformer
+            members only record their output width (no text is encoded).
+        y : None
+            Ignored. Present for API consistency by convention.
+
+        Returns
+        -------
+        self : ConcatEmbedder
+            The fitted embedder.
+        """
+        texts = check_texts(X)
+        members = _named_members(self.models)
+        names = [name for name, _, _ in members]
+        self._check_weights(len(members))
+        self._check_prompts(names)
+        fitted = []
+        for name, member, kind in members:
+            if kind == _SKLEARN:
+                fitted.append(self._fit_sklearn_member(name, member, texts))
+            else:
+                if kind == _ST_REF:
+                    ref = os.fspath(member)
+                    if os.path.isdir(ref):
+                        # Absolute, so the pickle loads from another working dir.
+                        ref = os.path.abspath(ref)
+                    model = _load_sentence_transformer(
+                        name, ref, self.device, reloading=False
+                    )
+                else:
+                    ref, model = None, member
+                dim = self._st_dim(name, model)
+                fp = _st_fingerprint(model)
+                fitted.append(_Member(name, kind, ref, model, fp, dim))
+        self._members = fitted
+        self.member_names_ = names
+        self.dims_ = np.array([m.dim for m in fitted], dtype=np.int64)
+        self.n_features_out_ = int(self.dims_.sum())
+        self.fingerprints_ = [m.fingerprint for m in fitted]
+        return self
+
+    def _fit_sklearn_member(self, name, member, texts):
+        if not texts:
+            raise ValueError(
+                f"fit got no texts, but member {name!r} is a scikit-learn transformer "
+                "that must be fit on passages; pass the passages to fit."
+            )
+        estimator = clone(member)
+        try:
+            estimator.fit(texts)
+            probe = _as_float32(estimator.transform(texts[:1]), name)
+        except Exception as exc:
+            raise ValueError(
+                f"ConcatEmbedder member {name!r} ({type(member).__name__}) failed to "
+                f"fit/transform a list of str: {type(exc).__name__}: {exc}"
+            ) from exc
+        import joblib
+
+        return _Member(
+            name, _SKLEARN, None, estimator, joblib.hash(estimator), probe.shape[1]
+        )
+
+    def _st_dim(self, name, model):
+        # get_embedding_dimension is the sentence-transformers >= 5.4 name.
+        getter = getattr(model, "get_embedding_dimension", None) or getattr(
+            model, "get_sentence_embedding_dimension"
+        )
+        dim = getter()
+        if not dim:
+            # Some modules do not declare their width; measure it on one text.
+            dim = int(np.asarray(model.encode(["dimension probe"])).shape[1])
+        return int(dim)
+
+    @property
+    def _n_features_out(self):
+        # Used by scikit-learn's set_output machinery via get_feature_names_out.
+        return self.n_features_out_
+
+    # -- transform ---------------------------------------------------------------
+
+    def transform(self, X):
+        """Embed texts with every member and concatenate the normalised outputs.
+
+        Parameters
+        ----------
+        X : list, tuple, numpy.ndarray or pandas.Series of str
+            Texts; the prompt used is set by ``prompt_name``.
+
+        Returns
+        -------
+        X_new : ndarray of shape (n_texts, n_features_out_), dtype=float32
+            The concatenated embeddings.
+        """
+        return self._embed(X, self.prompt_name)
+
+    def encode_queries(self, X):
+        """Embed queries: :meth:`transform` with ``prompt_name="query"``.
+
+        Parameters
+        ----------
+        X : list, tuple, numpy.ndarray or pandas.Series of str
+            Queries.
+
+        Returns
+        -------
+        X_new : ndarray of shape (n_texts, n_features_out_), dtype=float32
+            The concatenated embeddings (a DataFrame under
+            ``set_output(transform="pandas")``).
+        """
+        return _wrap_data_with_container("transform", self._embed(X, "query"), X, self)
+
+    def encode_documents(self, X):
+        """Embed documents: :meth:`transform` with ``prompt_name="document"``.
+
+        Parameters
+        ----------
+        X : list, tuple, numpy.ndarray or pandas.Series of str
+            Documents (passages).
+
+        Returns
+        -------
+        X_new : ndarray of shape (n_texts, n_features_out_), dtype=float32
+            The concatenated embeddings (a DataFrame under
+            ``set_output(transform="pandas")``).
+        """
+        return _wrap_data_with_container("transform", self._embed(X, "document"), X, self)
+
+    def _embed(self, X, prompt_name):
+        check_is_fitted(self)
+        # Parameters may have been changed with set_params after fit.
+        self._validate_params()
+        texts = check_texts(X)
+        members = self._members
+        if len(self.models) != len(members):
+            raise ValueError(
+                f"models has {len(self.models)} members but the embedder was fit with "
+                f"{len(members)}; call fit again after changing models."
+            )
+        weights = self._check_weights(len(members))
+        prompts = self._check_prompts(self.member_names_)
+        n_out = self.n_features_out_
+        if not texts:
+            return np.zeros((0, n_out), dtype=np.float32)
+
+        # Encode each distinct text once.
+        position = {}
+        inverse = np.fromiter(
+            (position.setdefault(t, len(position)) for t in texts),
+            dtype=np.intp,
+            count=len(texts),
+        )
+        unique = list(position)
+        out = np.empty((len(unique), n_out), dtype=np.float32)
+        offsets = np.concatenate([[0], np.cumsum(self.dims_)])
+
+        cache = self._open_cache()
+        keys = text_keys(unique) if cache is not None else None
+        plans = []
+        try:
+            for m, start, stop in zip(members, offsets[:-1], offsets[1:], strict=True):
+                model = self._model(m)
+                if m.kind == _ST_INSTANCE and cache is not None:
+                    # Instances can be changed in place after fit; never serve
+                    # vectors of older weights.
+                    m.current_fingerprint = _st_fingerprint(model)
+                prompt = self._prompt(m, model, prompt_name, prompts)
+                block = out[:, start:stop]
+                space = None
+                missing = np.arange(len(unique))
+                if cache is not None:
+                    space = self._namespace(m, model, prompt, prompt_name)
+                    try:
+                        found, values, n_bad = cache.get(space, keys, m.dim)
+                    except CacheUnavailableError as exc:
+                        cache = self._cache_failed(cache, exc)
+                    else:
+                        if n_bad:
+                            logger.warning(
+                                "embedding cache %s: %d entries of member %r failed "
+                                "their integrity check; recomputing them.",
+                                self.cache_dir,
+                                n_bad,
+                                m.name,
+                            )
+                        block[found] = values[found]
+                        missing = np.flatnonzero(~found)
+                plans.append((m, model, prompt, block, space, missing))
+
+            total = sum(math.ceil(len(p[5]) / self.batch_size) for p in plans)
+            with self._progress(total) as bar:
+                for m, model, prompt, block, space, missing in plans:
+                    cache = self._compute(
+                        m, model, prompt, prompt_name, unique, missing, block,
+                        cache, space, keys, bar,
+                    )  # fmt: skip
+        finally:
+            if cache is not None:
+                cache.close()
+
+        for w, start, stop in zip(weights, offsets[:-1], offsets[1:], strict=True):
+            block = out[:, start:stop]
+            if self.normalize:
+                norms = np.linalg.norm(block, axis=1, keepdims=True)
+                # All-zero outputs stay zero instead of becoming NaN.
+                np.divide(block, norms, out=block, where=norms > 0)
+            if w != 1:
+                block *= w
+        if len(unique) == len(texts):
+            return out
+        return out[inverse]
+
+    def _compute(
+        self, m, model, prompt, prompt_name, unique, missing, block, cache, space,
+        keys, bar,
+    ):  # fmt: skip
+        """Encode the texts at ``missing`` into ``block`` (and the cache) by chunks."""
+        if len(missing) == 0:
+            return cache
+        # Longest first, as sentence-transformers sorts, so chunks pad little.
+        order = missing[np.argsort([-len(unique[i]) for i in missing], kind="stable")]
+        chunk = self.batch_size * _BATCHES_PER_CHUNK
+        for s in range(0, len(order), chunk):
+            idx = order[s : s + chunk]
+            batch = [unique[i] for i in idx]
+            values = self._encode(m, model, batch, prompt, prompt_name)
+            block[idx] = values
+            if cache is not None:
+                try:
+                    cache.put(space, [keys[i] for i in idx], values)
+                except CacheUnavailableError as exc:
+                    cache = self._cache_failed(cache, exc)
+            bar.update(math.ceil(len(idx) / self.batch_size))
+        return cache
+
+    def _encode(self, m, model, texts, prompt, prompt_name):
+        if m.kind == _SKLEARN:
+            if prompt:
+                texts = [prompt + t for t in texts]
+            values = _as_float32(model.transform(texts), m.name)
+        else:
+            encode = {
+                None: model.encode,
+                "query": model.encode_query,
+                "document": model.encode_document,
+            }[prompt_name]
+            kwargs = {}
+            if self.device is not None:
+                kwargs["device"] = self.device
+            with _max_seq_length(model, self.max_seq_length):
+                values = encode(
+                    texts,
+                    prompt=prompt,
+                    batch_size=self.batch_size,
+                    show_progress_bar=False,
+                    convert_to_numpy=True,
+                    normalize_embeddings=False,
+                    **kwargs,
+                )
+            values = _as_float32(values, m.name)
+        if values.shape != (len(texts), m.dim):
+            raise ValueError(
+                f"ConcatEmbedder member {m.name!r} returned shape {values.shape} for "
+                f"{len(texts)} texts; expected ({len(texts)}, {m.dim}) as at fit."
+            )
+        return values
+
+    def _prompt(self, m, model, prompt_name, prompts):
+        """The prompt string member ``m`` prepends for ``prompt_name`` ("" = none)."""
+        own = prompts.get(m.name, {})
+        if prompt_name is not None and prompt_name in own:
+            return own[prompt_name]
+        if m.kind == _SKLEARN:
+            return ""
+        configured = getattr(model, "prompts", None) or {}
+        if prompt_name is None:
+            default = getattr(model, "default_prompt_name", None)
+            return configured.get(default, "") if default else ""
+        for candidate in _ST_PROMPT_CANDIDATES[prompt_name]:
+            if candidate in configured:
+                return configured[candidate]
+        return ""
+
+    def _namespace(self, m, model, prompt, prompt_name):
+        if m.kind == _SKLEARN:
+            return namespace(_SKLEARN, m.current_fingerprint, prompt)
+        length = self.max_seq_length or getattr(model, "max_seq_length", None)
+        # The task (query/document) can route texts through different modules.
+        return namespace(
+            "sentence-transformers",
+            m.current_fingerprint,
+            prompt,
+            str(prompt_name),
+            str(length),
+        )
+
+    def _model(self, m):
+        """The member's model, loading a by-reference SentenceTransformer lazily."""
+        if m.model is None:
+            model = _load_sentence_transformer(m.name, m.ref, self.device, True)
+            current = _st_fingerprint(model)
+            if current != m.fingerprint:
+                warnings.warn(
+                    f"ConcatEmbedder member {m.name!r}: the model loaded from "
+                    f"{m.ref!r} differs from the one this embedder was fit with "
+                    "(weights, tokenizer or modules changed), so its embeddings will "
+                    "differ from those at fit time. Refit the pipeline if that is "
+                    "not intended.",
+                    UserWarning,
+                    stacklevel=4,
+                )
+            m.model, m.current_fingerprint = model, current
+        return m.model
+
+    # -- cache and progress ----------------------------------------------------------
+
+    def _open_cache(self):
+        if self.cache_dir is None:
+            return None
+        try:
+            return EmbeddingCache(os.path.expanduser(os.fspath(self.cache_dir)))
+        except CacheUnavailableError as exc:
+            return self._cache_failed(None, exc)
+
+    def _cache_failed(self, cache, exc):
+        warnings.warn(
+            f"{exc}. Embeddings are computed without the cache; delete the file "
+            "if it is corrupt.",
+            UserWarning,
+            stacklevel=4,
+        )
+        if cache is not None:
+            with contextlib.suppress(Exception):
+                cache.close()
+        return None
+
+    def _progress(self, total):
+        show = self.show_progress_bar
+        if show is None:
+            show = logging.getLogger("skfusion").getEffectiveLevel() <= logging.INFO
+        from tqdm.auto import tqdm
+
+        return tqdm(
+            total=total,
+            disable=not show or total == 0,
+            desc="ConcatEmbedder",
+            unit="batch",
+        )
+
+    # -- scikit-learn API ----------------------------------------------------------
+
+    def get_feature_names_out(self, input_features=None):
+        """Output feature names ``"<member name>_<i>"``.
+
+        Parameters
+        ----------
+        input_features : None
+            Ignored: the input is text, not named features.
+
+        Returns
+        -------
+        feature_names_out : ndarray of str objects, shape (n_features_out_,)
+            ``member_names_[m] + "_" + str(i)`` for ``i`` in ``range(dims_[m])``.
+        """
+        check_is_fitted(self)
+        return np.asarray(
+            [
+                f"{name}_{i}"
+                for name, dim in zip(self.member_names_, self.dims_, strict=True)
+                for i in range(dim)
+            ],
+            dtype=object,
+        )
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.string = True
+        # The output is always float32, whatever the (text) input.
+        tags.transformer_tags.preserves_dtype = []
+        return tags

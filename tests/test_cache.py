@@ -1,0 +1,246 @@
+"""The on-disk embedding cache: hits, keys, corruption, kills and concurrent writers."""
+
+import json
+import logging
+import os
+import pickle
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from sentence_transformers import SentenceTransformer
+from sklearn.decomposition import TruncatedSVD
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.pipeline import make_pipeline
+
+from skfusion._cache import CACHE_FILENAME, EmbeddingCache, namespace, text_keys
+from skfusion.embedder import ConcatEmbedder
+
+
+def _lsa(k=8):
+    return make_pipeline(TfidfVectorizer(), TruncatedSVD(k, random_state=0))
+
+
+def _rows(cache_dir):
+    with sqlite3.connect(cache_dir / CACHE_FILENAME) as conn:
+        return conn.execute("SELECT COUNT(*) FROM embedding").fetchone()[0]
+
+
+def _no_model_may_run(emb, monkeypatch):
+    """Make every member fail if asked to embed anything."""
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a model ran although every embedding was cached")
+
+    for m in emb._members:
+        model = emb._model(m)
+        if isinstance(model, SentenceTransformer):
+            monkeypatch.setattr(model, "forward", boom)
+        else:
+            monkeypatch.setattr(model, "transform", boom)
+
+
+# -- the store itself -----------------------------------------------------------------
+
+
+def test_store_round_trip_and_namespaces(tmp_path):
+    keys = text_keys(["a", "b", "c"])
+    assert len(set(keys)) == 3 and all(len(k) == 16 for k in keys)
+    space = namespace("fingerprint", "query: ")
+    assert space != namespace("fingerprint", "")
+    assert namespace("ab", "c") != namespace("a", "bc")
+    values = np.random.default_rng(0).random((2, 5), dtype=np.float32)
+    with EmbeddingCache(tmp_path) as cache:
+        cache.put(space, keys[:2], values)
+        found, got, bad = cache.get(space, keys, 5)
+        assert found.tolist() == [True, True, False] and bad == 0
+        np.testing.assert_array_equal(got[:2], values)
+        assert not got[2].any()
+        found, _, _ = cache.get(namespace("other"), keys, 5)
+        assert not found.any()
+        # A row of another width is rejected, never reshaped.
+        found, _, bad = cache.get(space, keys, 4)
+        assert not found.any() and bad == 2
+
+
+def test_lone_surrogates_and_empty_text_have_keys():
+    keys = text_keys(["", "\ud800", "x"])
+    assert len(set(keys)) == 3
+
+
+# -- hits and what the key depends on -------------------------------------------------
+
+
+def test_second_transform_runs_no_model(
+    tiny_model_paths, tiny_corpus, tmp_path, monkeypatch
+):
+    emb = ConcatEmbedder(
+        [*tiny_model_paths, _lsa()], cache_dir=tmp_path, show_progress_bar=False
+    ).fit(tiny_corpus)
+    first = emb.transform(tiny_corpus)
+    assert _rows(tmp_path) == 3 * len(set(tiny_corpus))
+    uncached = ConcatEmbedder([*tiny_model_paths, _lsa()]).fit(tiny_corpus)
+    np.testing.assert_allclose(first, uncached.transform(tiny_corpus), atol=1e-6)
+    blob = pickle.dumps(emb)
+
+    _no_model_may_run(emb, monkeypatch)
+    np.testing.assert_array_equal(emb.transform(tiny_corpus), first)
+    # Weights and normalisation apply after the cache: still no model runs.
+    emb.set_params(weights=[2.0, 1.0, 0.5], normalize=False)
+    raw = emb.transform(tiny_corpus)
+    emb.set_params(weights=None, normalize=True)
+    np.testing.assert_array_equal(emb.transform(tiny_corpus), first)
+    assert not np.allclose(raw, first)
+    # A pickled copy (models reloaded by reference) hits the same entries.
+    twin = pickle.loads(blob)
+    _no_model_may_run(twin, monkeypatch)
+    np.testing.assert_array_equal(twin.transform(tiny_corpus), first)
+
+
+def test_key_changes_with_prompt_fit_state_and_length(
+    tiny_prompted_model_path, tiny_corpus, tmp_path
+):
+    texts = tiny_corpus[:10]
+    emb = ConcatEmbedder(
+        [("p", tiny_prompted_model_path), ("lsa", _lsa())], cache_dir=tmp_path
+    ).fit(tiny_corpus)
+    emb.transform(texts)
+    assert _rows(tmp_path) == 20
+    emb.encode_queries(texts)  # new prompt for "p"; "lsa" has none, so it hits
+    assert _rows(tmp_path) == 30
+    emb.set_params(max_seq_length=4).transform(texts)  # truncation changes "p"
+    assert _rows(tmp_path) == 40
+    emb.set_params(max_seq_length=None).fit(tiny_corpus[:30]).transform(texts)
+    assert _rows(tmp_path) == 50  # "lsa" refit on other texts: new fingerprint
+    emb.set_params(prompts={"lsa": {"query": "q "}}).encode_queries(texts)
+    assert _rows(tmp_path) == 60
+
+
+def test_instance_member_changed_in_place_is_not_served_stale(
+    tiny_model_paths, tiny_corpus, tmp_path
+):
+    import torch
+
+    model = SentenceTransformer(tiny_model_paths[0], device="cpu")
+    emb = ConcatEmbedder([model], cache_dir=tmp_path).fit(tiny_corpus)
+    before = emb.transform(tiny_corpus[:5])
+    with torch.no_grad():
+        next(model.parameters()).mul_(-1.5)
+    after = emb.transform(tiny_corpus[:5])
+    expected = model.encode(tiny_corpus[:5])
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(after, expected, atol=1e-5)
+    assert np.abs(after - before).max() > 1e-3
+
+
+# -- corruption and kills -------------------------------------------------------------
+
+
+def test_corrupt_entries_are_recomputed_and_overwritten(
+    tiny_model_paths, tiny_corpus, tmp_path, caplog
+):
+    emb = ConcatEmbedder([tiny_model_paths[0]], cache_dir=tmp_path).fit(tiny_corpus)
+    expected = emb.transform(tiny_corpus)
+    db = tmp_path / CACHE_FILENAME
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT rowid, vector FROM embedding LIMIT 3").fetchall()
+        (r1, v1), (r2, v2), (r3, _) = rows
+        flipped = bytes([v1[0] ^ 0xFF]) + v1[1:]  # bit rot
+        conn.execute("UPDATE embedding SET vector = ? WHERE rowid = ?", (flipped, r1))
+        conn.execute("UPDATE embedding SET vector = ? WHERE rowid = ?", (v2[:20], r2))
+        conn.execute("UPDATE embedding SET dim = 7 WHERE rowid = ?", (r3,))
+    with caplog.at_level(logging.WARNING, logger="skfusion"):
+        got = emb.transform(tiny_corpus)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert "3 entries" in caplog.text and "integrity" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="skfusion"):
+        again = emb.transform(tiny_corpus)  # overwritten: all valid now
+    assert caplog.text == ""
+    np.testing.assert_array_equal(again, got)
+
+
+def test_unreadable_database_warns_and_computes(tiny_corpus, tmp_path):
+    (tmp_path / CACHE_FILENAME).write_bytes(b"this is not a database" * 100)
+    emb = ConcatEmbedder([TfidfVectorizer()], cache_dir=tmp_path).fit(tiny_corpus)
+    with pytest.warns(UserWarning, match="embedding cache.*without the cache"):
+        got = emb.transform(tiny_corpus)
+    expected = ConcatEmbedder([TfidfVectorizer()]).fit(tiny_corpus).transform(tiny_corpus)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_kill_mid_write_leaves_no_partial_entry(tiny_corpus, tmp_path):
+    emb = ConcatEmbedder([_lsa()], cache_dir=tmp_path).fit(tiny_corpus)
+    expected = emb.transform(tiny_corpus)
+    n_rows = _rows(tmp_path)
+    # A writer zeroes every vector and adds a row, then dies before committing.
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from skfusion._cache import EmbeddingCache
+        cache = EmbeddingCache({str(tmp_path)!r})
+        cache._conn.execute("BEGIN IMMEDIATE")
+        cache._conn.execute("UPDATE embedding SET vector = zeroblob(length(vector))")
+        cache._conn.execute(
+            "INSERT INTO embedding SELECT namespace, x'00', dim, dtype, checksum, "
+            "vector FROM embedding LIMIT 1"
+        )
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], timeout=120)
+    assert proc.returncode == -9
+    assert _rows(tmp_path) == n_rows
+    np.testing.assert_array_equal(emb.transform(tiny_corpus), expected)
+
+
+# -- several processes ------------------------------------------------------------------
+
+_WORKER = """
+import json, pickle, sys
+import numpy as np
+emb = pickle.load(open(sys.argv[1], "rb"))
+texts = json.load(open(sys.argv[2]))
+np.save(sys.argv[3], emb.transform(texts))
+"""
+
+
+def test_concurrent_writers(tiny_corpus, tmp_path):
+    # Three processes embed overlapping texts into one cache at the same time, in many
+    # small transactions (batch_size=1: a commit every 32 texts per member).
+    texts = [f"{t} #{i}" for i in range(30) for t in tiny_corpus[:40]]
+    emb = ConcatEmbedder(
+        [_lsa(), TfidfVectorizer(max_features=64)],
+        cache_dir=tmp_path / "cache",
+        batch_size=1,
+        show_progress_bar=False,
+    ).fit(texts)
+    (tmp_path / "emb.pkl").write_bytes(pickle.dumps(emb))
+    slices = [texts[:800], texts[400:], texts[200:1000]]
+    procs = []
+    for i, part in enumerate(slices):
+        (tmp_path / f"in{i}.json").write_text(json.dumps(part))
+        args = [str(tmp_path / n) for n in ("emb.pkl", f"in{i}.json", f"out{i}.npy")]
+        procs.append(subprocess.Popen([sys.executable, "-c", _WORKER, *args]))
+    assert [p.wait(timeout=300) for p in procs] == [0, 0, 0]
+    reference = emb.set_params(cache_dir=None).transform(texts)
+    position = {t: i for i, t in enumerate(texts)}
+    for i, part in enumerate(slices):
+        got = np.load(tmp_path / f"out{i}.npy")
+        np.testing.assert_allclose(got, reference[[position[t] for t in part]], atol=1e-6)
+    assert _rows(tmp_path / "cache") == 2 * len(texts)
+    # Everything the writers stored reads back valid.
+    warm = emb.set_params(cache_dir=tmp_path / "cache").transform(texts)
+    np.testing.assert_allclose(warm, reference, atol=1e-6)
+
+
+def test_cache_dir_is_created_and_tilde_expanded(tiny_corpus, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    emb = ConcatEmbedder([TfidfVectorizer()], cache_dir="~/deep/cache").fit(tiny_corpus)
+    emb.transform(tiny_corpus[:3])
+    assert (tmp_path / "deep" / "cache" / CACHE_FILENAME).exists()
+    assert emb.cache_dir == "~/deep/cache"
+    assert os.path.getsize(tmp_path / "deep" / "cache" / CACHE_FILENAME) > 0

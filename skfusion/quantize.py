@@ -76,13 +76,39 @@ def pack_codes(codes, bits):
             f"codes must lie in 0..{(1 << bits) - 1} for bits={bits}; got values in "
             f"{codes.min()}..{codes.max()}."
         )
-    codes = codes.astype(np.uint8, copy=False)
+    return _pack(codes.astype(np.uint8, copy=False), bits)
+
+
+def _pack(codes, bits):
+    """Pack validated uint8 codes (no checks)."""
+    n, d = codes.shape
     if bits == 8:
         return np.ascontiguousarray(codes)
-    n, d = codes.shape
-    # (n, d, 8) bit planes, keep the low `bits` of each code, one stream per row.
-    planes = np.unpackbits(codes[:, :, None], axis=2)[:, :, 8 - bits :]
-    return np.packbits(planes.reshape(n, d * bits), axis=1)
+    if 8 % bits == 0:
+        # 1, 2 or 4 bits: whole codes per byte, combined with shifts (no bit planes).
+        per = 8 // bits
+        if d % per:
+            codes = np.concatenate(
+                [codes, np.zeros((n, per - d % per), dtype=np.uint8)], axis=1
+            )
+        out = codes[:, 0::per] << np.uint8(8 - bits)
+        for t in range(1, per):
+            out |= codes[:, t::per] << np.uint8(8 - bits * (t + 1))
+        return out
+    # 3, 5, 6, 7 bits: 8 codes fill exactly `bits` bytes; build each group of 8 as
+    # one big-endian integer and split it into bytes.
+    if d % 8:
+        codes = np.concatenate([codes, np.zeros((n, 8 - d % 8), dtype=np.uint8)], axis=1)
+    v = np.zeros((n, codes.shape[1] // 8), dtype=np.uint64)
+    for t in range(8):
+        v |= codes[:, t::8].astype(np.uint64) << np.uint64(bits * (7 - t))
+    out = np.empty((n, v.shape[1], bits), dtype=np.uint8)
+    for r in range(bits):
+        shifted = v >> np.uint64(8 * (bits - 1 - r))
+        out[:, :, r] = (shifted & np.uint64(0xFF)).astype(np.uint8)
+    return np.ascontiguousarray(
+        out.reshape(n, v.shape[1] * bits)[:, : _packed_width(d, bits)]
+    )
 
 
 def unpack_codes(packed, bits, n_features):
@@ -323,8 +349,14 @@ class PercentileQuantizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         """
         check_is_fitted(self)
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
-        codes = self._codes(X)
-        return pack_codes(codes, self.bits) if self.pack else codes
+        if not self.pack:
+            return self._codes(X)
+        # Pack block by block so the codes are still in cache.
+        out = np.empty((X.shape[0], self._n_features_out), dtype=np.uint8)
+        step = max(1, (_BLOCK_VALUES * 4) // max(X.shape[1], 1))
+        for s in range(0, X.shape[0], step):
+            out[s : s + step] = _pack(self._codes(X[s : s + step]), self.bits)
+        return out
 
     def inverse_transform(self, X):
         """Reconstruct float32 rows from codes (each code -> its bucket's value).

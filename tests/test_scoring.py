@@ -187,3 +187,59 @@ def test_scorer_argument_errors(passages, dev):
         RetrievalScorer({"qrels": {}})
     with pytest.raises(ValueError, match="'ndcg@K', 'recall@K' or 'mrr@K'"):
         RetrievalScorer(dev, metric="map@10")
+
+
+def test_grid_search_example_runs_small(tmp_path):
+    import runpy
+    from pathlib import Path
+
+    from skfusion.datasets import sample_path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "grid_search.py"
+    main = runpy.run_path(str(script))["main"]
+    lines = []
+    plot = tmp_path / "tradeoff.png"
+    result = main(
+        [
+            "--small",
+            "--quiet",
+            "--data",
+            str(sample_path()),
+            "--n-train",
+            "300",
+            "--lexical-dim",
+            "32",
+            "--output-dims",
+            "8",
+            "16",
+            "--bits",
+            "1",
+            "2",
+            "--epochs",
+            "1",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--plot",
+            str(plot),
+            "--json",
+            str(tmp_path / "table.json"),
+        ],
+        out=lines.append,
+    )
+    assert plot.stat().st_size > 1000 and plot.read_bytes()[:4] == b"\x89PNG"
+    table = result["table"]
+    # 2 widths x (2 bit settings + float32) for the one weight setting.
+    assert len(table) == 6
+    assert {(r["output_dim"], r["bits"], r["bytes"]) for r in table} == {
+        (8, 1, 1),
+        (8, 2, 2),
+        (16, 1, 2),
+        (16, 2, 4),
+        (8, "float32", 32),
+        (16, "float32", 64),
+    }
+    best = max(table, key=lambda r: r["ndcg@10"])
+    assert result["best_dev_ndcg@10"] == pytest.approx(best["ndcg@10"])
+    assert 0 < result["best_test_ndcg@10"] <= 1
+    assert any("best on dev" in line for line in lines)
+    assert (tmp_path / "table.json").is_file()

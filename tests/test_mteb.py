@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.decomposition import TruncatedSVD
 from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.pipeline import make_pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
 from skfusion.datasets import load_beir, load_sample, load_sample_passages
@@ -285,3 +285,26 @@ def test_lsh_bits_use_hamming(tiny_beir, svd_pipe):
     queries, docs = pipe.transform(data.query_texts), pipe.transform(data.corpus_texts)
     run = _search_run(data, queries, docs, metric="hamming")
     _assert_same(_mteb_scores(enc, tiny_beir), evaluate(run, data.qrels, METRICS))
+
+
+def test_concat_embedder_members_get_their_query_and_document_prompts(
+    tiny_beir, tiny_prompted_model_path
+):
+    from skfusion.embedder import ConcatEmbedder
+    from skfusion.mteb_task import MTEBEncoder
+
+    embedder = ConcatEmbedder([("prompted", tiny_prompted_model_path)], batch_size=16)
+    pipe = Pipeline([("embed", embedder)]).fit(load_sample_passages(limit=20))
+    data = load_beir(tiny_beir, split="dev")
+    enc = MTEBEncoder(pipe, name="test/concat")
+    q = enc.encode_texts(data.query_texts, "query")
+    d = enc.encode_texts(data.corpus_texts, "document")
+    np.testing.assert_array_equal(q, embedder.encode_queries(data.query_texts))
+    np.testing.assert_array_equal(d, embedder.encode_documents(data.corpus_texts))
+    # The model's configured prompts differ, so the roles give different vectors.
+    assert not np.allclose(q, embedder.encode_documents(data.query_texts))
+    assert embedder.prompt_name is None  # nothing was left changed
+    ours = evaluate(
+        _run(data.query_ids, data.corpus_ids, enc.similarity(q, d)), data.qrels, METRICS
+    )
+    _assert_same(_mteb_scores(enc, tiny_beir), ours)

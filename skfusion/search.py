@@ -185,8 +185,12 @@ def _float_search(space, n_db, k, batch_size, faiss):
     m_all = Q.shape[0]
     k2 = min(n_db, k + max(k, 16))
     q_step = max(1, min(m_all, _BLOCK_SCORES // batch_size))
+    db_step = batch_size
     if faiss is not None:
-        q_step = m_all  # faiss returns (m, k2) per call: no score matrix here
+        # faiss returns only (m, k2) per call and tiles its own score matrix: give it
+        # all queries and larger database blocks (at most ~64 MiB of float32 rows).
+        q_step = m_all
+        db_step = max(batch_size, (1 << 24) // max(Q.shape[1], 1))
     out_s = np.empty((m_all, k), dtype=np.float64)
     out_i = np.empty((m_all, k), dtype=np.int64)
     for qs in range(0, m_all, q_step):
@@ -195,8 +199,8 @@ def _float_search(space, n_db, k, batch_size, faiss):
         cand_s = np.full((m, 0), -np.inf, dtype=np.float32)
         cand_i = np.zeros((m, 0), dtype=np.int64)
         dmax = 0.0
-        for ds in range(0, n_db, batch_size):
-            D = space.rows(slice(ds, ds + batch_size))
+        for ds in range(0, n_db, db_step):
+            D = space.rows(slice(ds, ds + db_step))
             dmax = max(dmax, float(np.abs(D).max()))
             if faiss is not None:
                 s, i = faiss.knn(Qb, D, min(k2, D.shape[0]), faiss.METRIC_INNER_PRODUCT)

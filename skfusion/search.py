@@ -168,6 +168,8 @@ class _FloatSpace:
         rows = self.database[index]
         if self.metric in ("cosine", "ip"):
             D = np.asarray(rows, dtype=np.float32)
+            # Checked block by block as read, so a memmap is never loaded whole.
+            _check_finite("database", D)
             return _l2(D) if self.metric == "cosine" else np.ascontiguousarray(D)
         codes = self._codes(rows)
         if self.metric == "reconstruct":
@@ -462,10 +464,6 @@ def search(
     k = min(int(k), database.shape[0])
     if _is_float(queries):
         _check_finite("queries", queries)
-    if metric in ("cosine", "ip"):
-        # Blocks are checked as read would be cheaper, but a bad row must not
-        # silently rank: check the whole database up front.
-        _check_finite("database", database)
 
     if metric == "hamming":
         if weights is not None:

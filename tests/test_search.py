@@ -227,3 +227,15 @@ def test_hamming_equals_brute_force(data, n_bytes, n_db, k, batch_size):
         s, i = search(Q, D, k, metric="hamming", batch_size=batch_size, use_faiss=use_faiss)
         np.testing.assert_array_equal(i, ref_i)
         np.testing.assert_array_equal(s, 8 * n_bytes + ref_s)
+
+
+def test_memmap_database_gives_the_same_result(tmp_path):
+    Q, D = _data(n_db=3000)
+    mm = np.lib.format.open_memmap(tmp_path / "db.npy", "w+", np.float32, D.shape)
+    mm[:] = D
+    mm.flush()
+    db = np.load(tmp_path / "db.npy", mmap_mode="r")
+    a = search(Q, db, 10, batch_size=256)
+    b = search(Q, D, 10, batch_size=256)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])

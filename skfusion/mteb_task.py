@@ -451,6 +451,10 @@ def run_mteb(model, tasks, *, show_progress_bar=False, **kwargs):
 
     if hasattr(model, "transform") and not hasattr(model, "mteb_model_meta"):
         model = MTEBEncoder(model)
+    # mteb only silences its bars when encode_kwargs is not given at all.
+    encode_kwargs = dict(kwargs.pop("encode_kwargs", None) or {})
+    encode_kwargs.setdefault("show_progress_bar", show_progress_bar)
+    kwargs["encode_kwargs"] = encode_kwargs
     kwargs.setdefault("cache", None)
     kwargs.setdefault("overwrite_strategy", "always")
     return mteb.evaluate(model, tasks, show_progress_bar=show_progress_bar, **kwargs)

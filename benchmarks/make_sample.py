@@ -75,17 +75,11 @@ def make_sample(source, dest):
     corpus = _read_jsonl(source / "corpus.jsonl.gz")
     others = [i for i, d in enumerate(corpus) if d["_id"] not in wanted_d]
     n_extra = N_CORPUS - len(wanted_d)
-    extra = set(
-        np.random.default_rng(SEED).choice(others, n_extra, replace=False).tolist()
-    )
-    sample_corpus = [
-        d for i, d in enumerate(corpus) if d["_id"] in wanted_d or i in extra
-    ]
+    extra = set(np.random.default_rng(SEED).choice(others, n_extra, replace=False).tolist())
+    sample_corpus = [d for i, d in enumerate(corpus) if d["_id"] in wanted_d or i in extra]
     assert len(sample_corpus) == N_CORPUS, len(sample_corpus)
 
-    queries = [
-        q for q in _read_jsonl(source / "queries.jsonl.gz") if q["_id"] in wanted_q
-    ]
+    queries = [q for q in _read_jsonl(source / "queries.jsonl.gz") if q["_id"] in wanted_q]
     assert len(queries) == len(wanted_q)
 
     train = []

@@ -36,9 +36,7 @@ def _open_text(path: Path):
 def _find(folder: Path, stem: str) -> Path:
     """Return ``folder/stem.jsonl`` or ``folder/stem.jsonl.gz``, whichever exists."""
     found = [
-        p
-        for p in (folder / f"{stem}.jsonl", folder / f"{stem}.jsonl.gz")
-        if p.is_file()
+        p for p in (folder / f"{stem}.jsonl", folder / f"{stem}.jsonl.gz") if p.is_file()
     ]
     if not found:
         raise FileNotFoundError(
@@ -73,9 +71,7 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
             yield lineno, obj
 
 
-def _field(
-    path: Path, lineno: int, obj: dict, key: str, *, optional: bool = False
-) -> str:
+def _field(path: Path, lineno: int, obj: dict, key: str, *, optional: bool = False) -> str:
     value = obj.get(key)
     if value is None and optional:
         return ""
@@ -83,9 +79,7 @@ def _field(
         # BEIR's own loader reads ids with str(); qrels ids are strings.
         return str(value)
     if not isinstance(value, str):
-        what = (
-            "missing" if key not in obj else f"a {type(value).__name__}, not a string"
-        )
+        what = "missing" if key not in obj else f"a {type(value).__name__}, not a string"
         raise ValueError(f"{path}, line {lineno}: field {key!r} is {what}.")
     return value
 
@@ -103,9 +97,7 @@ def _read_docs(path: Path, *, with_title: bool) -> tuple[list[str], list[str]]:
         text = _field(path, lineno, obj, "text")
         if with_title:
             # The way BEIR and MTEB join them.
-            text = (
-                _field(path, lineno, obj, "title", optional=True) + " " + text
-            ).strip()
+            text = (_field(path, lineno, obj, "title", optional=True) + " " + text).strip()
         ids.append(doc_id)
         texts.append(text)
     return ids, texts
@@ -241,9 +233,7 @@ def load_beir(path, split: str = "test") -> RetrievalDataset:
             f"BEIR folder {str(folder)!r} does not exist or is not a directory."
         )
     if not isinstance(split, str) or not split:
-        raise ValueError(
-            f"split must be a non-empty string such as 'test', got {split!r}."
-        )
+        raise ValueError(f"split must be a non-empty string such as 'test', got {split!r}.")
     qrels_path = folder / "qrels" / f"{split}.tsv"
     if not qrels_path.is_file():
         available = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))

@@ -148,17 +148,13 @@ def test_non_string_text_raises(beir):
 
 def test_duplicate_id_raises(beir):
     corpus = [*CORPUS, {"_id": "d1", "text": "again"}]
-    with pytest.raises(
-        ValueError, match=r"line 4: duplicate _id 'd1' \(first on line 1\)"
-    ):
+    with pytest.raises(ValueError, match=r"line 4: duplicate _id 'd1' \(first on line 1\)"):
         load_beir(beir(corpus=corpus))
 
 
 def test_qrels_bad_score_names_line(beir):
     qrels = QRELS_TEST + "q1\td2\thigh\n"
-    with pytest.raises(
-        ValueError, match="line 5: score must be an integer, got 'high'"
-    ):
+    with pytest.raises(ValueError, match="line 5: score must be an integer, got 'high'"):
         load_beir(beir(qrels=qrels))
 
 

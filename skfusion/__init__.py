@@ -3,7 +3,23 @@
 Concatenate the L2-normalised outputs of several embedding models
 (:class:`ConcatEmbedder`), compress the concatenation with a Matryoshka decoder
 (:class:`MatryoshkaDecoder`), and quantize it (:class:`PercentileQuantizer`,
-:class:`RandomProjectionLSH`); every step is a scikit-learn transformer.
+:class:`RandomProjectionLSH`); every step is a scikit-learn transformer. Importing
+skfusion imports neither torch nor sentence-transformers: models load at ``fit``, and a
+fitted decoder or quantizer transforms with numpy alone.
 """
 
+from .decoder import MatryoshkaDecoder
+from .embedder import ConcatEmbedder
+from .lsh import RandomProjectionLSH
+from .quantize import PercentileQuantizer
+from .search import search
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "ConcatEmbedder",
+    "MatryoshkaDecoder",
+    "PercentileQuantizer",
+    "RandomProjectionLSH",
+    "search",
+]

@@ -6,6 +6,7 @@ package plus a lexical TF-IDF -> SVD member. Each stage is a fitted scikit-learn
 scored with nDCG@10 and the bytes one stored vector costs.
 """
 
+import copy
 import math
 import os
 import time
@@ -16,8 +17,11 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.pipeline import Pipeline, make_pipeline
 
 from .datasets import load_sample, load_sample_passages
+from .decoder import MatryoshkaDecoder
 from .embedder import ConcatEmbedder
 from .evaluation import evaluate_retrieval
+from .lsh import RandomProjectionLSH
+from .quantize import PercentileQuantizer
 
 __all__ = ["default_members", "run_demo"]
 
@@ -58,8 +62,29 @@ def _stages(embedder, members, passages, train_z):
         yield name, Pipeline([("embed", embedder), *steps])
 
 
-def _downstream_stages(train_z):
-    return []  # decoder, quantizer and LSH stages are added as they land
+def _downstream_stages(train_z, random_state=0):
+    """Decoder, quantizer and LSH stages, each fitted on the embedded training passages."""
+    width = train_z.shape[1]
+    n_components = min(256, width)
+    stops = tuple(s for s in (32, 64, 128, 256) if s < n_components) + (n_components,)
+    decoder = MatryoshkaDecoder(n_components, stops, random_state=random_state)
+    decoder.fit(train_z)
+    for dim in (n_components, 128):
+        # output_dim is a prefix length: changing it needs no refit.
+        yield (
+            f"decoder {dim}-d",
+            [("dec", copy.deepcopy(decoder).set_params(output_dim=dim))],
+        )
+    h = decoder.transform(train_z)
+    for bits in (4, 2, 1):
+        quant = PercentileQuantizer(bits, random_state=random_state).fit(h)
+        yield (
+            f"decoder {n_components}-d + {bits}-bit codes",
+            [("dec", decoder), ("quant", quant)],
+        )
+    for n_bits in (1024, 256):
+        lsh = RandomProjectionLSH(n_bits, random_state=random_state).fit(train_z)
+        yield f"LSH {n_bits} bits", [("lsh", lsh)]
 
 
 def run_demo(*, cache_dir=None, quiet=False, n_train=None, out=print):
@@ -81,9 +106,7 @@ def run_demo(*, cache_dir=None, quiet=False, n_train=None, out=print):
         One per stage: ``stage``, ``ndcg@10``, ``bytes_per_vector``, ``compression``.
     """
     if cache_dir is None:
-        cache_dir = os.environ.get(
-            "SKFUSION_CACHE", Path.home() / ".cache" / "skfusion"
-        )
+        cache_dir = os.environ.get("SKFUSION_CACHE", Path.home() / ".cache" / "skfusion")
     start = time.perf_counter()
     data = load_sample("test")
     passages = load_sample_passages(limit=n_train)

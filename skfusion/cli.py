@@ -258,8 +258,23 @@ def build_parser():
     return parser
 
 
+def _silence_libraries():
+    # The command owns its process, so turning off library progress output is fine here.
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.quiet:
+        _silence_libraries()
     try:
         return args.func(args)
     except (CLIError, FileNotFoundError, ValueError, ImportError, OSError) as exc:

@@ -574,8 +574,9 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
 
     def _st_dim(self, name, model):
         # get_embedding_dimension is the sentence-transformers >= 5.4 name.
-        getter = getattr(model, "get_embedding_dimension", None) or getattr(
-            model, "get_sentence_embedding_dimension"
+        getter = (
+            getattr(model, "get_embedding_dimension", None)
+            or model.get_sentence_embedding_dimension
         )
         dim = getter()
         if not dim:
@@ -655,13 +656,7 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             return np.zeros((0, n_out), dtype=np.float32)
 
         # Encode each distinct text once.
-        position = {}
-        inverse = np.fromiter(
-            (position.setdefault(t, len(position)) for t in texts),
-            dtype=np.intp,
-            count=len(texts),
-        )
-        unique = list(position)
+        unique = list(dict.fromkeys(texts))
         out = np.empty((len(unique), n_out), dtype=np.float32)
         offsets = np.concatenate([[0], np.cumsum(self.dims_)])
 
@@ -682,7 +677,7 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
                 if cache is not None:
                     space = self._namespace(m, model, prompt, prompt_name)
                     try:
-                        found, values, n_bad = cache.get(space, keys, m.dim)
+                        found, n_bad = cache.get(space, keys, block)
                     except CacheUnavailableError as exc:
                         cache = self._cache_failed(cache, exc)
                     else:
@@ -694,7 +689,6 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
                                 n_bad,
                                 m.name,
                             )
-                        block[found] = values[found]
                         missing = np.flatnonzero(~found)
                 plans.append((m, model, prompt, block, space, missing))
 
@@ -719,7 +713,8 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
                 block *= w
         if len(unique) == len(texts):
             return out
-        return out[inverse]
+        position = dict(zip(unique, range(len(unique)), strict=True))
+        return out[np.fromiter(map(position.__getitem__, texts), np.intp, len(texts))]
 
     def _compute(
         self, m, model, prompt, prompt_name, unique, missing, block, cache, space,

@@ -55,15 +55,34 @@ def test_store_round_trip_and_namespaces(tmp_path):
     values = np.random.default_rng(0).random((2, 5), dtype=np.float32)
     with EmbeddingCache(tmp_path) as cache:
         cache.put(space, keys[:2], values)
-        found, got, bad = cache.get(space, keys, 5)
-        assert found.tolist() == [True, True, False] and bad == 0
-        np.testing.assert_array_equal(got[:2], values)
-        assert not got[2].any()
-        found, _, _ = cache.get(namespace("other"), keys, 5)
+        # Both read paths: a range scan (most of the namespace asked for) and
+        # key lookups (a small part of it).
+        for asked in (keys, keys[1:2]):
+            out = np.full((len(asked), 5), -1.0, dtype=np.float32)
+            found, bad = cache.get(space, asked, out)
+            assert bad == 0
+            for i, key in enumerate(asked):
+                if key in keys[:2]:
+                    assert found[i]
+                    np.testing.assert_array_equal(out[i], values[keys.index(key)])
+                else:
+                    assert not found[i] and (out[i] == -1).all()  # left as it was
+        many = text_keys([str(i) for i in range(50)])
+        cache.put(space, many, np.ones((50, 5), dtype=np.float32))
+        out = np.zeros((2, 5), dtype=np.float32)
+        found, _ = cache.get(space, [keys[0], keys[2]], out)  # lookup path
+        assert found.tolist() == [True, False]
+        np.testing.assert_array_equal(out[0], values[0])
+        found, _ = cache.get(namespace("other"), keys, np.zeros((3, 5), np.float32))
         assert not found.any()
-        # A row of another width is rejected, never reshaped.
-        found, _, bad = cache.get(space, keys, 4)
-        assert not found.any() and bad == 2
+        # A row of another width is never reshaped: it is simply not found.
+        found, bad = cache.get(space, keys, np.zeros((3, 4), np.float32))
+        assert not found.any() and bad == 0
+        # Writing into a column block of a wider array works (a member's block).
+        wide = np.zeros((3, 9), dtype=np.float32)
+        found, _ = cache.get(space, keys, wide[:, 2:7])
+        np.testing.assert_array_equal(wide[:2, 2:7], values)
+        assert not wide[:, :2].any() and not wide[:, 7:].any() and not wide[2].any()
 
 
 def test_lone_surrogates_and_empty_text_have_keys():
@@ -146,12 +165,17 @@ def test_corrupt_entries_are_recomputed_and_overwritten(
     expected = emb.transform(tiny_corpus)
     db = tmp_path / CACHE_FILENAME
     with sqlite3.connect(db) as conn:
-        rows = conn.execute("SELECT rowid, vector FROM embedding LIMIT 3").fetchall()
-        (r1, v1), (r2, v2), (r3, _) = rows
-        flipped = bytes([v1[0] ^ 0xFF]) + v1[1:]  # bit rot
-        conn.execute("UPDATE embedding SET vector = ? WHERE rowid = ?", (flipped, r1))
-        conn.execute("UPDATE embedding SET vector = ? WHERE rowid = ?", (v2[:20], r2))
-        conn.execute("UPDATE embedding SET dim = 7 WHERE rowid = ?", (r3,))
+        rows = conn.execute("SELECT namespace, key, vector FROM embedding").fetchall()
+        (s1, k1, v1), (s2, k2, v2), (s3, k3, _), (s4, k4, _) = rows[:4]
+        set_vector = "UPDATE embedding SET vector = ? WHERE namespace = ? AND key = ?"
+        flipped = bytes([v1[0] ^ 0x01]) + v1[1:]  # bit rot
+        conn.execute(set_vector, (flipped, s1, k1))
+        conn.execute(set_vector, (v2[:20], s2, k2))  # torn
+        conn.execute(set_vector, ("not a vector", s3, k3))  # wrong type
+        # Another width: not this member's vector, so not found, then overwritten.
+        conn.execute(
+            "UPDATE embedding SET dim = 7 WHERE namespace = ? AND key = ?", (s4, k4)
+        )
     with caplog.at_level(logging.WARNING, logger="skfusion"):
         got = emb.transform(tiny_corpus)
     np.testing.assert_allclose(got, expected, atol=1e-6)
@@ -161,6 +185,10 @@ def test_corrupt_entries_are_recomputed_and_overwritten(
         again = emb.transform(tiny_corpus)  # overwritten: all valid now
     assert caplog.text == ""
     np.testing.assert_array_equal(again, got)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM embedding WHERE dim != 32 OR length(vector) != 128"
+        ).fetchone() == (0,)
 
 
 def test_unreadable_database_warns_and_computes(tiny_corpus, tmp_path):

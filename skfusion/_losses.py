@@ -22,6 +22,8 @@ import torch
 
 __all__ = [
     "cosine_gram",
+    "matryoshka_listwise_kl",
+    "matryoshka_listwise_kl_naive",
     "matryoshka_pairwise_mse",
     "matryoshka_pairwise_mse_naive",
     "neighbor_weights",
@@ -65,80 +67,108 @@ def neighbor_weights(target, strength, temperature=0.05):
     return w.masked_fill(eye, 0.0)
 
 
-class _MatryoshkaCosineMSE(torch.autograd.Function):
-    """Loss value and an analytic gradient with respect to ``H``.
+class _PrefixCosineLoss(torch.autograd.Function):
+    """A loss on the prefix cosine matrices, with an analytic gradient for ``H``.
 
     Forward, per stop ``k`` (columns ``s_{k-1}:s_k`` form block ``b_k``):
     ``G_k = G_{k-1} + H_b H_b^T`` (one in-place ``addmm``), ``c_k = 1 / ||H_i[:s_k]||``
-    from a cumulative sum of squares, ``D_k = c c^T * G_k - T``, loss ``<W, D_k^2>``.
-    Backward, with ``E_k = dL/dcos_k = coef * W * D_k`` and ``R_k = E_k * c c^T``:
-    ``dL/dH_b = S_b H_b`` where ``S_b = sum_{k >= b} (R_k + R_k^T)`` is a suffix sum,
-    plus the norm term ``dL/dH_im = 2 H_im sum_{k: s_k > m} dL/dq_ik`` with
+    from a cumulative sum of squares, ``cos_k = c c^T * G_k``; the loss term and its
+    gradient ``E_k = dL/dcos_k`` are closed-form (see ``_mse_term``, ``_kl_term``).
+    Backward, with ``R_k = E_k * c c^T``: ``dL/dH_b = S_b H_b`` where
+    ``S_b = sum_{k >= b} (R_k + R_k^T)`` is a suffix sum, plus the norm term
+    ``dL/dH_im = 2 H_im sum_{k: s_k > m} dL/dq_ik`` with
     ``dL/dq_ik = -c_ik^2 / 2 * (rowsum + colsum of E_k * cos_k)_i``. So the whole
     backward pass is one ``B x B x n_components`` matmul plus ``B x B`` elementwise
     work, where autograd would do two matmuls per stop.
     """
 
     @staticmethod
-    def forward(ctx, H, target, weights, stops):
+    def forward(ctx, H, term, stops):
         B = H.shape[0]
-        K = len(stops)
         idx = torch.as_tensor([s - 1 for s in stops], device=H.device)
         inv = (H * H).cumsum(dim=1).index_select(1, idx).clamp_min(_EPS).rsqrt()
-        denom = float(B * (B - 1)) if weights is None else float(weights.sum())
         gram = torch.zeros(B, B, dtype=H.dtype, device=H.device)
-        neg_target = -target
-        diffs = []
         total = H.new_zeros(())
+        saved, symmetric = [], True
         prev = 0
         for k, s in enumerate(stops):
             block = H[:, prev:s]
             gram.addmm_(block, block.T)
-            D = torch.addcmul(neg_target, gram, torch.outer(inv[:, k], inv[:, k]))
-            D.diagonal().zero_()
-            flat = D.reshape(-1)
-            if weights is None:
-                total += torch.dot(flat, flat)
-            else:
-                total += torch.dot(flat * weights.reshape(-1), flat)
-            diffs.append(D)
+            cos = gram * torch.outer(inv[:, k], inv[:, k])
+            value, grad_cos, sym = term(cos)
+            total += value
+            symmetric = symmetric and sym
+            saved += [cos, grad_cos]
             prev = s
-        ctx.save_for_backward(H, target, weights, inv, *diffs)
+        ctx.save_for_backward(H, inv, *saved)
         ctx.stops = stops
-        ctx.coef = 1.0 / (denom * K)
-        ctx.has_weights = weights is not None
-        return total * ctx.coef
+        ctx.symmetric = symmetric
+        return total
 
     @staticmethod
     def backward(ctx, grad_out):
-        H, target, weights, inv, *diffs = ctx.saved_tensors
+        H, inv, *saved = ctx.saved_tensors
         stops = ctx.stops
-        coef = 2.0 * ctx.coef * grad_out
-        if not ctx.has_weights:
-            weights = None
         grad = torch.zeros_like(H)
         S = torch.zeros(H.shape[0], H.shape[0], dtype=H.dtype, device=H.device)
         u = torch.zeros(H.shape[0], dtype=H.dtype, device=H.device)
         bounds = [0, *stops]
         for k in range(len(stops) - 1, -1, -1):
-            D = diffs[k]
+            cos, E = saved[2 * k], saved[2 * k + 1]
             c = inv[:, k]
             outer = torch.outer(c, c)
-            if weights is None:
-                # E = coef * D is symmetric: row and column sums agree, R^T = R.
-                P = D * (D + target)
-                u -= c * c * P.sum(dim=1) * coef
-                S.addcmul_(D, outer, value=2.0 * coef)
+            P = E * cos
+            if ctx.symmetric:
+                # Symmetric E: row and column sums agree and R^T = R.
+                u -= c * c * P.sum(dim=1)
+                S.addcmul_(E, outer, value=2.0)
             else:
-                E = D * weights * coef
-                P = E * (D + target)
                 u -= 0.5 * c * c * (P.sum(dim=1) + P.sum(dim=0))
-                R = E.mul_(outer)
+                R = E * outer
                 S.add_(R).add_(R.T)
             lo, hi = bounds[k], bounds[k + 1]
             block = H[:, lo:hi]
             grad[:, lo:hi] = S @ block + 2.0 * block * u.unsqueeze(1)
-        return grad, None, None, None
+        return grad * grad_out, None, None
+
+
+def _mse_term(target, weights, n_stops):
+    """Squared cosine error of one stop: its value and gradient w.r.t. ``cos``."""
+    B = target.shape[0]
+    denom = float(B * (B - 1)) if weights is None else float(weights.sum())
+    coef = 1.0 / (denom * n_stops)
+
+    def term(cos):
+        D = cos - target
+        D.diagonal().zero_()
+        flat = D.reshape(-1)
+        if weights is None:
+            return torch.dot(flat, flat) * coef, D.mul_(2.0 * coef), True
+        WD = D * weights
+        return torch.dot(WD.reshape(-1), flat) * coef, WD.mul_(2.0 * coef), False
+
+    return term
+
+
+def _kl_term(target, temperature, n_stops):
+    """Listwise KL of one stop: its value and gradient w.r.t. ``cos``."""
+    B = target.shape[0]
+    eye = torch.eye(B, dtype=torch.bool, device=target.device)
+    p_log = torch.log_softmax((target / temperature).masked_fill(eye, -torch.inf), 1)
+    p = p_log.exp()
+    p_log = p_log.masked_fill(eye, 0.0)
+    entropy_part = float((p * p_log).sum())  # sum p log p, constant per batch
+    scale = 1.0 / (B * n_stops)
+
+    def term(cos):
+        q_log = torch.log_softmax((cos / temperature).masked_fill_(eye, -torch.inf), 1)
+        q_log.masked_fill_(eye, 0.0)
+        value = (entropy_part - torch.dot(p.reshape(-1), q_log.reshape(-1))) * scale
+        # d/dcos_ij of -sum_j p_ij log q_ij = (q_ij - p_ij) / temperature.
+        grad_cos = q_log.exp_().masked_fill_(eye, 0.0).sub_(p)
+        return value, grad_cos.mul_(scale / temperature), False
+
+    return term
 
 
 def matryoshka_pairwise_mse(H, target, stops, weights=None):
@@ -161,10 +191,42 @@ def matryoshka_pairwise_mse(H, target, stops, weights=None):
     -------
     loss : torch.Tensor, scalar, differentiable with respect to ``H``.
     """
+    stops = tuple(int(s) for s in stops)
     target = target.detach().to(H.dtype)
     if weights is not None:
         weights = weights.detach().to(H.dtype)
-    return _MatryoshkaCosineMSE.apply(H, target, weights, tuple(int(s) for s in stops))
+    return _PrefixCosineLoss.apply(H, _mse_term(target, weights, len(stops)), stops)
+
+
+def matryoshka_listwise_kl(H, target, stops, temperature=0.05):
+    """Mean over stops of a listwise distillation loss on in-batch neighbours.
+
+    For each row ``i`` and stop ``s``: ``KL(p_i || q_i)`` with
+    ``p_ij = softmax_{j != i}(t_ij / temperature)`` (target cosines) and
+    ``q_ij = softmax_{j != i}(cos(h_i[:s], h_j[:s]) / temperature)``, averaged over
+    rows. Only the ranking-relevant top of each row's neighbour list matters, unlike
+    the squared error that weighs all pairs alike. Same efficient scheme as
+    :func:`matryoshka_pairwise_mse`.
+
+    Parameters
+    ----------
+    H : torch.Tensor of shape (B, n_components)
+        Decoder output.
+    target : torch.Tensor of shape (B, B)
+        Target cosine matrix (no gradient flows to it).
+    stops : sequence of int
+        Strictly increasing prefix widths, each ``<= n_components``.
+    temperature : float, default=0.05
+        Softmax temperature on the cosines.
+
+    Returns
+    -------
+    loss : torch.Tensor, scalar, differentiable with respect to ``H``.
+    """
+    stops = tuple(int(s) for s in stops)
+    target = target.detach().to(H.dtype)
+    term = _kl_term(target, float(temperature), len(stops))
+    return _PrefixCosineLoss.apply(H, term, stops)
 
 
 def matryoshka_pairwise_mse_naive(H, Z, stops, weights=None):
@@ -185,4 +247,27 @@ def matryoshka_pairwise_mse_naive(H, Z, stops, weights=None):
         zs = Z / Z.norm(dim=1, keepdim=True).clamp_min(_EPS)
         diff = hs @ hs.T - zs @ zs.T
         losses.append((diff.square() * mask).sum() / mask.sum())
+    return torch.stack(losses).mean()
+
+
+def matryoshka_listwise_kl_naive(H, target, stops, temperature=0.05):
+    """Direct autograd version of :func:`matryoshka_listwise_kl` (a cross-check).
+
+    Re-normalises every prefix and builds its full cosine matrix per stop.
+    """
+    B = H.shape[0]
+    eye = torch.eye(B, dtype=torch.bool, device=H.device)
+    p_log = torch.log_softmax(
+        (target.detach() / temperature).masked_fill(eye, float("-inf")), dim=1
+    )
+    p = p_log.exp()
+    p_log = p_log.masked_fill(eye, 0.0)
+    losses = []
+    for s in stops:
+        hs = H[:, :s]
+        hs = hs / hs.norm(dim=1, keepdim=True).clamp_min(_EPS)
+        q_log = torch.log_softmax(
+            (hs @ hs.T / temperature).masked_fill(eye, float("-inf")), dim=1
+        ).masked_fill(eye, 0.0)
+        losses.append((p * (p_log - q_log)).sum() / B)
     return torch.stack(losses).mean()

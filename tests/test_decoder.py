@@ -48,7 +48,9 @@ def test_sklearn_compatible(estimator, check):
 
 def test_pca_init_without_training_is_pca():
     X = _unit_rows(300, 12, rank=6)
-    dec = MatryoshkaDecoder(6, (3, 6), max_epochs=0, normalize=False).fit(X)
+    dec = MatryoshkaDecoder(
+        6, (3, 6), max_epochs=0, target_whiten=0.0, normalize=False
+    ).fit(X)
     pca = PCA(6).fit(X)
     ours, ref = dec.transform(X), pca.transform(X)
     # Same components up to sign.
@@ -93,6 +95,8 @@ def test_training_lowers_the_loss_from_random_init():
         8,
         (2, 4, 8),
         init="random",
+        loss="pairwise_mse",
+        target_whiten=0.0,
         max_epochs=15,
         batch_size=64,
         learning_rate=1e-2,
@@ -112,6 +116,48 @@ def test_training_lowers_the_loss_from_random_init():
         return np.mean((H @ H.T - target) ** 2)
 
     assert err(dec) < 0.5 * err(untrained)
+
+
+def _top_k_overlap(A, B, k=5):
+    """Mean overlap of each row's k nearest neighbours (cosine) in A and in B."""
+
+    def knn(M):
+        M = M / np.linalg.norm(M, axis=1, keepdims=True)
+        S = M @ M.T
+        np.fill_diagonal(S, -np.inf)
+        return np.argsort(-S, axis=1)[:, :k]
+
+    na, nb = knn(A), knn(B)
+    return np.mean([len(set(a) & set(b)) / k for a, b in zip(na, nb, strict=True)])
+
+
+def test_listwise_loss_learns_the_neighbour_ranking():
+    X = _unit_rows(400, 16, rank=8)
+    params = dict(
+        n_components=8,
+        stops=(2, 4, 8),
+        init="random",
+        loss="listwise_kl",
+        temperature=0.05,
+        target_whiten=0.0,
+        batch_size=64,
+        random_state=0,
+    )
+    dec = MatryoshkaDecoder(
+        **params, max_epochs=15, learning_rate=1e-2, early_stopping=False
+    ).fit(X)
+    untrained = MatryoshkaDecoder(**params, max_epochs=0).fit(X)
+    assert dec.loss_curve_[-1] < 0.7 * dec.loss_curve_[0]
+    overlap = {}
+    for k in (2, 8):
+        dec.set_params(output_dim=k)
+        untrained.set_params(output_dim=k)
+        overlap[k] = (
+            _top_k_overlap(X, dec.transform(X)),
+            _top_k_overlap(X, untrained.transform(X)),
+        )
+    assert overlap[2][0] > overlap[2][1]
+    assert overlap[8][0] > overlap[8][1] + 0.2
 
 
 def test_early_stopping_records_curves_and_keeps_best():
@@ -238,7 +284,7 @@ def test_grid_search_over_transform_time_parameters():
 
 def test_neighbor_weighting_and_target_whitening_train():
     X = _unit_rows(200, 10, rank=5)
-    a = _small(neighbor_weight=1.0, max_epochs=2).fit(X)
+    a = _small(loss="pairwise_mse", neighbor_weight=1.0, max_epochs=2).fit(X)
     b = _small(target_whiten=0.25, max_epochs=2).fit(X)
     assert np.all(np.isfinite(a.components_)) and np.all(np.isfinite(b.components_))
     assert not np.allclose(a.components_, b.components_)
@@ -261,6 +307,11 @@ def test_neighbor_weighting_and_target_whitening_train():
 def test_bad_parameters(params, match):
     with pytest.raises(ValueError, match=match):
         _small(**params).fit(_unit_rows(40, 6))
+
+
+def test_neighbor_weight_needs_the_mse_loss():
+    with pytest.raises(ValueError, match="neighbor_weight=1.0 only applies"):
+        _small(loss="listwise_kl", neighbor_weight=1.0).fit(_unit_rows(40, 6))
 
 
 def test_output_dim_too_large_at_transform():

@@ -27,9 +27,7 @@ Qrels = Mapping[str, Mapping[str, int]]
 
 def _ranked(docs: Mapping[str, float]) -> list[str]:
     # trec_eval order: score descending, then doc id descending.
-    return [
-        d for d, _ in sorted(docs.items(), key=lambda x: (x[1], x[0]), reverse=True)
-    ]
+    return [d for d, _ in sorted(docs.items(), key=lambda x: (x[1], x[0]), reverse=True)]
 
 
 def _check_k(k):

@@ -21,7 +21,6 @@ features are cached). Writes ``benchmarks/results/code_similarity.{json,md}``.
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -31,13 +30,13 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from _bench import write_results
 from _features import load_features  # noqa: E402
 
 from skfusion.metrics import ndcg_at_k, run_from_topk  # noqa: E402
 from skfusion.quantize import PercentileQuantizer  # noqa: E402
 from skfusion.search import search, spread_weights  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results"
 BETAS = (0.0, 0.5, 1.0)
 
 
@@ -101,8 +100,6 @@ def main(argv=None):
         "variants": rows,
         "beta_chosen_on_dev": chosen,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "code_similarity.json").write_text(json.dumps(out, indent=2))
     lines = [
         f"# Similarity on percentile codes: debian-packages, PCA {args.dim}-d x "
         f"{args.bits} bits ({out['compression_vs_float32_concat']:.0f}x vs the 1,024-d "
@@ -127,7 +124,7 @@ def main(argv=None):
             f"- {m}: beta={c['beta']:g}, test nDCG@10 {c['ndcg_test']:.4f} "
             f"({100 * c['ndcg_test'] / ref['test']:.1f}% of the float concatenation)"
         )
-    (RESULTS / "code_similarity.md").write_text("\n".join(lines) + "\n")
+    write_results("code_similarity", out, lines)
     print("\n".join(lines))
 
 

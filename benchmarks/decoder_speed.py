@@ -18,13 +18,12 @@ Writes ``benchmarks/results/decoder_speed.{json,md}``.
 """
 
 import argparse
-import json
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from _bench import write_results
 from tqdm import tqdm
 
 from skfusion._losses import (
@@ -34,7 +33,6 @@ from skfusion._losses import (
 )
 
 STOPS = (32, 64, 128, 200, 256, 300, 384, 512, 768)
-RESULTS = Path(__file__).parent / "results"
 
 
 def main():
@@ -130,9 +128,7 @@ def main():
         "max_abs_grad_diff": max_grad_diff,
         "losses_agree_1e-5": max_loss_diff <= 1e-5,
     }
-    RESULTS.mkdir(exist_ok=True)
     stem = "decoder_speed" + (f"_{args.tag}" if args.tag else "")
-    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2))
     s = result["setting"]
     md = [
         f"# Decoder training speed ({s['device']}, {s['torch_threads']} torch threads)",
@@ -156,7 +152,7 @@ def main():
         f"largest gradient difference: {max_grad_diff:.2e}.",
         "",
     ]
-    (RESULTS / f"{stem}.md").write_text("\n".join(md))
+    write_results(f"{stem}", result, md)
     print("\n".join(md))
 
 

@@ -15,27 +15,14 @@ Writes ``benchmarks/results/lsh_speed.{json,md}``.
 """
 
 import argparse
-import json
 import os
-import time
-from pathlib import Path
 
 import numpy as np
+from _bench import best_time, write_results
 from sklearn.random_projection import GaussianRandomProjection
 from tqdm import tqdm
 
 from skfusion.lsh import RandomProjectionLSH
-
-RESULTS = Path(__file__).parent / "results"
-
-
-def best_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def main(argv=None):
@@ -78,8 +65,6 @@ def main(argv=None):
         "ratio_vs_skfusion": {k: v / base for k, v in times.items()},
         "skfusion_gflops": flops / base / 1e9,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "lsh_speed.json").write_text(json.dumps(out, indent=2))
     lines = [
         f"# Sign-bit hashing, {args.rows:,} x {args.dim} float32 -> {args.bits} bits "
         f"(best of {args.repeats}, {os.cpu_count()} shared CPUs)",
@@ -94,7 +79,7 @@ def main(argv=None):
         f"skfusion reaches {flops / base / 1e9:.0f} GFLOP/s in the projection "
         "(float32 matrix product, the whole cost).",
     ]
-    (RESULTS / "lsh_speed.md").write_text("\n".join(lines) + "\n")
+    write_results("lsh_speed", out, lines)
     print("\n".join(lines))
 
 

@@ -11,35 +11,14 @@ Writes ``benchmarks/results/quantize_speed.{json,md}``.
 """
 
 import argparse
-import json
 import platform
-import time
-from pathlib import Path
 
 import numpy as np
+from _bench import best_time, memory_bandwidth, write_results
 from sklearn.preprocessing import KBinsDiscretizer
 from tqdm import tqdm
 
 from skfusion.quantize import PercentileQuantizer
-
-RESULTS = Path(__file__).parent / "results"
-
-
-def best_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return min(times), out
-
-
-def memory_bandwidth(n_bytes=512 << 20, repeats=5):
-    """Copy bandwidth (bytes read + written per second) of one large np.copyto."""
-    src = np.ones(n_bytes // 8)
-    dst = np.empty_like(src)
-    t, _ = best_time(lambda: np.copyto(dst, src), repeats)
-    return 2 * n_bytes / t
 
 
 def main(argv=None):
@@ -91,8 +70,6 @@ def main(argv=None):
         f"{__import__('os').cpu_count()} CPUs (shared)",
         "results": rows,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "quantize_speed.json").write_text(json.dumps(out, indent=2))
     lines = [
         f"# PercentileQuantizer.transform vs KBinsDiscretizer "
         f"({args.rows:,} x {args.dim} float32, best of {args.repeats})",
@@ -118,7 +95,7 @@ def main(argv=None):
         "the 2**b - 1 compare passes run on cache-resident blocks, so the transform is "
         "compute-bound at 4 bits.",
     ]
-    (RESULTS / "quantize_speed.md").write_text("\n".join(lines) + "\n")
+    write_results("quantize_speed", out, lines)
     print("\n".join(lines))
 
 

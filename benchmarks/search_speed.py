@@ -22,34 +22,14 @@ Writes ``benchmarks/results/search_speed.{json,md}``.
 """
 
 import argparse
-import json
 import os
-import time
-from pathlib import Path
 
 import faiss
 import numpy as np
+from _bench import best_time, memory_bandwidth, write_results
 from tqdm import tqdm
 
 from skfusion.search import search
-
-RESULTS = Path(__file__).parent / "results"
-
-
-def best_time(fn, repeats):
-    times, out = [], None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return min(times), out
-
-
-def memory_bandwidth(n_bytes=512 << 20, repeats=5):
-    src = np.ones(n_bytes // 8)
-    dst = np.empty_like(src)
-    t, _ = best_time(lambda: np.copyto(dst, src), repeats)
-    return 2 * n_bytes / t
 
 
 def main(argv=None):
@@ -133,8 +113,6 @@ def main(argv=None):
         "hamming": hamming,
         "float": flt,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "search_speed.json").write_text(json.dumps(out, indent=2))
     lines = [
         f"# Exact top-10 search (best of {args.repeats}, {os.cpu_count()} shared CPUs)",
         "",
@@ -160,7 +138,7 @@ def main(argv=None):
         f"{100 * flt['same_indices_as_faiss']:.2f}%; paths identical: "
         f"{flt['numpy_equals_faiss_path']}.",
     ]
-    (RESULTS / "search_speed.md").write_text("\n".join(lines) + "\n")
+    write_results("search_speed", out, lines)
     print("\n".join(lines))
 
 

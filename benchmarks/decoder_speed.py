@@ -35,7 +35,7 @@ from skfusion._losses import (
 STOPS = (32, 64, 128, 200, 256, 300, 384, 512, 768)
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=500_000)
     ap.add_argument("--dim", type=int, default=1152)
@@ -45,7 +45,7 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--tag", default="", help="suffix for the result file names")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

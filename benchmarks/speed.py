@@ -27,7 +27,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _bench import RESULTS, write_results  # noqa: E402
 
-BENCHMARKS = ["embedder_speed", "decoder_speed", "quantize_speed", "lsh_speed", "search_speed"]
+BENCHMARKS = [
+    "embedder_speed",
+    "decoder_speed",
+    "quantize_speed",
+    "lsh_speed",
+    "search_speed",
+]
 
 
 def main(argv=None):

@@ -79,6 +79,35 @@ def pack_codes(codes, bits):
     return _pack(codes.astype(np.uint8, copy=False), bits)
 
 
+def _percentile_codes(X, thresholds):
+    """Codes ``sum_k 1[X[:, j] > thresholds[j, k]]`` as uint8 (compare-and-accumulate).
+
+    ``thresholds`` is a float64 ``(d, n_thresholds)`` array; ``+inf`` entries are never
+    exceeded, so rows padded with them give fewer buckets.
+    """
+    n, d = X.shape
+    thr = thresholds
+    if X.dtype == np.float32:
+        t32 = thr.astype(np.float32)
+        # Round down so that float32 `x > t32` equals float64 `x > thr` exactly.
+        t32 = np.where(t32 > thr, np.nextafter(t32, np.float32(-np.inf)), t32)
+        thr = t32
+    thr_t = np.ascontiguousarray(thr.T)  # (n_thresholds, d): one row per pass
+    out = np.empty((n, d), dtype=np.uint8)
+    step = max(1, _BLOCK_VALUES // max(d, 1))
+    buf = np.empty((min(step, n), d), dtype=bool)
+    buf_u8 = buf.view(np.uint8)
+    for start in range(0, n, step):
+        xb = X[start : start + step]
+        ob = out[start : start + step]
+        m = xb.shape[0]
+        np.greater(xb, thr_t[0], out=ob.view(bool))
+        for k in range(1, thr_t.shape[0]):
+            np.greater(xb, thr_t[k], out=buf[:m])
+            np.add(ob, buf_u8[:m], out=ob)
+    return out
+
+
 def _pack(codes, bits):
     """Pack validated uint8 codes (no checks)."""
     n, d = codes.shape
@@ -310,27 +339,7 @@ class PercentileQuantizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
 
     def _codes(self, X):
         """Unpacked codes of finite float rows ``X`` (compare-and-accumulate)."""
-        n, d = X.shape
-        thr = self.thresholds_
-        if X.dtype == np.float32:
-            t32 = thr.astype(np.float32)
-            # Round down so that float32 `x > t32` equals float64 `x > thr` exactly.
-            t32 = np.where(t32 > thr, np.nextafter(t32, np.float32(-np.inf)), t32)
-            thr = t32
-        thr_t = np.ascontiguousarray(thr.T)  # (2**b - 1, d): one row per pass
-        out = np.empty((n, d), dtype=np.uint8)
-        step = max(1, _BLOCK_VALUES // max(d, 1))
-        buf = np.empty((min(step, n), d), dtype=bool)
-        buf_u8 = buf.view(np.uint8)
-        for start in range(0, n, step):
-            xb = X[start : start + step]
-            ob = out[start : start + step]
-            m = xb.shape[0]
-            np.greater(xb, thr_t[0], out=ob.view(bool))
-            for k in range(1, thr_t.shape[0]):
-                np.greater(xb, thr_t[k], out=buf[:m])
-                np.add(ob, buf_u8[:m], out=ob)
-        return out
+        return _percentile_codes(X, self.thresholds_)
 
     def transform(self, X):
         """Quantize rows into b-bit codes.

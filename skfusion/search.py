@@ -81,7 +81,7 @@ def _resolve_metric(metric, queries, database, quantizer):
     if metric in ("codes", "asymmetric", "reconstruct"):
         if quantizer is None:
             raise ValueError(
-                f"metric={metric!r} needs the fitted PercentileQuantizer that made the "
+                f"metric={metric!r} needs the fitted quantizer that made the "
                 "codes: pass quantizer=..."
             )
         if not db or database.dtype == np.bool_:
@@ -130,14 +130,20 @@ def _top_block(S, k):
 class _FloatSpace:
     """Turns queries and database rows into float32 vectors whose dot is the score."""
 
-    def __init__(self, metric, queries, database, quantizer, weights):
+    def __init__(self, metric, queries, database, quantizer, weights, normalize=False):
         self.metric = metric
         self.database = database
         self.quantizer = quantizer
+        self.normalize = normalize and metric not in ("cosine", "hamming")
         d = database.shape[1] if metric in ("cosine", "ip") else None
+        # Per-dimension code values (AllocatedQuantizer) replace the centred codes.
+        self.table = None
+        self.centre = np.float32(0.0)
         if metric in ("codes", "asymmetric", "reconstruct"):
             d = quantizer.n_features_in_
-            self.centre = np.float32(((1 << quantizer.bits) - 1) / 2)
+            self.table = getattr(quantizer, "code_values_", None)
+            if self.table is None:
+                self.centre = np.float32(((1 << quantizer.bits) - 1) / 2)
         self.d = d
         self.weights = weights
         # Unweighted centred codes are multiples of 1/2 whose dot products stay below
@@ -145,6 +151,8 @@ class _FloatSpace:
         self.exact32 = (
             metric == "codes"
             and weights is None
+            and self.table is None
+            and not self.normalize
             and d * float(self.centre) ** 2 * 4 < 2**22
         )
         self.Q = self._queries(queries)
@@ -152,15 +160,22 @@ class _FloatSpace:
     def _codes(self, rows):
         return self.quantizer._as_codes(rows)
 
+    def _code_values(self, codes):
+        if self.table is not None:
+            return self.table[np.arange(self.d), codes]
+        return codes.astype(np.float32) - self.centre
+
     def _queries(self, queries):
         if self.metric == "codes":
-            Q = self._codes(queries).astype(np.float32) - self.centre
+            Q = self._code_values(self._codes(queries))
         else:
             Q = np.array(queries, dtype=np.float32)
             if self.metric == "cosine":
                 Q = _l2(Q)
         if self.weights is not None:
             Q *= self.weights
+        if self.normalize:
+            Q = _l2(Q)
         return np.ascontiguousarray(Q)
 
     def rows(self, index):
@@ -173,8 +188,10 @@ class _FloatSpace:
             return _l2(D) if self.metric == "cosine" else np.ascontiguousarray(D)
         codes = self._codes(rows)
         if self.metric == "reconstruct":
-            return self.quantizer.bucket_values_[np.arange(self.d), codes]
-        return codes.astype(np.float32) - self.centre
+            D = self.quantizer.bucket_values_[np.arange(self.d), codes]
+        else:
+            D = self._code_values(codes)
+        return _l2(D) if self.normalize else D
 
 
 def _l2(X):
@@ -355,6 +372,7 @@ def search(
     metric="auto",
     quantizer=None,
     weights=None,
+    normalize=False,
     batch_size=16384,
     use_faiss="auto",
 ):
@@ -387,12 +405,21 @@ def search(
         - "auto": "cosine" for float/float, "hamming" for uint8/uint8 without a
           quantizer, "codes" with one, "asymmetric" for float queries against uint8
           codes with a quantizer.
-    quantizer : PercentileQuantizer, default=None
-        The fitted quantizer that made the codes (needed by the code metrics).
+    quantizer : PercentileQuantizer or AllocatedQuantizer, default=None
+        The fitted quantizer that made the codes (needed by the code metrics). With an
+        :class:`~skfusion.allocation.AllocatedQuantizer` a code stands for its
+        ``code_values_`` entry instead of the centred code.
     weights : array-like of shape (width,), default=None
         Non-negative per-dimension weights ``w``: the score becomes
         ``sum_j w_j q_j d_j`` (for cosine, of the normalised rows). See
         :func:`spread_weights`. Not supported with "hamming".
+    normalize : bool, default=False
+        Rank by cosine: L2-normalise the (weighted) query vectors and the database
+        vectors the metric compares (centred codes, code values, bucket means or float
+        rows for "ip") before the dot product. Codes of different rows have different
+        norms, so this changes the ranking (on debian-packages it is worth about one
+        point of nDCG@10 for 1-3-bit codes). Not supported with "hamming"; "cosine"
+        always normalises.
     batch_size : int, default=16384
         Database rows per block; at most ``4M / batch_size`` queries are scored at a
         time, so the score matrix never exceeds about 16 MiB.
@@ -454,6 +481,8 @@ def search(
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    if normalize not in (True, False):
+        raise ValueError(f"normalize must be True or False, got {normalize!r}.")
     if use_faiss not in ("auto", True, False):
         raise ValueError(f"use_faiss must be 'auto', True or False, got {use_faiss!r}.")
     faiss = None if use_faiss is False else _faiss()
@@ -469,6 +498,8 @@ def search(
     if metric == "hamming":
         if weights is not None:
             raise ValueError("weights are not supported with metric='hamming'.")
+        if normalize:
+            raise ValueError("normalize=True is not supported with metric='hamming'.")
         n_bits = queries.shape[1]
         if queries.dtype == np.bool_ or database.dtype == np.bool_:
             if queries.dtype != database.dtype:
@@ -515,7 +546,7 @@ def search(
         if not np.isfinite(weights).all() or (weights < 0).any():
             raise ValueError("weights must be finite and non-negative.")
         weights = weights.astype(np.float32)
-    space = _FloatSpace(metric, queries, database, quantizer, weights)
+    space = _FloatSpace(metric, queries, database, quantizer, weights, normalize)
     # For float scores numpy's BLAS product is as fast as faiss.knn here (see
     # benchmarks/results/search_speed.md): faiss only when asked for explicitly.
     faiss = faiss if use_faiss is True else None

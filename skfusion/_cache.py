@@ -4,7 +4,8 @@ One SQLite database per cache directory holds one row per (namespace, text):
 
 - the *namespace* is a digest of everything besides the text that determines the
   vector: the member's fingerprint (a hash of its weights and configuration), the
-  prompt, the maximum sequence length and the storage format version;
+  prompt and query/document task, the maximum sequence length and the storage
+  format version (the caller chooses the parts; see :func:`namespace`);
 - the *key* is a 128-bit BLAKE2b digest of the UTF-8 text;
 - the row stores the vector's length, dtype and a 64-bit checksum of (namespace,
   key, vector).
@@ -14,8 +15,8 @@ with write-ahead logging (WAL) several processes can read while one writes; a pr
 killed mid-transaction leaves nothing behind (the transaction rolls back on the next
 open). The checksum catches what SQLite cannot see (a row overwritten by a buggy writer,
 bit rot): such a row is reported as missing, recomputed by the caller and overwritten;
-it is never returned. Lookups are batched (hundreds of keys per query) so a warm cache
-serves tens of thousands of vectors per second: a request for much of a namespace
+it is never returned. Reads are batched, so a warm cache serves tens of thousands of
+vectors per second: a request for much of a namespace
 is one sequential range scan, a small one looks keys up hundreds at a time, and the
 checksums are verified for all rows at once with numpy.
 
@@ -32,7 +33,13 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CACHE_FILENAME", "CacheUnavailableError", "EmbeddingCache"]
+__all__ = [
+    "CACHE_FILENAME",
+    "CacheUnavailableError",
+    "EmbeddingCache",
+    "namespace",
+    "text_keys",
+]
 
 #: File name of the database inside ``cache_dir``; the suffix is the format version.
 CACHE_FILENAME = "embeddings-v1.sqlite3"

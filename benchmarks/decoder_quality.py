@@ -19,7 +19,9 @@ stops 32/64/128/256/384/512/768 by exact cosine search.
 The committed results came from: the sweep on an H100 (``--device cuda``, saved as
 ``decoder_quality_sweep_cuda.json``), then ``--variants "default;pca" --device cpu
 --out decoder_quality_cpu`` on the 2-core CPU (about 11 minutes under load), then
-``--report`` which writes ``benchmarks/results/decoder_quality.{json,md,png}``.
+``--report cpu=... cuda=... h100=decoder_quality_default_cuda.json`` (the default
+refitted on the H100 with the committed code), which writes
+``benchmarks/results/decoder_quality.{json,md,png}``.
 """
 
 import argparse
@@ -240,7 +242,8 @@ def report(sources, out="decoder_quality"):
         "noted. `[cpu]` rows: this 2-core CPU, library code as committed; `[cuda]` "
         "rows: the hyper-parameter sweep, run once on an H100 (same code, except that "
         "the listwise loss then used plain autograd: equal values, see "
-        "tests/test_losses.py). Sweep rows list only what differs from "
+        "tests/test_losses.py); `[h100]`: the default refitted there with the committed "
+        "code. Sweep rows list only what differs from "
         "`init='pca', loss='pairwise_mse', learning_rate=1e-4, temperature=0.05, "
         "target_whiten=0, max_epochs=20` (early stopping on 10%, batch 1,024, 768 "
         "outputs, the paper's 9 stops). `default` is `MatryoshkaDecoder()` "

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import sys
+import time
 import warnings
 from numbers import Integral
 
@@ -51,8 +52,12 @@ _ST_PROMPT_CANDIDATES = {
     "document": ("document", "passage", "corpus"),
 }
 # Texts per model call: a multiple of batch_size big enough that per-call overhead is
-# negligible, small enough that the cache is written (and a kill loses) little.
+# negligible, small enough for a responsive progress bar.
 _BATCHES_PER_CHUNK = 32
+# Computed vectors are committed to the cache at most this often (and at the end):
+# every commit rewrites the b-tree pages it touches, so committing each chunk of a
+# fast member costs more than encoding it; a kill loses at most this much work.
+_COMMIT_EVERY_S = 2.0
 
 _ST_REF, _ST_INSTANCE, _SKLEARN = "sentence-transformer", "instance", "sklearn"
 
@@ -726,17 +731,24 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         # Longest first, as sentence-transformers sorts, so chunks pad little.
         order = missing[np.argsort([-len(unique[i]) for i in missing], kind="stable")]
         chunk = self.batch_size * _BATCHES_PER_CHUNK
+        pending, last_commit = [], time.monotonic()
         for s in range(0, len(order), chunk):
             idx = order[s : s + chunk]
             batch = [unique[i] for i in idx]
-            values = self._encode(m, model, batch, prompt, prompt_name)
-            block[idx] = values
-            if cache is not None:
+            block[idx] = self._encode(m, model, batch, prompt, prompt_name)
+            bar.update(math.ceil(len(idx) / self.batch_size))
+            if cache is None:
+                continue
+            pending.append(idx)
+            done = s + chunk >= len(order)
+            if done or time.monotonic() - last_commit >= _COMMIT_EVERY_S:
+                rows = np.concatenate(pending)
                 try:
-                    cache.put(space, [keys[i] for i in idx], values)
+                    # block still holds raw vectors: normalising comes after.
+                    cache.put(space, [keys[i] for i in rows], block[rows])
                 except CacheUnavailableError as exc:
                     cache = self._cache_failed(cache, exc)
-            bar.update(math.ceil(len(idx) / self.batch_size))
+                pending, last_commit = [], time.monotonic()
         return cache
 
     def _encode(self, m, model, texts, prompt, prompt_name):

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -228,17 +229,24 @@ def test_kill_mid_write_leaves_no_partial_entry(tiny_corpus, tmp_path):
 # -- several processes ------------------------------------------------------------------
 
 _WORKER = """
-import json, pickle, sys
+import json, os, pickle, sys, time
 import numpy as np
-emb = pickle.load(open(sys.argv[1], "rb"))
-texts = json.load(open(sys.argv[2]))
+import skfusion.embedder
+skfusion.embedder._COMMIT_EVERY_S = 0.0  # commit every chunk: many transactions
+emb, texts = pickle.load(open(sys.argv[1], "rb")), json.load(open(sys.argv[2]))
+open(sys.argv[3] + ".ready", "w").close()
+while not os.path.exists(sys.argv[4]):  # start together
+    time.sleep(0.01)
+start = time.time()
 np.save(sys.argv[3], emb.transform(texts))
+json.dump([start, time.time()], open(sys.argv[3] + ".times", "w"))
 """
 
 
 def test_concurrent_writers(tiny_corpus, tmp_path):
     # Three processes embed overlapping texts into one cache at the same time, in many
-    # small transactions (batch_size=1: a commit every 32 texts per member).
+    # small transactions (batch_size=1 and no commit interval: a commit every 32
+    # texts per member).
     texts = [f"{t} #{i}" for i in range(30) for t in tiny_corpus[:40]]
     emb = ConcatEmbedder(
         [_lsa(), TfidfVectorizer(max_features=64)],
@@ -248,12 +256,19 @@ def test_concurrent_writers(tiny_corpus, tmp_path):
     ).fit(texts)
     (tmp_path / "emb.pkl").write_bytes(pickle.dumps(emb))
     slices = [texts[:800], texts[400:], texts[200:1000]]
-    procs = []
+    procs, go = [], tmp_path / "go"
     for i, part in enumerate(slices):
         (tmp_path / f"in{i}.json").write_text(json.dumps(part))
         args = [str(tmp_path / n) for n in ("emb.pkl", f"in{i}.json", f"out{i}.npy")]
-        procs.append(subprocess.Popen([sys.executable, "-c", _WORKER, *args]))
+        procs.append(subprocess.Popen([sys.executable, "-c", _WORKER, *args, str(go)]))
+    deadline = time.monotonic() + 240
+    while not all((tmp_path / f"out{i}.npy.ready").exists() for i in range(3)):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.05)
+    go.touch()
     assert [p.wait(timeout=300) for p in procs] == [0, 0, 0]
+    times = [json.loads((tmp_path / f"out{i}.npy.times").read_text()) for i in range(3)]
+    assert max(t[0] for t in times) < min(t[1] for t in times), "writers did not overlap"
     reference = emb.set_params(cache_dir=None).transform(texts)
     position = {t: i for i, t in enumerate(texts)}
     for i, part in enumerate(slices):

@@ -10,10 +10,13 @@ and the Matryoshka loss is the mean of ``l_sim(H[:, :s], Z)`` over the stops ``s
 :func:`matryoshka_pairwise_mse` computes it without redundant work: the target cosine
 matrix is computed once per batch (:func:`cosine_gram`), prefix norms come from one
 cumulative sum of squares, and the prefix Gram matrices are built incrementally
-(``G_s = G_{s'} + H[:, s':s] @ H[:, s':s].T``), so all stops together cost one
-``B x B x n_components`` matmul instead of one per stop.
-:func:`matryoshka_pairwise_mse_naive` is the direct translation (re-normalise every
-prefix, full cosine matrices per stop); it is the speed baseline and a cross-check.
+(``G_s = G_{s'} + H[:, s':s] @ H[:, s':s].T``) in row chunks, and the gradient with
+respect to ``H`` is computed in closed form alongside, so all stops together cost about
+two ``B x B x n_components`` matmuls instead of three per stop.
+:func:`matryoshka_listwise_kl` (the decoder's default loss) uses the same scheme.
+:func:`matryoshka_pairwise_mse_naive` and :func:`matryoshka_listwise_kl_naive` are the
+direct translations (re-normalise every prefix, full cosine matrices per stop,
+autograd); they are the speed baselines and cross-checks.
 
 This module imports torch at the top: it is only imported inside ``fit``/``partial_fit``.
 """
@@ -67,108 +70,142 @@ def neighbor_weights(target, strength, temperature=0.05):
     return w.masked_fill(eye, 0.0)
 
 
-class _PrefixCosineLoss(torch.autograd.Function):
-    """A loss on the prefix cosine matrices, with an analytic gradient for ``H``.
+# Rows of the B x B matrices handled at once: bounds the working memory to a few
+# (chunk x B) blocks and measured fastest on a CPU for B = 1,024.
+_CHUNK = 512
 
-    Forward, per stop ``k`` (columns ``s_{k-1}:s_k`` form block ``b_k``):
-    ``G_k = G_{k-1} + H_b H_b^T`` (one in-place ``addmm``), ``c_k = 1 / ||H_i[:s_k]||``
-    from a cumulative sum of squares, ``cos_k = c c^T * G_k``; the loss term and its
-    gradient ``E_k = dL/dcos_k`` are closed-form (see ``_mse_term``, ``_kl_term``).
-    Backward, with ``R_k = E_k * c c^T``: ``dL/dH_b = S_b H_b`` where
-    ``S_b = sum_{k >= b} (R_k + R_k^T)`` is a suffix sum, plus the norm term
+
+class _PrefixCosineLoss(torch.autograd.Function):
+    """A loss on the prefix cosine matrices; forward also computes ``dL/dH``.
+
+    For a chunk of rows ``I`` and each stop ``k`` (columns ``s_{k-1}:s_k`` form block
+    ``b_k``): ``G_k[I] = G_{k-1}[I] + H_I,b H_b^T`` (one in-place ``addmm``),
+    ``c_k = 1 / ||H_i[:s_k]||`` from a cumulative sum of squares and
+    ``cos_k[I] = c_I c^T * G_k[I]``; the loss term gives ``E_k = dL/dcos_k`` in closed
+    form (``_MSETerm``, ``_KLTerm``). With ``R_k = E_k * c c^T`` the gradient is
+    ``dL/dH_b = (S_b + S_b^T) H_b``, ``S_b = sum_{k >= b} R_k`` (a suffix sum over
+    stops; ``2 S_b H_b`` when ``E`` is symmetric), plus the norm term
     ``dL/dH_im = 2 H_im sum_{k: s_k > m} dL/dq_ik`` with
-    ``dL/dq_ik = -c_ik^2 / 2 * (rowsum + colsum of E_k * cos_k)_i``. So the whole
-    backward pass is one ``B x B x n_components`` matmul plus ``B x B`` elementwise
-    work, where autograd would do two matmuls per stop.
+    ``dL/dq_ik = -c_ik^2 / 2 * (rowsum + colsum of E_k * cos_k)_i``. So all stops cost
+    about two ``B x B x n_components`` matmuls, where autograd on the direct form
+    does three per stop, and no ``B x B`` matrix is kept for the backward pass.
     """
 
     @staticmethod
     def forward(ctx, H, term, stops):
         B = H.shape[0]
+        K = len(stops)
+        need_grad = ctx.needs_input_grad[0]
         idx = torch.as_tensor([s - 1 for s in stops], device=H.device)
         inv = (H * H).cumsum(dim=1).index_select(1, idx).clamp_min(_EPS).rsqrt()
-        gram = torch.zeros(B, B, dtype=H.dtype, device=H.device)
+        grad = torch.zeros_like(H) if need_grad else None
+        rowcol = torch.zeros(K, B, dtype=H.dtype, device=H.device)
+        bounds = [0, *stops]
         total = H.new_zeros(())
-        saved, symmetric = [], True
-        prev = 0
-        for k, s in enumerate(stops):
-            block = H[:, prev:s]
-            gram.addmm_(block, block.T)
-            cos = gram * torch.outer(inv[:, k], inv[:, k])
-            value, grad_cos, sym = term(cos)
-            total += value
-            symmetric = symmetric and sym
-            saved += [cos, grad_cos]
-            prev = s
-        ctx.save_for_backward(H, inv, *saved)
-        ctx.stops = stops
-        ctx.symmetric = symmetric
+        for i0 in range(0, B, _CHUNK):
+            i1 = min(B, i0 + _CHUNK)
+            Hi = H[i0:i1]
+            G = torch.zeros(i1 - i0, B, dtype=H.dtype, device=H.device)
+            Rs = []
+            for k in range(K):
+                lo, hi = bounds[k], bounds[k + 1]
+                G.addmm_(Hi[:, lo:hi], H[:, lo:hi].T)
+                ci, cj = inv[i0:i1, k].unsqueeze(1), inv[:, k].unsqueeze(0)
+                cos = (G * ci).mul_(cj)
+                value, E = term(cos, i0, i1, need_grad)
+                total += value
+                if not need_grad:
+                    continue
+                P = E * cos
+                if term.symmetric:
+                    rowcol[k, i0:i1] += 2.0 * P.sum(dim=1)
+                else:
+                    rowcol[k, i0:i1] += P.sum(dim=1)
+                    rowcol[k] += P.sum(dim=0)
+                Rs.append(torch.mul(E, ci, out=P).mul_(cj))
+            if not need_grad:
+                continue
+            S = Rs[-1]
+            for k in range(K - 1, -1, -1):
+                if k < K - 1:
+                    S.add_(Rs[k])
+                lo, hi = bounds[k], bounds[k + 1]
+                if term.symmetric:
+                    grad[i0:i1, lo:hi].addmm_(S, H[:, lo:hi], alpha=2.0)
+                else:
+                    grad[i0:i1, lo:hi].addmm_(S, H[:, lo:hi])
+                    grad[:, lo:hi].addmm_(S.T, Hi[:, lo:hi])
+        if need_grad:
+            dq = -0.5 * inv * inv * rowcol.T  # (B, K)
+            u = dq.flip(1).cumsum(1).flip(1)  # summed over the stops >= each block
+            for k in range(K):
+                lo, hi = bounds[k], bounds[k + 1]
+                grad[:, lo:hi].addcmul_(H[:, lo:hi], u[:, k : k + 1], value=2.0)
+            ctx.save_for_backward(grad)
         return total
 
     @staticmethod
     def backward(ctx, grad_out):
-        H, inv, *saved = ctx.saved_tensors
-        stops = ctx.stops
-        grad = torch.zeros_like(H)
-        S = torch.zeros(H.shape[0], H.shape[0], dtype=H.dtype, device=H.device)
-        u = torch.zeros(H.shape[0], dtype=H.dtype, device=H.device)
-        bounds = [0, *stops]
-        for k in range(len(stops) - 1, -1, -1):
-            cos, E = saved[2 * k], saved[2 * k + 1]
-            c = inv[:, k]
-            outer = torch.outer(c, c)
-            P = E * cos
-            if ctx.symmetric:
-                # Symmetric E: row and column sums agree and R^T = R.
-                u -= c * c * P.sum(dim=1)
-                S.addcmul_(E, outer, value=2.0)
-            else:
-                u -= 0.5 * c * c * (P.sum(dim=1) + P.sum(dim=0))
-                R = E * outer
-                S.add_(R).add_(R.T)
-            lo, hi = bounds[k], bounds[k + 1]
-            block = H[:, lo:hi]
-            grad[:, lo:hi] = S @ block + 2.0 * block * u.unsqueeze(1)
+        (grad,) = ctx.saved_tensors
         return grad * grad_out, None, None
 
 
-def _mse_term(target, weights, n_stops):
-    """Squared cosine error of one stop: its value and gradient w.r.t. ``cos``."""
-    B = target.shape[0]
-    denom = float(B * (B - 1)) if weights is None else float(weights.sum())
-    coef = 1.0 / (denom * n_stops)
+def _diagonal(i0, i1, device):
+    """Row and column indices of the diagonal entries within rows ``i0:i1``."""
+    rows = torch.arange(i1 - i0, device=device)
+    return rows, rows + i0
 
-    def term(cos):
-        D = cos - target
-        D.diagonal().zero_()
+
+class _MSETerm:
+    """Squared cosine error: value and ``dL/dcos`` for a chunk of rows."""
+
+    def __init__(self, target, weights, n_stops):
+        B = target.shape[0]
+        denom = float(B * (B - 1)) if weights is None else float(weights.sum())
+        self.coef = 1.0 / (denom * n_stops)
+        self.target, self.weights = target, weights
+        self.symmetric = weights is None
+
+    def __call__(self, cos, i0, i1, need_grad):
+        D = cos - self.target[i0:i1]
+        D[_diagonal(i0, i1, cos.device)] = 0.0
         flat = D.reshape(-1)
-        if weights is None:
-            return torch.dot(flat, flat) * coef, D.mul_(2.0 * coef), True
-        WD = D * weights
-        return torch.dot(WD.reshape(-1), flat) * coef, WD.mul_(2.0 * coef), False
-
-    return term
+        if self.weights is None:
+            return torch.dot(flat, flat) * self.coef, D.mul_(2.0 * self.coef)
+        WD = D * self.weights[i0:i1]
+        return torch.dot(WD.reshape(-1), flat) * self.coef, WD.mul_(2.0 * self.coef)
 
 
-def _kl_term(target, temperature, n_stops):
-    """Listwise KL of one stop: its value and gradient w.r.t. ``cos``."""
-    B = target.shape[0]
-    eye = torch.eye(B, dtype=torch.bool, device=target.device)
-    p_log = torch.log_softmax((target / temperature).masked_fill(eye, -torch.inf), 1)
-    p = p_log.exp()
-    p_log = p_log.masked_fill(eye, 0.0)
-    entropy_part = float((p * p_log).sum())  # sum p log p, constant per batch
-    scale = 1.0 / (B * n_stops)
+class _KLTerm:
+    """Listwise KL: value and ``dL/dcos`` for a chunk of rows."""
 
-    def term(cos):
-        q_log = torch.log_softmax((cos / temperature).masked_fill_(eye, -torch.inf), 1)
-        q_log.masked_fill_(eye, 0.0)
-        value = (entropy_part - torch.dot(p.reshape(-1), q_log.reshape(-1))) * scale
+    def __init__(self, target, temperature, n_stops):
+        B = target.shape[0]
+        eye = torch.eye(B, dtype=torch.bool, device=target.device)
+        p_log = torch.log_softmax((target / temperature).masked_fill(eye, -torch.inf), 1)
+        self.p = p_log.exp()
+        # sum p log p: constant per batch, added once per stop (with the first chunk).
+        self.plogp = float((self.p * p_log.masked_fill(eye, 0.0)).sum())
+        self.scale = 1.0 / (B * n_stops)
+        self.temperature = temperature
+        self.symmetric = False
+
+    def __call__(self, cos, i0, i1, need_grad):
+        diag = _diagonal(i0, i1, cos.device)
+        logits = cos / self.temperature
+        logits[diag] = -torch.inf
+        q_log = torch.log_softmax(logits, dim=1)
+        q_log[diag] = 0.0
+        p = self.p[i0:i1]
+        value = -torch.dot(p.reshape(-1), q_log.reshape(-1))
+        if i0 == 0:
+            value = value + self.plogp
+        if not need_grad:
+            return value * self.scale, None
         # d/dcos_ij of -sum_j p_ij log q_ij = (q_ij - p_ij) / temperature.
-        grad_cos = q_log.exp_().masked_fill_(eye, 0.0).sub_(p)
-        return value, grad_cos.mul_(scale / temperature), False
-
-    return term
+        E = q_log.exp_()
+        E[diag] = 0.0
+        return value * self.scale, E.sub_(p).mul_(self.scale / self.temperature)
 
 
 def matryoshka_pairwise_mse(H, target, stops, weights=None):
@@ -195,7 +232,7 @@ def matryoshka_pairwise_mse(H, target, stops, weights=None):
     target = target.detach().to(H.dtype)
     if weights is not None:
         weights = weights.detach().to(H.dtype)
-    return _PrefixCosineLoss.apply(H, _mse_term(target, weights, len(stops)), stops)
+    return _PrefixCosineLoss.apply(H, _MSETerm(target, weights, len(stops)), stops)
 
 
 def matryoshka_listwise_kl(H, target, stops, temperature=0.05):
@@ -225,7 +262,7 @@ def matryoshka_listwise_kl(H, target, stops, temperature=0.05):
     """
     stops = tuple(int(s) for s in stops)
     target = target.detach().to(H.dtype)
-    term = _kl_term(target, float(temperature), len(stops))
+    term = _KLTerm(target, float(temperature), len(stops))
     return _PrefixCosineLoss.apply(H, term, stops)
 
 

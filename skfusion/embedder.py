@@ -308,7 +308,9 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     device : str, default=None
         Torch device for the SentenceTransformer members (``"cpu"``, ``"cuda"``,
         ``"cuda:1"``, ...). ``None`` lets sentence-transformers choose (CUDA, then
-        MPS, then CPU) when loading; instances are left where they are.
+        MPS, then CPU) when loading and leaves instances where they are; a given
+        device also applies to instances (sentence-transformers moves them). The
+        parameter itself is never changed.
     cache_dir : str or path-like, default=None
         Directory of an on-disk embedding cache (created if missing). ``None``
         disables caching.
@@ -377,9 +379,10 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     fingerprint, its prompt (and query/document task), ``max_seq_length`` and a hash of
     the text. So ``weights`` and ``normalize`` can change freely, and a refit
     scikit-learn member with different fitted state gets new keys. Several
-    processes may share one cache directory (local disk); a process killed
-    mid-write leaves no partial entry and an entry failing its checksum is
-    recomputed and overwritten, never returned. A cache that cannot be opened
+    processes may share one cache directory (local disk); new vectors are
+    committed in transactions every ~2 s, so a process killed mid-write loses
+    at most that much work and leaves no partial entry; an entry failing its
+    checksum is recomputed and overwritten, never returned. A cache that cannot be opened
     (e.g. the file is not a database) triggers a warning and embeddings are
     computed without it. The cache never shrinks; delete the directory to reset.
     Vectors computed on another device (GPU vs CPU) differ in the last bits.

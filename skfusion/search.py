@@ -185,7 +185,9 @@ class _FloatSpace:
             D = np.asarray(rows, dtype=np.float32)
             # Checked block by block as read, so a memmap is never loaded whole.
             _check_finite("database", D)
-            return _l2(D) if self.metric == "cosine" else np.ascontiguousarray(D)
+            if self.metric == "cosine" or self.normalize:
+                return _l2(D)
+            return np.ascontiguousarray(D)
         codes = self._codes(rows)
         if self.metric == "reconstruct":
             D = self.quantizer.bucket_values_[np.arange(self.d), codes]

@@ -137,6 +137,40 @@ def test_code_metrics_match_their_definitions(pack):
     np.testing.assert_array_equal(i, _brute(Q.astype(np.float64) @ rec.T, 9)[1])
 
 
+@pytest.mark.parametrize("metric", ["codes", "asymmetric", "reconstruct", "ip"])
+def test_normalize_ranks_by_cosine_of_what_the_metric_compares(metric):
+    Q, D = _data(n_db=400, d=10)
+    q = PercentileQuantizer(bits=2).fit(D)
+    w = spread_weights(q, 1.0)
+    if metric == "ip":
+        qv, dv, queries, db = Q, D, Q, D
+    else:
+        dv = (
+            q.inverse_transform(q.transform(D))
+            if metric == "reconstruct"
+            else q.transform(D) - 1.5
+        )
+        qv = q.transform(Q) - 1.5 if metric == "codes" else Q
+        queries = q.transform(Q) if metric == "codes" else Q
+        db = q.transform(D)
+    qv = qv.astype(np.float64) * w
+    dv = dv.astype(np.float64)
+    cos = (qv / np.linalg.norm(qv, axis=1, keepdims=True)) @ (
+        dv / np.linalg.norm(dv, axis=1, keepdims=True)
+    ).T
+    kw = {} if metric == "ip" else {"quantizer": q}
+    s, i = search(queries, db, 7, metric=metric, weights=w, normalize=True, **kw)
+    ref_s, ref_i = _brute(cos, 7)
+    np.testing.assert_allclose(s, ref_s, rtol=1e-5, atol=1e-6)
+    assert (i == ref_i).mean() > 0.99  # float32 near-ties may swap
+
+
+def test_normalize_is_rejected_for_hamming():
+    bits = np.zeros((3, 2), dtype=np.uint8)
+    with pytest.raises(ValueError, match="normalize=True is not supported"):
+        search(bits, bits, 1, metric="hamming", normalize=True)
+
+
 def test_spread_weights():
     X = np.random.default_rng(0).standard_normal((400, 3)) * [1.0, 4.0, 0.0]
     q = PercentileQuantizer(bits=2).fit(X)

@@ -14,7 +14,9 @@ Both see the same weights at every step, and their loss values are compared.
 
 Writes ``benchmarks/results/decoder_speed[_TAG].{json,md}``. The committed results:
 ``decoder_speed`` (paper loss, CPU, 1 thread), ``decoder_speed_kl`` (listwise loss,
-CPU, 1 thread), ``decoder_speed_cuda`` (paper loss, H100, full epoch).
+CPU, 1 thread), ``decoder_speed_cuda`` (paper loss, H100, full epoch; measured with
+the previous version of the efficient loss, which kept the per-stop matrices for an
+analytic backward pass instead of computing the gradient in the forward pass).
 
     python benchmarks/decoder_speed.py [--batches 12] [--threads N] [--device cpu]
         [--loss pairwise_mse|listwise_kl] [--tag NAME]

@@ -13,16 +13,29 @@ buckets, and the codes are packed into exactly ``ceil(bit_budget / 8)`` bytes pe
 from numbers import Integral, Real
 
 import numpy as np
+from scipy.stats import norm
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from ._compat import Interval, _fit_context, validate_data
+from ._compat import Interval, StrOptions, _fit_context, validate_data
 from .quantize import _percentile_codes
 
 __all__ = ["AllocatedQuantizer", "allocate_bits"]
 
 _BLOCK_ROWS = 1 << 14
+
+
+def _gaussian_lloyd_max(bits, n_iter=300):
+    """Thresholds and levels of the MSE-optimal ``bits``-bit quantizer of N(0, 1)."""
+    nb = 1 << bits
+    levels = norm.ppf((np.arange(nb) + 0.5) / nb)
+    for _ in range(n_iter):
+        thr = 0.5 * (levels[:-1] + levels[1:])
+        edges = np.concatenate([[-np.inf], thr, [np.inf]])
+        mass = np.diff(norm.cdf(edges))
+        levels = (norm.pdf(edges[:-1]) - norm.pdf(edges[1:])) / mass
+    return 0.5 * (levels[:-1] + levels[1:]), levels
 
 
 def allocate_bits(variances, bit_budget, *, max_bits=3, allocation_power=1.0):
@@ -105,6 +118,17 @@ class AllocatedQuantizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
         Most bits one dimension gets, 1..8.
     allocation_power : float, default=1.0
         Exponent on the variances in the allocation; lower spreads bits thinner.
+    buckets : {"equal", "gaussian"}, default="equal"
+        Bucket masses and code values. ``"equal"``: ``2**b`` equal-mass buckets (the
+        paper's percentiles), a code stands for its bucket's centre on the rank scale.
+        ``"gaussian"``: the masses of the MSE-optimal (Lloyd-Max) quantizer of a
+        Gaussian (2 bits: 16% / 34% / 34% / 16%), still placed at the data's own
+        percentiles, and a code stands for that quantizer's level (in standard
+        deviations). Thinner outer buckets keep the large values that decide inner
+        products apart.
+    max_features : int or None, default=None
+        Only the first ``max_features`` columns get bits (decoder and PCA outputs come
+        ordered by importance); ``None`` lets every column compete.
     spread : float, default=0.5
         Each dimension's code values are scaled by ``std_ ** spread`` (normalised to
         mean 1 over the coded dimensions): 0 treats every coded dimension alike (what
@@ -127,8 +151,9 @@ class AllocatedQuantizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
         Percentile break-points of every dimension, padded with ``+inf`` (never
         exceeded) past its ``2**bits_[j] - 1`` used ones.
     code_values_ : ndarray of shape (n_features_in_, 2**max_bits), dtype float32
-        Value of each code used by search: ``((c + 0.5) / 2**b - 0.5) * std ** spread``
-        (normalised); 0 for unused codes and for dimensions without bits.
+        Value of each code used by search: its level (``(c + 0.5) / 2**b - 0.5`` for
+        ``buckets="equal"``, the Gaussian Lloyd-Max level for ``"gaussian"``) times
+        ``std ** spread`` (normalised); 0 for unused codes and dimensions without bits.
     bucket_values_ : ndarray of shape (n_features_in_, 2**max_bits), dtype float32
         Mean calibration value of each bucket (used by :meth:`inverse_transform`);
         a dimension without bits reconstructs as its mean.
@@ -170,6 +195,8 @@ class AllocatedQuantizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
         "bit_budget": [Interval(Integral, 1, None, closed="left")],
         "max_bits": [Interval(Integral, 1, 8, closed="both")],
         "allocation_power": [Interval(Real, 0, None, closed="neither")],
+        "buckets": [StrOptions({"equal", "gaussian"})],
+        "max_features": [Interval(Integral, 1, None, closed="left"), None],
         "spread": [Interval(Real, None, None, closed="neither")],
         "subsample": [Interval(Integral, 1, None, closed="left"), None],
         "pack": ["boolean"],
@@ -182,6 +209,8 @@ class AllocatedQuantizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
         *,
         max_bits=3,
         allocation_power=1.0,
+        buckets="equal",
+        max_features=None,
         spread=0.5,
         subsample=100_000,
         pack=False,
@@ -190,6 +219,8 @@ class AllocatedQuantizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
         self.bit_budget = bit_budget
         self.max_bits = max_bits
         self.allocation_power = allocation_power
+        self.buckets = buckets
+        self.max_features = max_features
         self.spread = spread
         self.subsample = subsample
         self.pack = pack
@@ -219,12 +250,14 @@ class AllocatedQuantizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
         """
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=True)
         n, d = X.shape
-        capacity = d * self.max_bits
+        d_coded = d if self.max_features is None else min(d, self.max_features)
+        capacity = d_coded * self.max_bits
         if self.bit_budget > capacity:
             raise ValueError(
-                f"bit_budget={self.bit_budget} exceeds n_features * max_bits = "
-                f"{capacity} (n_features={d}, max_bits={self.max_bits}); lower "
-                "bit_budget or raise max_bits."
+                f"bit_budget={self.bit_budget} exceeds the coded features times max_bits "
+                f"= {capacity} (n_features={d}, max_features={self.max_features}, "
+                f"max_bits={self.max_bits}); lower bit_budget, raise max_bits or "
+                "max_features."
             )
         n_buckets = 1 << self.max_bits
         if n < n_buckets:
@@ -238,8 +271,9 @@ class AllocatedQuantizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
             X = X[np.sort(rng.choice(n, size=self.subsample, replace=False))]
         X64 = np.asarray(X, dtype=np.float64)
         std = X64.std(axis=0)
-        bits = allocate_bits(
-            std**2,
+        bits = np.zeros(d, dtype=np.int64)
+        bits[:d_coded] = allocate_bits(
+            std[:d_coded] ** 2,
             int(self.bit_budget),
             max_bits=int(self.max_bits),
             allocation_power=float(self.allocation_power),
@@ -251,9 +285,14 @@ class AllocatedQuantizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
             if cols.size == 0:
                 continue
             nb = 1 << b
-            q = 100.0 * np.arange(1, nb) / nb
-            thr[cols, : nb - 1] = np.percentile(X64[:, cols], q, axis=0).T
-            values[cols, :nb] = (np.arange(nb) + 0.5) / nb - 0.5
+            if self.buckets == "equal":
+                mass = np.arange(1, nb) / nb
+                levels = (np.arange(nb) + 0.5) / nb - 0.5
+            else:
+                t, levels = _gaussian_lloyd_max(b)
+                mass = norm.cdf(t)
+            thr[cols, : nb - 1] = np.percentile(X64[:, cols], 100.0 * mass, axis=0).T
+            values[cols, :nb] = levels
         coded = bits > 0
         scale = np.where(coded, np.power(np.maximum(std, 1e-300), self.spread), 0.0)
         scale /= scale[coded].mean()

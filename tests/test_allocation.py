@@ -136,6 +136,33 @@ def test_code_values_are_rank_centres_scaled_by_spread():
     assert (q1.code_values_[~coded] == 0).all()
 
 
+def test_gaussian_buckets_use_lloyd_max_masses_and_levels():
+    X = _data(4000)
+    q = AllocatedQuantizer(bit_budget=16, max_bits=2, buckets="gaussian", spread=0.0)
+    q.fit(X)
+    codes = q.transform(X)
+    j = int(np.flatnonzero(q.bits_ == 2)[0])
+    share = np.bincount(codes[:, j], minlength=4) / len(X)
+    # Lloyd-Max for N(0, 1) at 2 bits: thresholds 0, +-0.9816 -> 16.3% / 33.7% masses.
+    np.testing.assert_allclose(share, [0.163, 0.337, 0.337, 0.163], atol=0.002)
+    levels = q.code_values_[j, :4] / q.code_values_[j, 3]
+    np.testing.assert_allclose(
+        levels, np.array([-1.5104, -0.4528, 0.4528, 1.5104]) / 1.5104, atol=1e-3
+    )
+    # One bit: the median split either way.
+    e = AllocatedQuantizer(bit_budget=3, max_bits=1).fit(X).transform(X)
+    g = AllocatedQuantizer(bit_budget=3, max_bits=1, buckets="gaussian").fit(X).transform(X)
+    np.testing.assert_array_equal(e, g)
+
+
+def test_max_features_keeps_bits_on_the_leading_columns():
+    X = _data()[:, ::-1]  # largest variance last
+    q = AllocatedQuantizer(bit_budget=6, max_bits=2, max_features=3).fit(X)
+    np.testing.assert_array_equal(q.bits_, [2, 2, 2, 0, 0, 0, 0, 0])
+    with pytest.raises(ValueError, match="max_features=3"):
+        AllocatedQuantizer(bit_budget=7, max_bits=2, max_features=3).fit(X)
+
+
 @pytest.mark.parametrize("metric", ["codes", "asymmetric"])
 @pytest.mark.parametrize("normalize", [False, True])
 def test_search_scores_code_values(metric, normalize):

@@ -317,7 +317,7 @@ def allocation_section(b, red, quiet):
                     },
                     {
                         "max_bits": [2],
-                        "max_features": [budget // 2],
+                        "max_features": [-(-budget // 2)],
                         "buckets": ["equal", "gaussian"],
                         "spread": [0.25, 0.5, 1.0],
                     },
@@ -381,12 +381,8 @@ def external_section(b, red, quiet):
     # 42 and 85 bytes: matched to 96x and 48x (8-bit sub-quantizers).
     jobs = [("PQ", 336, 42), ("OPQ", 336, 42), ("PQ", 340, 85), ("OPQ", 340, 85)]
     for kind, d, m in tqdm(jobs, disable=quiet, desc="faiss PQ/OPQ"):
-        if d == 1024:
-            H = {k: b.f[k] for k in ("train", "corpus", "queries")}
-            label = "concatenation"
-        else:
-            H = {k: np.ascontiguousarray(v[:, :d]) for k, v in W.items()}
-            label = f"whitened PCA {d}"
+        H = {k: v[:, :d] for k, v in W.items()}
+        label = f"whitened PCA {d}"
         train, corpus, queries = (
             np.ascontiguousarray(H[k], dtype=np.float32)
             for k in ("train", "corpus", "queries")

@@ -21,11 +21,13 @@ every stop; ``PercentileQuantizer`` codes (1/2/4/8 bits, several widths) and
 sentence-transformers ``quantize_embeddings`` (int8, binary) and ``KBinsDiscretizer``
 at matched bytes; 2 vs 3 members for LSH and codes.
 
-    python benchmarks/quality.py [--quiet] [--refit]
+    python benchmarks/quality.py [--quiet] [--refit] [--fresh]
 
-About 10-20 minutes on 2 shared cores (decoder fits are cached under
-``benchmarks/.cache/quality``; ``--refit`` retrains them). Writes
-``benchmarks/results/quality.{json,md,png}``.
+Timing on 2 shared cores: the two decoder fits take 5-9 minutes each (cached under
+``benchmarks/.cache/quality``; ``--refit`` retrains them); the evaluation sections
+about 10 minutes. Finished sections are cached too, so an interrupted run resumes
+(``--fresh`` recomputes them). Writes ``benchmarks/results/quality.{json,md,png}``;
+the PNG's Pareto fronts are drawn through test nDCG@10 of the dev-chosen rows.
 """
 
 import argparse

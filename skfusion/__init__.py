@@ -8,6 +8,7 @@ skfusion imports neither torch nor sentence-transformers: models load at ``fit``
 fitted decoder or quantizer transforms with numpy alone.
 """
 
+from .allocation import AllocatedQuantizer
 from .decoder import MatryoshkaDecoder
 from .embedder import ConcatEmbedder
 from .lsh import RandomProjectionLSH
@@ -17,6 +18,7 @@ from .search import search
 __version__ = "0.1.0"
 
 __all__ = [
+    "AllocatedQuantizer",
     "ConcatEmbedder",
     "MatryoshkaDecoder",
     "PercentileQuantizer",

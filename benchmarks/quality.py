@@ -25,9 +25,10 @@ at matched bytes; 2 vs 3 members for LSH and codes.
 
 Timing on 2 shared cores: the two decoder fits take 5-9 minutes each (cached under
 ``benchmarks/.cache/quality``; ``--refit`` retrains them); the evaluation sections
-about 10 minutes. Finished sections are cached too, so an interrupted run resumes
-(``--fresh`` recomputes them). Writes ``benchmarks/results/quality.{json,md,png}``;
-the PNG's Pareto fronts are drawn through test nDCG@10 of the dev-chosen rows.
+10-20 minutes, depending on other jobs on the cores. Finished sections are cached,
+so a stopped run resumes (``--fresh`` recomputes them). Writes
+``benchmarks/results/quality.{json,md,png}``; the PNG's Pareto fronts are drawn
+through test nDCG@10 of the dev-chosen rows.
 """
 
 import argparse

@@ -51,10 +51,12 @@ def encode(pipeline, texts, role="document"):
 
 
 def _final_quantizer(pipeline):
+    from .allocation import AllocatedQuantizer
     from .quantize import PercentileQuantizer
 
     _, rest = _split(pipeline)
-    return rest[-1] if rest and isinstance(rest[-1], PercentileQuantizer) else None
+    last = rest[-1] if rest else None
+    return last if isinstance(last, (PercentileQuantizer, AllocatedQuantizer)) else None
 
 
 def bytes_per_vector(pipeline, output):
@@ -68,7 +70,11 @@ def bytes_per_vector(pipeline, output):
         return math.ceil(output.shape[1] / 8)
     quantizer = _final_quantizer(pipeline)
     if quantizer is not None and not quantizer.pack:
-        return math.ceil(output.shape[1] * quantizer.bits / 8)
+        # AllocatedQuantizer spends n_bits_ per row in total; PercentileQuantizer bits each.
+        n_bits = getattr(quantizer, "n_bits_", None)
+        if n_bits is None:
+            n_bits = output.shape[1] * quantizer.bits
+        return math.ceil(n_bits / 8)
     return output.shape[1] * output.dtype.itemsize
 
 

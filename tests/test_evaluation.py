@@ -1,0 +1,59 @@
+"""evaluate_retrieval: the similarity and the size follow the pipeline's last step."""
+
+import numpy as np
+import pytest
+from sklearn.decomposition import TruncatedSVD
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.pipeline import Pipeline, make_pipeline
+
+from skfusion import AllocatedQuantizer, ConcatEmbedder, PercentileQuantizer, search
+from skfusion.datasets import load_sample, load_sample_passages
+from skfusion.evaluation import bytes_per_vector, encode, evaluate_retrieval
+from skfusion.metrics import ndcg_at_k, run_from_topk
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_sample("dev"), load_sample_passages(limit=400)
+
+
+def _embedder():
+    lex = make_pipeline(TfidfVectorizer(), TruncatedSVD(32, random_state=0))
+    return ("embed", ConcatEmbedder([("lex", lex)], show_progress_bar=False))
+
+
+@pytest.mark.parametrize(
+    "quantizer, expected_bytes",
+    [
+        (PercentileQuantizer(bits=2), 8),  # 32 dims x 2 bits
+        (PercentileQuantizer(bits=2, pack=True), 8),
+        (AllocatedQuantizer(bit_budget=40, max_bits=2), 5),  # 40 bits in total
+    ],
+)
+def test_codes_are_searched_with_their_quantizer(data, quantizer, expected_bytes):
+    dataset, passages = data
+    pipe = Pipeline([_embedder(), ("quant", quantizer)]).fit(passages)
+    scores = evaluate_retrieval(pipe, dataset)
+    assert scores["bytes_per_vector"] == expected_bytes
+    # The same numbers by hand: code similarity through the fitted quantizer.
+    docs = encode(pipe, dataset.corpus_texts, "document")
+    queries = encode(pipe, dataset.query_texts, "query")
+    s, i = search(queries, docs, k=10, quantizer=pipe["quant"])
+    run = run_from_topk(dataset.query_ids, dataset.corpus_ids, s, i)
+    assert scores["ndcg@10"] == pytest.approx(ndcg_at_k(run, dataset.qrels, 10))
+    assert scores["ndcg@10"] > 0.05
+
+
+def test_float_output_costs_its_itemsize(data):
+    dataset, passages = data
+    pipe = Pipeline([_embedder()]).fit(passages)
+    out = encode(pipe, dataset.query_texts[:3])
+    assert bytes_per_vector(pipe, out) == 32 * 4
+    assert bytes_per_vector(pipe, np.zeros((1, 24), dtype=bool)) == 3
+
+
+def test_role_must_be_query_or_document(data):
+    dataset, passages = data
+    pipe = Pipeline([_embedder()]).fit(passages)
+    with pytest.raises(ValueError, match="role"):
+        encode(pipe, dataset.query_texts[:2], role="passage")

@@ -15,11 +15,10 @@ from numbers import Integral, Real
 import numpy as np
 from scipy.stats import norm
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
-from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from ._compat import Interval, StrOptions, _fit_context, validate_data
-from .quantize import _percentile_codes
+from .quantize import _calibration_rows, _percentile_codes
 
 __all__ = ["AllocatedQuantizer", "allocate_bits"]
 
@@ -269,16 +268,14 @@ class AllocatedQuantizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
                 "max_features."
             )
         n_buckets = 1 << self.max_bits
-        if n < n_buckets:
-            raise ValueError(
-                f"AllocatedQuantizer(max_bits={self.max_bits}) needs at least "
-                f"2**max_bits = {n_buckets} calibration rows, got n_samples={n}. Pass "
-                "more rows or lower max_bits."
-            )
-        if self.subsample is not None and n > self.subsample:
-            rng = check_random_state(self.random_state)
-            X = X[np.sort(rng.choice(n, size=self.subsample, replace=False))]
-        X64 = np.asarray(X, dtype=np.float64)
+        X64 = _calibration_rows(
+            X,
+            n_buckets,
+            self.subsample,
+            self.random_state,
+            f"AllocatedQuantizer(max_bits={self.max_bits})",
+            "max_bits",
+        )
         std = X64.std(axis=0)
         bits = np.zeros(d, dtype=np.int64)
         bits[:d_coded] = allocate_bits(

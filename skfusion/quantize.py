@@ -24,6 +24,24 @@ __all__ = ["PercentileQuantizer", "pack_codes", "unpack_codes"]
 _BLOCK_VALUES = 1 << 18
 
 
+def _calibration_rows(X, n_buckets, subsample, random_state, setting, param):
+    """Float64 calibration rows: at least ``n_buckets``, at most ``subsample`` (seeded).
+
+    Shared by the quantizers so both refuse too few rows the same way and draw the same
+    subsample for the same ``random_state``.
+    """
+    n = X.shape[0]
+    if n < n_buckets:
+        raise ValueError(
+            f"{setting} needs at least 2**{param} = {n_buckets} calibration rows, got "
+            f"n_samples={n}. Pass more rows or lower {param}."
+        )
+    if subsample is not None and n > subsample:
+        rng = check_random_state(random_state)
+        X = X[np.sort(rng.choice(n, size=subsample, replace=False))]
+    return np.asarray(X, dtype=np.float64)
+
+
 def _check_bits(bits):
     if isinstance(bits, bool) or not isinstance(bits, Integral) or not 1 <= bits <= 8:
         raise ValueError(f"bits must be an integer in 1..8, got {bits!r}.")
@@ -301,18 +319,14 @@ class PercentileQuantizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         """
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=True)
         n_buckets = 1 << self.bits
-        n = X.shape[0]
-        if n < n_buckets:
-            raise ValueError(
-                f"PercentileQuantizer(bits={self.bits}) needs at least 2**bits = "
-                f"{n_buckets} calibration rows, got n_samples={n}. Pass more rows or "
-                "lower bits."
-            )
-        if self.subsample is not None and n > self.subsample:
-            rng = check_random_state(self.random_state)
-            rows = np.sort(rng.choice(n, size=self.subsample, replace=False))
-            X = X[rows]
-        X64 = np.asarray(X, dtype=np.float64)
+        X64 = _calibration_rows(
+            X,
+            n_buckets,
+            self.subsample,
+            self.random_state,
+            f"PercentileQuantizer(bits={self.bits})",
+            "bits",
+        )
         q = 100.0 * np.arange(1, n_buckets) / n_buckets
         self.thresholds_ = np.ascontiguousarray(np.percentile(X64, q, axis=0).T)
         self.data_min_ = X64.min(axis=0)

@@ -249,8 +249,6 @@ def _search_run(data, queries, docs, **kwargs):
 @pytest.mark.parametrize("pack", [False, True])
 @pytest.mark.parametrize("beta", [None, 1.0])
 def test_percentile_codes_use_the_code_similarity(tiny_beir, svd_pipe, pack, beta):
-    pytest.importorskip("skfusion.quantize")
-    pytest.importorskip("skfusion.search")
     from skfusion.mteb_task import MTEBEncoder
     from skfusion.quantize import PercentileQuantizer
     from skfusion.search import spread_weights
@@ -270,8 +268,6 @@ def test_percentile_codes_use_the_code_similarity(tiny_beir, svd_pipe, pack, bet
 
 
 def test_lsh_bits_use_hamming(tiny_beir, svd_pipe):
-    pytest.importorskip("skfusion.lsh")
-    pytest.importorskip("skfusion.search")
     from skfusion.lsh import RandomProjectionLSH
     from skfusion.mteb_task import MTEBEncoder
 

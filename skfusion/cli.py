@@ -2,31 +2,102 @@
 
 Every subcommand prints one clear line and exits with status 2 on a user error (missing
 file, bad JSON line, unknown member, model and index that do not belong together).
+Models are written and read as ``.skops`` files (:mod:`skfusion.persistence`); a pickle
+(joblib) model runs any code it holds when loaded, so it is read only with
+``--trust-pickle``. An index is one ``.npz`` holding the vectors, their ids and the
+fingerprint of the model that encoded them, so ``search`` refuses an index from
+another model.
 """
 
 import argparse
+import glob
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 __all__ = ["build_parser", "main"]
+
+# The decoder's stops when --stops is not given: the paper's, those up to
+# --n-components, plus --n-components itself.
+_PAPER_STOPS = (32, 64, 128, 200, 256, 300, 384, 512, 768)
 
 
 class CLIError(Exception):
     """A user error: reported on one line, exit status 2."""
 
 
-def _load_model(path):
-    import joblib
+def _int_at_least(low, high=None):
+    """An argparse type: an int in ``[low, high]``, with the range in its error."""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bounds = f">= {low}" if high is None else f"in {low}..{high}"
+            raise argparse.ArgumentTypeError(f"must be an integer {bounds}, got {value}")
+        return value
+
+    return parse
+
+
+def _out_path(value, suffix, flag):
+    """The file ``flag`` names, with ``suffix`` added if it has none, checked writable.
+
+    Checked before any work, so a long fit or encode never ends in "cannot write".
+    """
+    path = Path(value)
+    if not path.suffix:
+        path = path.with_name(path.name + suffix)
+    elif path.suffix.lower() != suffix:
+        raise CLIError(f"{flag}: {value} must be a {suffix} file (or have no suffix).")
+    if path.exists() and not path.is_file():
+        raise CLIError(f"{flag}: {path} exists and is not a file.")
+    folder = path.parent
+    if not folder.is_dir():
+        raise CLIError(f"{flag}: the folder {folder} does not exist.")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise CLIError(f"{flag}: cannot write in {folder}: {exc.strerror}.") from exc
+    return path
+
+
+def _load_model(args):
     from sklearn.pipeline import Pipeline
 
-    path = Path(path)
+    path = Path(args.model)
     if not path.is_file():
         raise CLIError(f"--model: no such file: {path}")
-    try:
-        model = joblib.load(path)
-    except Exception as exc:  # a truncated or foreign file
-        raise CLIError(f"--model: {path} is not a skfusion model file ({exc})") from exc
+    if path.suffix.lower() == ".skops":
+        from . import persistence
+
+        try:
+            model = persistence.load(path)
+        except ValueError as exc:  # types it does not trust
+            raise CLIError(f"--model: {exc}") from exc
+        except Exception as exc:  # a truncated or foreign file
+            raise CLIError(
+                f"--model: {path} is not a skfusion model file ({type(exc).__name__}: "
+                f"{exc})"
+            ) from exc
+    elif not args.trust_pickle:
+        # Checked before opening the file: unpickling is what runs a payload.
+        raise CLIError(
+            f"--model: {path} is not a .skops file. Loading a pickle (joblib) file runs "
+            "any code it holds; pass --trust-pickle only for a file you made yourself, "
+            "or refit with `skfusion fit ... --out MODEL.skops`."
+        )
+    else:
+        import joblib
+
+        try:
+            model = joblib.load(path)
+        except Exception as exc:  # a truncated or foreign file
+            raise CLIError(f"--model: {path} is not a skfusion model file ({exc})") from exc
     if not isinstance(model, Pipeline) or not hasattr(model[0], "encode_queries"):
         raise CLIError(
             f"--model: {path} holds a {type(model).__name__}, not a pipeline written by "
@@ -35,24 +106,92 @@ def _load_model(path):
     return model
 
 
-def _read_texts(path, name):
-    """(ids or None, texts) from a .txt (one per line) or .jsonl[.gz] file."""
+def _read_passages(path, flag, limit=None):
     from .datasets import load_passages
 
     path = Path(path)
     if not path.is_file():
-        raise CLIError(f"{name}: no such file: {path}")
-    texts = load_passages(path)
-    ids = None
-    if ".jsonl" in path.name:
-        import gzip
+        raise CLIError(f"{flag}: no such file: {path}")
+    try:
+        return load_passages(path, limit=limit)
+    except UnicodeDecodeError as exc:
+        raise CLIError(
+            f"{flag}: {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); "
+            "convert it to UTF-8."
+        ) from exc
 
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rt", encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-        if rows and all("_id" in r for r in rows):
-            ids = [str(r["_id"]) for r in rows]
-    return ids, texts
+
+def _read_ids(path):
+    """The ``_id`` of every row of a .jsonl[.gz] file, or None (no ids, or a .txt)."""
+    import gzip
+
+    name = path.name.lower()
+    if ".jsonl" not in name:
+        return None
+    opener = gzip.open if name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    if rows and all("_id" in r for r in rows):
+        return [str(r["_id"]) for r in rows]
+    return None
+
+
+def _read_texts(path, flag):
+    """(ids or None, texts) from a .txt (one per line) or .jsonl[.gz] file."""
+    texts = _read_passages(path, flag)
+    return _read_ids(Path(path)), texts
+
+
+def _training_passages(patterns, limit):
+    """Passages of every file (or glob) in order, at most ``limit`` in all."""
+    files = []
+    for pattern in patterns:
+        if glob.has_magic(pattern):
+            matches = sorted(glob.glob(pattern, recursive=True))
+            if not matches:
+                raise CLIError(f"--train: no file matches {pattern}")
+            files.extend(matches)
+        else:
+            files.append(pattern)
+    passages = []
+    for path in files:
+        left = None if limit is None else limit - len(passages)
+        if left == 0:
+            break
+        passages.extend(_read_passages(path, "--train", limit=left))
+    return passages
+
+
+def _decoder_settings(args):
+    """n_components and stops for the decoder, checked against each other."""
+    n = args.n_components if args.n_components is not None else _PAPER_STOPS[-1]
+    if args.output_dim is None:
+        if args.n_components is not None or args.stops is not None:
+            raise CLIError(
+                "--n-components and --stops configure the decoder, which is added only "
+                "with --output-dim; give --output-dim too."
+            )
+        return None
+    if args.output_dim > n:
+        raise CLIError(
+            f"--output-dim {args.output_dim} exceeds --n-components {n}: the decoder "
+            "outputs at most n_components dims; lower --output-dim or raise "
+            "--n-components."
+        )
+    if args.stops is None:
+        return n, tuple(s for s in _PAPER_STOPS if s < n) + (n,)
+    stops = tuple(args.stops)
+    outside = [s for s in stops if s > n]
+    if outside:
+        raise CLIError(
+            f"--stops {' '.join(map(str, outside))} exceed --n-components {n}; give stops "
+            "<= --n-components, or raise --n-components."
+        )
+    if any(b <= a for a, b in zip(stops, stops[1:], strict=False)):
+        raise CLIError(
+            f"--stops must be strictly increasing, got {' '.join(map(str, stops))}."
+        )
+    return n, stops
 
 
 def _build_pipeline(args):
@@ -80,6 +219,7 @@ def _build_pipeline(args):
             f"--weights: {len(weights)} weights for {len(members)} members; give one "
             "per member, in order (--member ..., then --lexical-member)."
         )
+    decoder = _decoder_settings(args)
     quiet = False if args.quiet else None
     steps = [
         (
@@ -89,24 +229,24 @@ def _build_pipeline(args):
             ),
         )
     ]
-    if args.output_dim:
-        stops = tuple(s for s in args.stops if s <= args.n_components)
+    if decoder is not None:
+        n_components, stops = decoder
         steps.append(
             (
                 "dec",
                 MatryoshkaDecoder(
-                    n_components=args.n_components,
+                    n_components=n_components,
                     stops=stops,
                     output_dim=args.output_dim,
                     random_state=args.random_state,
                 ),
             )
         )
-    if args.bits:
+    if args.bits is not None:
         steps.append(
             ("quant", PercentileQuantizer(bits=args.bits, random_state=args.random_state))
         )
-    elif args.lsh_bits:
+    elif args.lsh_bits is not None:
         steps.append(
             ("lsh", RandomProjectionLSH(args.lsh_bits, random_state=args.random_state))
         )
@@ -114,29 +254,32 @@ def _build_pipeline(args):
 
 
 def _fit(args):
-    import joblib
+    from .persistence import dump
 
-    _, passages = _read_texts(args.train, "--train")
-    pipe = _build_pipeline(args).fit(passages)
-    joblib.dump(pipe, args.out)
+    pipe = _build_pipeline(args)
+    out = _out_path(args.out, ".skops", "--out")
+    passages = _training_passages(args.train, args.max_passages)
+    if not passages:
+        raise CLIError("--train: the files hold no passages.")
+    pipe.fit(passages)
+    dump(pipe, out)
     width = pipe.transform(passages[:1]).shape[1]
-    print(f"fitted on {len(passages)} passages -> {args.out} (output width {width})")
+    print(f"fitted on {len(passages)} passages -> {out} (output width {width})")
     return 0
 
 
 def _encode(args):
-    import numpy as np
-
     from .evaluation import encode
+    from .persistence import save_index
 
-    model = _load_model(args.model)
+    model = _load_model(args)
+    out = _out_path(args.out, ".npz", "--out")
     ids, texts = _read_texts(args.input, "--input")
-    out = encode(model, texts, args.role)
-    np.save(args.out, out)
-    if ids is not None:
-        Path(str(args.out) + ".ids.json").write_text(json.dumps(ids))
+    vectors = encode(model, texts, args.role)
+    save_index(out, vectors, ids=ids, model=model)
     print(
-        f"encoded {len(texts)} texts as {args.role}s -> {args.out} {out.shape} {out.dtype}"
+        f"encoded {len(texts)} texts as {args.role}s -> {out} {vectors.shape} "
+        f"{vectors.dtype}"
     )
     return 0
 
@@ -145,7 +288,7 @@ def _evaluate(args):
     from .datasets import load_beir
     from .evaluation import evaluate_retrieval
 
-    model = _load_model(args.model)
+    model = _load_model(args)
     data = load_beir(args.beir, split=args.split)
     scores = evaluate_retrieval(model, data, metrics=("ndcg@10", "recall@100"))
     full = 4 * model[0].n_features_out_
@@ -155,34 +298,30 @@ def _evaluate(args):
 
 
 def _search(args):
-    import numpy as np
-
     from .evaluation import _final_quantizer, encode
+    from .persistence import load_index
     from .search import search
 
-    model = _load_model(args.model)
+    model = _load_model(args)
     index = Path(args.index)
+    if (
+        not index.is_file()
+        and not index.suffix
+        and index.with_name(index.name + ".npz").is_file()
+    ):
+        index = index.with_name(index.name + ".npz")  # as `encode --out` named it
     if not index.is_file():
         raise CLIError(f"--index: no such file: {index}")
-    database = np.load(index)
+    try:
+        database, ids = load_index(index, model=model)
+    except ValueError as exc:
+        raise CLIError(f"--index: {exc}") from exc
     query = encode(model, [args.query], "query")
-    if database.ndim != 2 or database.shape[1] != query.shape[1]:
-        raise CLIError(
-            f"--index: {index} has rows of width {database.shape[-1]} but the model "
-            f"outputs width {query.shape[1]}; encode the index with this model."
-        )
-    if database.dtype != query.dtype:
-        raise CLIError(
-            f"--index: {index} holds {database.dtype} but the model outputs "
-            f"{query.dtype}; encode the index with this model."
-        )
-    sidecar = Path(str(index) + ".ids.json")
-    ids = json.loads(sidecar.read_text()) if sidecar.is_file() else None
     scores, rows = search(
         query, database, k=min(args.k, len(database)), quantizer=_final_quantizer(model)
     )
     for s, i in zip(scores[0], rows[0], strict=True):
-        print(f"{ids[i] if ids else i}\t{s:.4f}")
+        print(f"{ids[i]}\t{s:.4f}")
     return 0
 
 
@@ -193,19 +332,31 @@ def _demo(args):
     return 0
 
 
+_TRUST_PICKLE_HELP = (
+    "also load a pickle (joblib) --model file. UNSAFE: unpickling runs any code the file "
+    "holds; use only for files you made yourself. Without it only .skops files load."
+)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="skfusion",
         description="Concatenate, compress and quantize small text-embedding models.",
+        epilog="Models are .skops files, which load without running code; a pickle "
+        "(joblib) model loads only with --trust-pickle, which runs any code it holds.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add(name, func, help):
+    def add(name, func, help, model=False):
         p = sub.add_parser(name, help=help)
         p.add_argument("--quiet", action="store_true", help="no progress bars")
+        if model:
+            p.add_argument("--model", required=True, help=".skops file from `skfusion fit`")
+            p.add_argument("--trust-pickle", action="store_true", help=_TRUST_PICKLE_HELP)
         p.set_defaults(func=func)
         return p
 
+    positive = _int_at_least(1)
     fit = add("fit", _fit, "fit a pipeline on unlabelled passages")
     fit.add_argument(
         "--member",
@@ -216,42 +367,65 @@ def build_parser():
     )
     fit.add_argument(
         "--lexical-member",
-        type=int,
+        type=positive,
         metavar="DIM",
         help="add a TF-IDF -> TruncatedSVD(DIM) member",
     )
     fit.add_argument("--weights", type=float, nargs="+", help="one weight per member")
-    fit.add_argument("--train", required=True, help="passages .jsonl[.gz] or .txt")
-    fit.add_argument("--n-components", type=int, default=768)
     fit.add_argument(
-        "--stops", type=int, nargs="+", default=[32, 64, 128, 200, 256, 300, 384, 512, 768]
+        "--train",
+        required=True,
+        nargs="+",
+        metavar="FILE_OR_GLOB",
+        help="passages: .jsonl[.gz] or .txt[.gz] files or globs (quoted), read in order",
     )
     fit.add_argument(
-        "--output-dim", type=int, help="decoder output width (no decoder if unset)"
+        "--max-passages",
+        type=_int_at_least(1),
+        metavar="N",
+        help="fit on the first N passages of the --train files (default: all)",
+    )
+    fit.add_argument(
+        "--output-dim",
+        type=positive,
+        help="add a Matryoshka decoder with this output width (no decoder if unset)",
+    )
+    fit.add_argument("--n-components", type=positive, help="decoder width (default 768)")
+    fit.add_argument(
+        "--stops",
+        type=positive,
+        nargs="+",
+        help="decoder Matryoshka stops, increasing, each <= --n-components (default: "
+        f"those of {' '.join(map(str, _PAPER_STOPS))} below --n-components, and it)",
     )
     codes = fit.add_mutually_exclusive_group()
-    codes.add_argument("--bits", type=int, help="percentile codes of B bits per dimension")
-    codes.add_argument("--lsh-bits", type=int, help="random-projection sign bits")
+    codes.add_argument(
+        "--bits", type=_int_at_least(1, 8), help="percentile codes of B (1..8) bits per dim"
+    )
+    codes.add_argument("--lsh-bits", type=positive, help="random-projection sign bits")
     fit.add_argument("--cache-dir", help="embedding cache folder")
     fit.add_argument("--random-state", type=int, default=0)
-    fit.add_argument("--out", required=True, help="model file (joblib)")
+    fit.add_argument("--out", required=True, help="model file (.skops; added if no suffix)")
 
-    enc = add("encode", _encode, "encode texts with a fitted model")
-    enc.add_argument("--model", required=True)
+    enc = add("encode", _encode, "encode texts with a fitted model", model=True)
     enc.add_argument("--input", required=True, help="texts .jsonl[.gz] or .txt")
     enc.add_argument("--role", choices=("query", "document"), default="document")
-    enc.add_argument("--out", required=True, help=".npy file")
+    enc.add_argument(
+        "--out",
+        required=True,
+        help="index file (.npz: vectors, ids, model fingerprint; .npz added if no suffix)",
+    )
 
-    ev = add("evaluate", _evaluate, "nDCG@10, recall@100 and size on a BEIR folder")
-    ev.add_argument("--model", required=True)
+    ev = add(
+        "evaluate", _evaluate, "nDCG@10, recall@100 and size on a BEIR folder", model=True
+    )
     ev.add_argument("--beir", required=True, help="BEIR folder")
     ev.add_argument("--split", default="test")
 
-    se = add("search", _search, "top-k ids of an encoded index for one query")
-    se.add_argument("--model", required=True)
-    se.add_argument("--index", required=True, help=".npy written by `skfusion encode`")
+    se = add("search", _search, "top-k ids of an encoded index for one query", model=True)
+    se.add_argument("--index", required=True, help=".npz written by `skfusion encode`")
     se.add_argument("--query", required=True)
-    se.add_argument("-k", type=int, default=10)
+    se.add_argument("-k", type=positive, default=10)
 
     demo = add("demo", _demo, "the main job on the bundled sample and the offline MiniLM")
     demo.add_argument("--cache-dir", default=None, help="embedding cache folder")

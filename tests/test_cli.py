@@ -2,6 +2,8 @@
 
 import gzip
 import json
+import pickle
+import sys
 
 import joblib
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 
 from skfusion.cli import main
 from skfusion.datasets import load_sample, sample_path
+from skfusion.persistence import dump, load
 
 
 @pytest.fixture
@@ -25,28 +28,31 @@ def passages_file(tmp_path, tiny_corpus):
 
 @pytest.fixture
 def model_file(tmp_path, passages_file, tiny_model_paths):
-    out = tmp_path / "model.joblib"
+    return _fit_model(tmp_path / "model.skops", passages_file, tiny_model_paths)
+
+
+def _fit_model(out, passages_file, tiny_model_paths, *extra):
     argv = [
         "fit", "--member", tiny_model_paths[0], "--lexical-member", "8",
         "--train", str(passages_file), "--n-components", "16", "--stops", "4", "8", "16",
-        "--output-dim", "8", "--bits", "2", "--out", str(out), "--quiet",
+        "--output-dim", "8", "--bits", "2", "--out", str(out), "--quiet", *extra,
     ]  # fmt: skip
     assert main(argv) == 0
     return out
 
 
 def test_fit_writes_a_pipeline_that_loads(model_file):
-    pipe = joblib.load(model_file)
+    pipe = load(model_file)
     assert [name for name, _ in pipe.steps] == ["embed", "dec", "quant"]
     codes = pipe.transform(["a tiny sentence"])
     assert codes.dtype == np.uint8 and codes.shape == (1, 8) and codes.max() <= 3
 
 
 def test_encode_then_search_returns_ids(tmp_path, model_file, passages_file, capsys):
-    codes = tmp_path / "codes.npy"
+    codes = tmp_path / "codes.npz"
     assert main(["encode", "--model", str(model_file), "--input", str(passages_file),
                  "--role", "document", "--out", str(codes)]) == 0  # fmt: skip
-    assert np.load(codes).shape[1] == 8
+    assert np.load(codes)["vectors"].shape[1] == 8
     capsys.readouterr()
     query = json.loads(passages_file.read_text().splitlines()[3])["text"]
     assert main(["search", "--model", str(model_file), "--index", str(codes),
@@ -64,7 +70,7 @@ def test_evaluate_prints_metrics_and_size(tmp_path, model_file, capsys):
     assert set(scores) == {"ndcg@10", "recall@100", "bytes_per_vector", "compression"}
     assert 0.0 <= scores["ndcg@10"] <= 1.0
     assert scores["bytes_per_vector"] == 2  # 8 dims x 2 bits
-    pipe = joblib.load(model_file)
+    pipe = load(model_file)
     assert scores["compression"] == 4 * pipe[0].n_features_out_ / 2
     assert len(load_sample("dev").query_ids) == 200
 
@@ -78,7 +84,7 @@ def _error(capsys):
 
 def test_missing_train_file_is_a_one_line_error(tmp_path, tiny_model_paths, capsys):
     argv = ["fit", "--member", tiny_model_paths[0], "--train", str(tmp_path / "nope.jsonl"),
-            "--out", str(tmp_path / "m.joblib")]  # fmt: skip
+            "--out", str(tmp_path / "m.skops")]  # fmt: skip
     assert main(argv) == 2
     assert "nope.jsonl" in _error(capsys)
 
@@ -87,39 +93,276 @@ def test_bad_json_line_names_its_line(tmp_path, tiny_model_paths, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"text": broken\n')
     argv = ["fit", "--member", tiny_model_paths[0], "--train", str(bad),
-            "--out", str(tmp_path / "m.joblib")]  # fmt: skip
+            "--out", str(tmp_path / "m.skops")]  # fmt: skip
     assert main(argv) == 2
     assert "line 2" in _error(capsys)
 
 
 def test_unknown_member_is_a_one_line_error(tmp_path, passages_file, capsys):
     argv = ["fit", "--member", str(tmp_path / "no-such-model"), "--train",
-            str(passages_file), "--out", str(tmp_path / "m.joblib")]  # fmt: skip
+            str(passages_file), "--out", str(tmp_path / "m.skops")]  # fmt: skip
     assert main(argv) == 2
     assert "no-such-model" in _error(capsys)
-
-
-def test_index_from_another_model_is_refused(tmp_path, model_file, capsys):
-    wrong = tmp_path / "wrong.npy"
-    np.save(wrong, np.zeros((5, 3), dtype=np.uint8))
-    assert main(["search", "--model", str(model_file), "--index", str(wrong),
-                 "--query", "x"]) == 2  # fmt: skip
-    assert "width" in _error(capsys)
 
 
 def test_model_file_that_is_not_a_pipeline_is_refused(tmp_path, capsys):
     other = tmp_path / "other.joblib"
     joblib.dump({"not": "a model"}, other)
-    assert main(["evaluate", "--model", str(other), "--beir", str(sample_path())]) == 2
+    assert main(["evaluate", "--model", str(other), "--beir", str(sample_path()),
+                 "--trust-pickle"]) == 2  # fmt: skip
     assert "not a pipeline" in _error(capsys)
+    from skfusion import PercentileQuantizer
+
+    quantizer = tmp_path / "q.skops"
+    dump(PercentileQuantizer(), quantizer)
+    assert main(["evaluate", "--model", str(quantizer), "--beir", str(sample_path())]) == 2
+    assert "holds a PercentileQuantizer, not a pipeline" in _error(capsys)
 
 
 def test_gzipped_passages_are_read(tmp_path, tiny_corpus, tiny_model_paths):
     path = tmp_path / "p.jsonl.gz"
     with gzip.open(path, "wt") as f:
         f.writelines(json.dumps({"text": t}) + "\n" for t in tiny_corpus)
-    out = tmp_path / "m.joblib"
+    out = tmp_path / "m.skops"
     argv = ["fit", "--member", tiny_model_paths[1], "--train", str(path),
             "--lsh-bits", "64", "--out", str(out), "--quiet"]  # fmt: skip
     assert main(argv) == 0
-    assert joblib.load(out).transform(["x"]).shape == (1, 8)
+    assert load(out).transform(["x"]).shape == (1, 8)
+
+
+# -- an index records its model and its ids in one file (issue 9, item 1) -------------
+
+
+def _encode(model, source, out):
+    return main(["encode", "--model", str(model), "--input", str(source), "--out", str(out),
+                 "--quiet"])  # fmt: skip
+
+
+def _search(model, index, capsys, query="a text editor", k=3):
+    capsys.readouterr()
+    code = main(["search", "--model", str(model), "--index", str(index), "--query", query,
+                 "-k", str(k), "--quiet"])  # fmt: skip
+    captured = capsys.readouterr()
+    # Put stderr back for _error.
+    sys.stderr.write(captured.err)
+    return code, [line.split("\t")[0] for line in captured.out.splitlines()]
+
+
+def test_index_from_another_model_of_the_same_width_is_refused(
+    tmp_path, model_file, passages_file, tiny_model_paths, capsys
+):
+    other = _fit_model(tmp_path / "other.skops", passages_file, tiny_model_paths,
+                       "--random-state", "1")  # fmt: skip
+    index = tmp_path / "idx.npz"
+    assert _encode(other, passages_file, index) == 0
+    assert load(other).transform(["x"]).shape == load(model_file).transform(["x"]).shape
+    assert _search(model_file, index, capsys)[0] == 2
+    assert "encoded by another model" in _error(capsys)
+
+
+def test_reencoded_index_prints_its_own_ids(
+    tmp_path, model_file, passages_file, tiny_corpus, capsys
+):
+    index = tmp_path / "idx.npz"
+    assert _encode(model_file, passages_file, index) == 0
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps({"_id": f"o{i}", "text": t}) + "\n"
+                             for i, t in enumerate(tiny_corpus[:5])))  # fmt: skip
+    assert _encode(model_file, other, index) == 0
+    code, ids = _search(model_file, index, capsys, k=10)
+    assert code == 0 and sorted(ids) == ["o0", "o1", "o2", "o3", "o4"]
+    # A plain .txt has no ids: its rows are named by their numbers.
+    txt = tmp_path / "other.txt"
+    txt.write_text("\n".join(tiny_corpus[:4]))
+    assert _encode(model_file, txt, index) == 0
+    code, ids = _search(model_file, index, capsys, k=10)
+    assert code == 0 and sorted(ids) == ["0", "1", "2", "3"]
+
+
+def test_index_whose_ids_do_not_match_its_rows_is_refused(
+    tmp_path, model_file, passages_file, capsys
+):
+    index = tmp_path / "idx.npz"
+    assert _encode(model_file, passages_file, index) == 0
+    with np.load(index) as npz:
+        arrays = dict(npz)
+    arrays["ids"] = arrays["ids"][:3]
+    with open(index, "wb") as f:
+        np.savez(f, **arrays)
+    assert _search(model_file, index, capsys)[0] == 2
+    assert "3 ids for 50 rows" in _error(capsys)
+
+
+def test_out_without_suffix_and_upper_case_jsonl(tmp_path, model_file, tiny_corpus, capsys):
+    upper = tmp_path / "PASSAGES.JSONL"
+    upper.write_text("".join(json.dumps({"_id": f"u{i}", "text": t}) + "\n"
+                             for i, t in enumerate(tiny_corpus)))  # fmt: skip
+    assert _encode(model_file, upper, tmp_path / "idx2") == 0
+    assert (tmp_path / "idx2.npz").is_file()
+    code, ids = _search(model_file, tmp_path / "idx2", capsys)
+    assert code == 0 and len(ids) == 3 and all(i.startswith("u") for i in ids)
+
+
+def test_bare_npy_index_gives_its_shape(tmp_path, model_file, capsys):
+    for shape in [(16,), (5, 8)]:
+        bare = tmp_path / "bare.npy"
+        np.save(bare, np.zeros(shape, dtype=np.uint8))
+        assert _search(model_file, bare, capsys)[0] == 2
+        message = _error(capsys)
+        assert f"bare array of shape {shape}" in message and "skfusion encode" in message
+
+
+# -- models load without running code (issue 9, item 8) ------------------------------
+
+
+class _Payload:
+    """Unpickling this creates a file: a stand-in for an os.system payload."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickle_model_runs_nothing_without_trust_pickle(tmp_path, passages_file, capsys):
+    marker = tmp_path / "payload-ran"
+    evil = tmp_path / "evil.joblib"
+    evil.write_bytes(pickle.dumps(_Payload(marker)))
+    argv = ["encode", "--model", str(evil), "--input", str(passages_file),
+            "--out", str(tmp_path / "idx.npz")]  # fmt: skip
+    assert main(argv) == 2
+    assert not marker.exists()
+    message = _error(capsys)
+    assert "evil.joblib" in message and "--trust-pickle" in message
+    # The flag is the explicit opt-in: then the pickle is unpickled (and its code runs).
+    assert main([*argv, "--trust-pickle"]) == 2
+    assert marker.exists()
+    assert "not a pipeline" in _error(capsys)
+
+
+def test_foreign_type_in_a_skops_model_is_refused(tmp_path, passages_file, capsys):
+    import os
+
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+    from skops.io import dump as skops_dump
+
+    evil = tmp_path / "evil.skops"
+    skops_dump(make_pipeline(FunctionTransformer(os.system)), evil)
+    argv = ["encode", "--model", str(evil), "--input", str(passages_file),
+            "--out", str(tmp_path / "idx.npz")]  # fmt: skip
+    assert main(argv) == 2
+    message = _error(capsys)
+    assert "--model" in message and "system" in message
+
+
+def test_help_warns_about_trust_pickle(capsys):
+    with pytest.raises(SystemExit):
+        main(["encode", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--trust-pickle" in out and "UNSAFE" in out
+
+
+# -- fit options are checked, before any work (issue 9, misleading messages) ----------
+
+
+def _usage_error(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    return _error(capsys)
+
+
+@pytest.mark.parametrize("flag", ["--bits", "--output-dim", "--lsh-bits", "--n-components"])
+def test_zero_width_stage_is_rejected(
+    tmp_path, passages_file, tiny_model_paths, flag, capsys
+):
+    argv = ["fit", "--member", tiny_model_paths[0], "--train", str(passages_file),
+            "--out", str(tmp_path / "m.skops"), flag, "0"]  # fmt: skip
+    message = _usage_error(argv, capsys)
+    assert flag in message and "got 0" in message
+    assert not (tmp_path / "m.skops").exists()
+
+
+def _fit_error(tmp_path, passages_file, tiny_model_paths, capsys, *extra, out=None):
+    out = tmp_path / "m.skops" if out is None else out
+    argv = ["fit", "--member", tiny_model_paths[0], "--train", str(passages_file),
+            "--out", str(out), "--quiet", *extra]  # fmt: skip
+    assert main(argv) == 2
+    return _error(capsys)
+
+
+def test_stops_outside_n_components_are_rejected(
+    tmp_path, passages_file, tiny_model_paths, capsys
+):
+    message = _fit_error(tmp_path, passages_file, tiny_model_paths, capsys,
+                         "--n-components", "16", "--stops", "4", "8", "32",
+                         "--output-dim", "8")  # fmt: skip
+    assert "--stops 32 exceed --n-components 16" in message
+
+
+def test_output_dim_above_n_components_says_so(
+    tmp_path, passages_file, tiny_model_paths, capsys
+):
+    message = _fit_error(tmp_path, passages_file, tiny_model_paths, capsys,
+                         "--n-components", "16", "--output-dim", "32")  # fmt: skip
+    assert "--output-dim 32 exceeds --n-components 16" in message
+
+
+def test_decoder_settings_without_output_dim_are_rejected(
+    tmp_path, passages_file, tiny_model_paths, capsys
+):
+    message = _fit_error(tmp_path, passages_file, tiny_model_paths, capsys,
+                         "--n-components", "16")  # fmt: skip
+    assert "--output-dim" in message
+
+
+@pytest.mark.parametrize("where", ["missing-folder", "a-folder"])
+def test_bad_out_path_is_reported_before_the_fit(tmp_path, passages_file, where, capsys):
+    (tmp_path / "a-folder").mkdir()
+    out = tmp_path / "missing-folder" / "m.skops" if where == "missing-folder" else (
+        tmp_path / "a-folder.skops")  # fmt: skip
+    (tmp_path / "a-folder.skops").mkdir()
+    # The member does not exist, so a fit would fail: the --out error must come first.
+    argv = ["fit", "--member", str(tmp_path / "no-such-model"), "--train",
+            str(passages_file), "--out", str(out)]  # fmt: skip
+    assert main(argv) == 2
+    message = _error(capsys)
+    assert "--out" in message and str(out.parent if where == "missing-folder" else out) in (
+        message)  # fmt: skip
+
+
+def test_non_utf8_input_names_the_file(tmp_path, model_file, capsys):
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    assert _encode(model_file, latin, tmp_path / "idx.npz") == 2
+    message = _error(capsys)
+    assert "latin1.txt" in message and "UTF-8" in message
+
+
+# -- fit on several files / a glob, with a cap (issue 12) ------------------------------
+
+
+def test_fit_reads_several_files_and_globs_up_to_a_cap(
+    tmp_path, tiny_corpus, tiny_model_paths, capsys
+):
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    for i in range(3):
+        (parts / f"part{i}.txt").write_text("\n".join(tiny_corpus[i * 10 : (i + 1) * 10]))
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text("".join(json.dumps({"text": t}) + "\n" for t in tiny_corpus[30:40]))
+    out = tmp_path / "m.skops"
+    base = ["fit", "--member", tiny_model_paths[0], "--lsh-bits", "16", "--out", str(out),
+            "--quiet", "--train", str(extra), str(parts / "*.txt")]  # fmt: skip
+    capsys.readouterr()
+    assert main(base) == 0
+    assert "fitted on 40 passages" in capsys.readouterr().out
+    assert main([*base, "--max-passages", "25"]) == 0
+    assert "fitted on 25 passages" in capsys.readouterr().out
+
+
+def test_glob_matching_nothing_is_an_error(tmp_path, tiny_model_paths, capsys):
+    message = _fit_error(tmp_path, tmp_path / "none-*.txt", tiny_model_paths, capsys)
+    assert "no file matches" in message and "none-*.txt" in message

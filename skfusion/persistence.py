@@ -1,0 +1,474 @@
+"""Safe persistence of fitted skfusion pipelines (skops), and model fingerprints.
+
+A pickle (``joblib``) file runs any code it holds when it is loaded, so it is only safe
+for files you made yourself. :func:`dump` writes a `skops <https://skops.readthedocs.io>`_
+file instead, and :func:`load` reads it trusting exactly skfusion's own classes and the
+scikit-learn, numpy and builtin types that skops trusts by default; a file naming any
+other type (a tampered file, or a pipeline with foreign steps) is refused before
+anything in it is built. :func:`fingerprint` names a fitted model by its parameters and
+fitted state; :func:`save_index` / :func:`load_index` keep encoded vectors, their ids
+and the fingerprint of the model that encoded them in one ``.npz`` file, so that a
+search can tell an index made by another model (or a stale ids list) from its own.
+"""
+
+import hashlib
+import importlib
+import inspect
+import os
+import re
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+from scipy import sparse
+from sklearn.base import BaseEstimator
+
+from ._compat import validate_params
+
+__all__ = ["dump", "fingerprint", "load", "load_index", "save_index", "untrusted_types"]
+
+# A module of the skfusion package; dunder parts (``skfusion.__main__``) are excluded,
+# since importing one may run code.
+_SKFUSION_MODULE = re.compile(r"skfusion(\.(?!__)[A-Za-z_]\w*)*")
+
+
+def _is_skfusion_class(type_name):
+    """Whether ``type_name`` ("module.Name") names a class defined in skfusion."""
+    module_name, _, name = type_name.rpartition(".")
+    if not _SKFUSION_MODULE.fullmatch(module_name) or not name.isidentifier():
+        return False
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return False
+    obj = getattr(module, name, None)
+    # Defined there, not imported into it (``skfusion.cli.Path`` is not skfusion's).
+    return (
+        inspect.isclass(obj) and obj.__module__ == module_name and obj.__qualname__ == name
+    )
+
+
+def _write_atomically(path, write):
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename it there.
+
+    An interrupted write leaves no partial file, and readers see the old or the new one.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _check_extension(path, name):
+    if Path(path).suffix.lower() != ".skops":
+        raise ValueError(f"{name} must end in .skops, got {os.fspath(path)!r}.")
+
+
+@validate_params(
+    {"path": [str, os.PathLike]},
+    prefer_skip_nested_validation=True,
+)
+def untrusted_types(path):
+    """Types in a skops file that :func:`load` would refuse to build.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A ``.skops`` file.
+
+    Returns
+    -------
+    types : list of str
+        ``"module.Name"`` of every type that is neither one of skfusion's classes nor
+        trusted by skops by default (scikit-learn estimators, numpy and builtin types);
+        empty for a file written by :func:`dump` from a skfusion pipeline.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from skfusion import PercentileQuantizer
+    >>> from skfusion.persistence import dump, untrusted_types
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "q.skops"
+    >>> dump(make_pipeline(PercentileQuantizer(bits=2)), path)
+    >>> untrusted_types(path)
+    []
+    """
+    from skops.io import get_untrusted_types
+
+    found = get_untrusted_types(file=path)
+    return sorted(t for t in found if not _is_skfusion_class(t))
+
+
+@validate_params(
+    {"estimator": [BaseEstimator], "path": [str, os.PathLike]},
+    prefer_skip_nested_validation=True,
+)
+def dump(estimator, path):
+    """Write a (fitted) estimator or pipeline to a ``.skops`` file.
+
+    The file is written to a temporary name and renamed, so an interrupted dump leaves
+    no partial file. An estimator holding a type that :func:`load` would refuse (e.g. a
+    ``FunctionTransformer`` of your own function) is refused here, before writing.
+
+    Parameters
+    ----------
+    estimator : BaseEstimator
+        Usually a fitted skfusion ``Pipeline``.
+    path : str or path-like
+        Destination; must end in ``.skops``.
+
+    See Also
+    --------
+    load : Read it back.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> import numpy as np
+    >>> from skfusion import PercentileQuantizer
+    >>> from skfusion.persistence import dump, load
+    >>> X = np.random.default_rng(0).normal(size=(50, 4))
+    >>> q = PercentileQuantizer(bits=2).fit(X)
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "q.skops"
+    >>> dump(q, path)
+    >>> bool((load(path).transform(X) == q.transform(X)).all())
+    True
+    """
+    import skops.io as sio
+
+    _check_extension(path, "path")
+    data = sio.dumps(estimator)
+    foreign = sorted(
+        t for t in sio.get_untrusted_types(data=data) if not _is_skfusion_class(t)
+    )
+    if foreign:
+        raise ValueError(
+            f"Cannot dump {type(estimator).__name__} as a safe skfusion file: it holds "
+            f"types that load() does not trust: {', '.join(foreign)}. Use skops.io.dump "
+            "and skops.io.load(..., trusted=[...]) for such a pipeline."
+        )
+    _write_atomically(path, lambda f: f.write(data))
+
+
+@validate_params(
+    {"path": [str, os.PathLike]},
+    prefer_skip_nested_validation=True,
+)
+def load(path):
+    """Read an estimator written by :func:`dump`, building only trusted types.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A ``.skops`` file.
+
+    Returns
+    -------
+    estimator : BaseEstimator
+
+    Raises
+    ------
+    ValueError
+        If the file names any type other than skfusion's classes and the types skops
+        trusts by default (:func:`untrusted_types` lists them); nothing in the file is
+        built or run.
+
+    See Also
+    --------
+    dump : Write one.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from skfusion import RandomProjectionLSH
+    >>> from skfusion.persistence import dump, load
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "lsh.skops"
+    >>> dump(RandomProjectionLSH(n_bits=16), path)
+    >>> load(path)
+    RandomProjectionLSH(n_bits=16)
+    """
+    import skops.io as sio
+
+    _check_extension(path, "path")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"No such skops file: {os.fspath(path)!r}.")
+    foreign = untrusted_types(path)
+    if foreign:
+        raise ValueError(
+            f"Refusing to load {os.fspath(path)!r}: it holds types that are not "
+            f"skfusion's or scikit-learn's: {', '.join(foreign)}. A file written by "
+            "skfusion.persistence.dump never does; if you trust its source, inspect it "
+            "with skops.io.get_untrusted_types and load it with skops.io.load(..., "
+            "trusted=[...])."
+        )
+    trusted = sio.get_untrusted_types(file=path)  # all skfusion's, checked above
+    return sio.load(path, trusted=trusted)
+
+
+def _update(h, obj, stack):
+    """Feed a canonical, process-independent description of ``obj`` to ``h``."""
+    if obj is None or isinstance(obj, (bool, int, float, complex, str, bytes)):
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+        return
+    if isinstance(obj, os.PathLike):
+        h.update(f"path:{os.fspath(obj)!r};".encode())
+        return
+    if inspect.isclass(obj) or inspect.isroutine(obj):
+        h.update(f"ref:{getattr(obj, '__module__', '')}.{obj.__qualname__};".encode())
+        return
+    if id(obj) in stack:  # a cycle
+        h.update(b"cycle;")
+        return
+    stack = stack | {id(obj)}
+    if sparse.issparse(obj):
+        obj = obj.tocsr()
+        h.update(f"csr:{obj.shape};".encode())
+        for part in (obj.data, obj.indices, obj.indptr):
+            _update(h, part, stack)
+    elif isinstance(obj, (np.ndarray, np.generic)):
+        arr = np.asarray(obj)
+        h.update(f"nd:{arr.dtype.str}:{arr.shape};".encode())
+        if arr.dtype.hasobject:
+            _update(h, arr.ravel().tolist(), stack)
+        else:
+            h.update(np.ascontiguousarray(arr).tobytes())
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{type(obj).__name__}:{len(obj)}[".encode())
+        for item in obj:
+            _update(h, item, stack)
+        h.update(b"]")
+    elif isinstance(obj, (dict, set, frozenset)):
+        items = obj.items() if isinstance(obj, dict) else ((k, None) for k in obj)
+        h.update(f"{type(obj).__name__}:{len(obj)}{{".encode())
+        for key, value in sorted(items, key=lambda kv: repr(kv[0])):
+            _update(h, key, stack)
+            _update(h, value, stack)
+        h.update(b"}")
+    elif isinstance(obj, BaseEstimator):
+        cls = type(obj)
+        h.update(f"est:{cls.__module__}.{cls.__qualname__}(".encode())
+        _update(h, obj.get_params(deep=False), stack)
+        _update(h, _fitted_state(obj), stack)
+        h.update(b")")
+    else:
+        # Anything else (a loaded torch model, a RandomState) is named by its type; a
+        # model's weights enter through its owner's fitted state (e.g. the embedder's
+        # ``fingerprints_``), not through process-specific attributes.
+        cls = type(obj)
+        h.update(f"obj:{cls.__module__}.{cls.__qualname__};".encode())
+
+
+def _fitted_state(estimator):
+    """Public fitted attributes (``name_``), properties included, by name."""
+    state = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in dir(estimator):
+            if name.startswith("_") or not name.endswith("_"):
+                continue
+            try:
+                value = getattr(estimator, name)
+            except Exception:  # e.g. a property of an unfitted step
+                continue
+            if not inspect.ismethod(value):
+                state[name] = value
+    return state
+
+
+@validate_params(
+    {"estimator": [BaseEstimator]},
+    prefer_skip_nested_validation=True,
+)
+def fingerprint(estimator):
+    """A hex digest naming an estimator by its parameters and fitted state.
+
+    It is the same for the same fitted model in any process and after a
+    :func:`dump` / :func:`load` (or ``joblib``) round trip, and differs when any
+    parameter or fitted attribute differs (e.g. a decoder fitted with another
+    ``random_state``). It hashes ``get_params(deep=False)`` and the public fitted
+    attributes (names ending in ``_``) of each step, recursively; private attributes
+    (which may hold process-specific values such as ``id()``) are left out.
+
+    Parameters
+    ----------
+    estimator : BaseEstimator
+
+    Returns
+    -------
+    digest : str
+        32 hexadecimal characters.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skfusion import RandomProjectionLSH
+    >>> from skfusion.persistence import fingerprint
+    >>> X = np.random.default_rng(0).normal(size=(20, 8))
+    >>> a = RandomProjectionLSH(n_bits=16, random_state=0).fit(X)
+    >>> b = RandomProjectionLSH(n_bits=16, random_state=1).fit(X)
+    >>> fingerprint(a) == fingerprint(a), fingerprint(a) == fingerprint(b)
+    (True, False)
+    """
+    h = hashlib.blake2b(digest_size=16)
+    _update(h, estimator, frozenset())
+    return h.hexdigest()
+
+
+_INDEX_FORMAT = "skfusion-index-1"
+
+
+@validate_params(
+    {
+        "path": [str, os.PathLike],
+        "vectors": ["array-like"],
+        "ids": ["array-like", None],
+        "model": [BaseEstimator],
+    },
+    prefer_skip_nested_validation=True,
+)
+def save_index(path, vectors, *, ids=None, model):
+    """Write encoded vectors, their ids and the encoding model's fingerprint to one file.
+
+    The file is an uncompressed ``.npz``, so numpy reads it without skfusion:
+    ``np.load(path)["vectors"]`` is the array, ``np.load(path)["ids"]`` the ids (str),
+    ``np.load(path)["model_fingerprint"]`` the :func:`fingerprint` of ``model``. It is
+    written to a temporary name and renamed, so a reader never sees a mix of two runs.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Destination; must end in ``.npz``.
+    vectors : array-like of shape (n_rows, width)
+        What ``model`` output for the rows.
+    ids : array-like of str of shape (n_rows,), default=None
+        One id per row; ``None`` stores the row numbers ``"0"``, ``"1"``, ...
+    model : BaseEstimator
+        The fitted pipeline that encoded ``vectors``.
+
+    See Also
+    --------
+    load_index : Read it back, checking it belongs to a model.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> import numpy as np
+    >>> from skfusion import RandomProjectionLSH
+    >>> from skfusion.persistence import load_index, save_index
+    >>> X = np.random.default_rng(0).normal(size=(20, 8))
+    >>> lsh = RandomProjectionLSH(n_bits=16).fit(X)
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "index.npz"
+    >>> save_index(path, lsh.transform(X), ids=[f"d{i}" for i in range(20)], model=lsh)
+    >>> vectors, ids = load_index(path, model=lsh)
+    >>> vectors.shape, ids[:2]
+    ((20, 2), ['d0', 'd1'])
+    >>> np.load(path)["vectors"].shape
+    (20, 2)
+    """
+    if Path(path).suffix.lower() != ".npz":
+        raise ValueError(f"path must end in .npz, got {os.fspath(path)!r}.")
+    vectors = np.asarray(vectors)
+    if vectors.ndim != 2:
+        raise ValueError(
+            f"vectors must be 2-d (one row per text), got shape {vectors.shape}."
+        )
+    if ids is None:
+        ids = [str(i) for i in range(len(vectors))]
+    ids = np.asarray([str(i) for i in ids], dtype=str)
+    if ids.shape != (len(vectors),):
+        raise ValueError(
+            f"ids must hold one id per row: {len(ids)} ids for {len(vectors)} rows."
+        )
+    arrays = {
+        "vectors": vectors,
+        "ids": ids,
+        "model_fingerprint": np.asarray(fingerprint(model)),
+        "format": np.asarray(_INDEX_FORMAT),
+    }
+    _write_atomically(path, lambda f: np.savez(f, **arrays))
+
+
+def _not_an_index(path, what):
+    return ValueError(
+        f"{os.fspath(path)} {what}, not an index written by skfusion (one .npz holding "
+        "vectors, ids and the model's fingerprint); encode it again with `skfusion "
+        "encode` or skfusion.persistence.save_index."
+    )
+
+
+@validate_params(
+    {"path": [str, os.PathLike], "model": [BaseEstimator, None]},
+    prefer_skip_nested_validation=True,
+)
+def load_index(path, *, model=None):
+    """Read an index written by :func:`save_index`, checking which model made it.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A ``.npz`` file written by :func:`save_index` (or ``skfusion encode``).
+    model : BaseEstimator, default=None
+        When given, the index must have been encoded by this fitted model (same
+        :func:`fingerprint`).
+
+    Returns
+    -------
+    vectors : ndarray of shape (n_rows, width)
+    ids : list of str
+        One per row.
+
+    Raises
+    ------
+    ValueError
+        If the file is not such an index (e.g. a bare ``.npy``), is inconsistent
+        (ids and rows differ in number), or was encoded by another model.
+
+    See Also
+    --------
+    save_index : Write one (with an example).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No such index file: {os.fspath(path)!r}.")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except Exception as exc:  # truncated, foreign or pickled content
+        raise _not_an_index(path, f"cannot be read ({exc})") from exc
+    if isinstance(loaded, np.ndarray):
+        raise _not_an_index(path, f"holds a bare array of shape {loaded.shape}")
+    with loaded:
+        keys = {"vectors", "ids", "model_fingerprint", "format"}
+        if not keys <= set(loaded.files):
+            raise _not_an_index(path, f"holds the arrays {sorted(loaded.files)}")
+        try:
+            fmt = str(loaded["format"][()])
+            recorded = str(loaded["model_fingerprint"][()])
+            vectors, ids = loaded["vectors"], loaded["ids"]
+        except Exception as exc:  # a damaged member of the archive
+            raise _not_an_index(path, f"is damaged ({exc})") from exc
+    if fmt != _INDEX_FORMAT:
+        raise _not_an_index(path, f"has format {fmt!r}")
+    if vectors.ndim != 2:
+        raise ValueError(
+            f"{os.fspath(path)} holds vectors of shape {vectors.shape}, not one row "
+            "per text; the file is damaged: encode it again."
+        )
+    if ids.shape != (len(vectors),):
+        raise ValueError(
+            f"{os.fspath(path)} holds {ids.size} ids for {len(vectors)} rows; the file "
+            "is damaged: encode it again."
+        )
+    if model is not None and fingerprint(model) != recorded:
+        raise ValueError(
+            f"{os.fspath(path)} was encoded by another model (fingerprint "
+            f"{recorded[:12]}, this model's is {fingerprint(model)[:12]}); encode the "
+            "index with this model."
+        )
+    return vectors, ids.tolist()

@@ -131,9 +131,16 @@ def _read_ids(path):
     opener = gzip.open if name.endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
-    if rows and all("_id" in r for r in rows):
-        return [str(r["_id"]) for r in rows]
-    return None
+    has_id = ["_id" in r for r in rows]
+    if not any(has_id):
+        return None
+    if not all(has_id):
+        # Row numbers for some rows and ids for others would be ambiguous.
+        raise CLIError(
+            f"--input: {path} gives an _id on {sum(has_id)} of {len(rows)} rows; give "
+            f"every row an _id, or none (rows are then named by number)."
+        )
+    return [str(r["_id"]) for r in rows]
 
 
 def _read_texts(path, flag):
@@ -275,6 +282,8 @@ def _encode(args):
     model = _load_model(args)
     out = _out_path(args.out, ".npz", "--out")
     ids, texts = _read_texts(args.input, "--input")
+    if not texts:
+        raise CLIError(f"--input: {args.input} holds no texts.")
     vectors = encode(model, texts, args.role)
     save_index(out, vectors, ids=ids, model=model)
     print(
@@ -316,6 +325,8 @@ def _search(args):
         database, ids = load_index(index, model=model)
     except ValueError as exc:
         raise CLIError(f"--index: {exc}") from exc
+    if len(database) == 0:
+        raise CLIError(f"--index: {index} holds no rows; encode a non-empty input.")
     query = encode(model, [args.query], "query")
     scores, rows = search(
         query, database, k=min(args.k, len(database)), quantizer=_final_quantizer(model)

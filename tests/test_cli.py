@@ -11,7 +11,7 @@ import pytest
 
 from skfusion.cli import main
 from skfusion.datasets import load_sample, sample_path
-from skfusion.persistence import dump, load
+from skfusion.persistence import dump, load, save_index
 
 
 @pytest.fixture
@@ -366,3 +366,22 @@ def test_fit_reads_several_files_and_globs_up_to_a_cap(
 def test_glob_matching_nothing_is_an_error(tmp_path, tiny_model_paths, capsys):
     message = _fit_error(tmp_path, tmp_path / "none-*.txt", tiny_model_paths, capsys)
     assert "no file matches" in message and "none-*.txt" in message
+
+
+def test_ids_on_some_rows_only_are_refused(tmp_path, model_file, capsys):
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text('{"_id": "a", "text": "one"}\n{"text": "two"}\n')
+    assert _encode(model_file, mixed, tmp_path / "idx.npz") == 2
+    assert "_id on 1 of 2 rows" in _error(capsys)
+    assert not (tmp_path / "idx.npz").exists()
+
+
+def test_empty_input_and_empty_index_are_one_line_errors(tmp_path, model_file, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    index = tmp_path / "idx.npz"
+    assert _encode(model_file, empty, index) == 2
+    assert "empty.txt holds no texts" in _error(capsys)
+    save_index(index, np.zeros((0, 8), np.uint8), model=load(model_file))
+    assert _search(model_file, index, capsys)[0] == 2
+    assert "holds no rows" in _error(capsys)

@@ -184,6 +184,13 @@ def load(path):
     --------
     dump : Write one.
 
+    Notes
+    -----
+    skops restores a trusted class with ``__new__`` and its saved ``__dict__`` (or
+    ``__setstate__``), without ``__init__``; that is why every skfusion class may be
+    trusted: none does work when its state is restored, and a new class must not
+    either.
+
     Examples
     --------
     >>> import tempfile, pathlib

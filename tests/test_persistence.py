@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import pickle
 import subprocess
 import sys
 import zipfile
@@ -10,6 +11,8 @@ import zipfile
 import numpy as np
 import pytest
 import skops.io as sio
+from sklearn.decomposition import TruncatedSVD
+from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
@@ -18,8 +21,9 @@ from skfusion.persistence import dump, fingerprint, load, load_index, save_index
 
 
 def _pipeline(model_path, corpus, random_state=0):
+    lexical = make_pipeline(TfidfVectorizer(), TruncatedSVD(8, random_state=random_state))
     pipe = make_pipeline(
-        ConcatEmbedder([model_path], show_progress_bar=False),
+        ConcatEmbedder([model_path, lexical], show_progress_bar=False),
         MatryoshkaDecoder(
             n_components=16, stops=(8, 16), output_dim=8, max_epochs=3,
             random_state=random_state,
@@ -82,6 +86,7 @@ def test_pipeline_round_trips_bitwise_in_a_fresh_process(tmp_path, fitted, tiny_
     assert got.dtype == expected.dtype and np.array_equal(got, expected)
     # The fingerprint names the fitted model, whatever the process or the reload.
     assert result.stdout.strip() == fingerprint(fitted) == fingerprint(load(path))
+    assert fingerprint(pickle.loads(pickle.dumps(fitted))) == fingerprint(fitted)
 
 
 def test_fingerprint_differs_for_another_random_state(

@@ -144,7 +144,15 @@ def dump(estimator, path):
     import skops.io as sio
 
     _check_extension(path, "path")
-    data = sio.dumps(estimator)
+    try:
+        data = sio.dumps(estimator)
+    except Exception as exc:  # e.g. RecursionError on a torch module
+        raise ValueError(
+            f"skops cannot store this {type(estimator).__name__} ({type(exc).__name__}: "
+            f"{exc}). An in-memory model inside it (e.g. a SentenceTransformer instance "
+            "given as a ConcatEmbedder member) cannot be stored: give members by hub "
+            "name or path, which are stored by reference."
+        ) from exc
     foreign = sorted(
         t for t in sio.get_untrusted_types(data=data) if not _is_skfusion_class(t)
     )

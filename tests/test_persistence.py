@@ -170,3 +170,13 @@ def test_bare_array_is_not_an_index(tmp_path):
     np.save(path, np.zeros(16, np.float32))
     with pytest.raises(ValueError, match=r"bare array of shape \(16,\)"):
         load_index(path)
+
+
+def test_in_memory_model_member_is_a_clear_error(tmp_path, tiny_model_paths):
+    from sentence_transformers import SentenceTransformer
+
+    member = SentenceTransformer(tiny_model_paths[0], device="cpu")
+    embedder = ConcatEmbedder([member], show_progress_bar=False).fit(["a"])
+    with pytest.raises(ValueError, match="give members by hub name or path"):
+        dump(embedder, tmp_path / "e.skops")
+    assert not (tmp_path / "e.skops").exists()

@@ -187,6 +187,38 @@ def _st_fingerprint(model):
     return h.hexdigest()
 
 
+def _stable_state(obj):
+    """``obj`` with estimators replaced by (class, attributes), minus object ids.
+
+    scikit-learn estimators cache object identities as state (``CountVectorizer``
+    stores ``_stop_words_id = id(self.stop_words)``), which differ in every process;
+    hashing them would give a refit member a new fingerprint in every process, and
+    the cache would never hit across runs or ``GridSearchCV`` workers.
+    """
+    if hasattr(obj, "get_params") and hasattr(obj, "__dict__"):
+        cls = type(obj)
+        return (
+            f"{cls.__module__}.{cls.__qualname__}",
+            {
+                key: _stable_state(value)
+                for key, value in sorted(vars(obj).items())
+                if not (key.startswith("_") and key.endswith("_id") and type(value) is int)
+            },
+        )
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(map(_stable_state, obj))
+    if isinstance(obj, dict):
+        return {key: _stable_state(value) for key, value in obj.items()}
+    return obj
+
+
+def _sklearn_fingerprint(estimator):
+    """Hash of a fitted scikit-learn member's parameters and fitted state (hex str)."""
+    import joblib
+
+    return joblib.hash(_stable_state(estimator))
+
+
 @contextlib.contextmanager
 def _max_seq_length(model, value):
     """Temporarily set a SentenceTransformer's max_seq_length (restored after)."""
@@ -329,8 +361,10 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         ``dims_.sum()``: the width of the output.
     fingerprints_ : list of str
         Hash of each member's weights and configuration at fit time (the
-        SentenceTransformer's modules, state dict and tokenizer; ``joblib.hash`` of a
-        fitted scikit-learn member). Part of every cache key.
+        SentenceTransformer's modules, state dict and tokenizer; for a scikit-learn
+        member, ``joblib.hash`` of its parameters and fitted attributes without the
+        object ids some estimators cache, so it is the same in every process). Part
+        of every cache key.
 
     See Also
     --------
@@ -574,10 +608,8 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
                 f"ConcatEmbedder member {name!r} ({type(member).__name__}) failed to "
                 f"fit/transform a list of str: {type(exc).__name__}: {exc}"
             ) from exc
-        import joblib
-
         return _Member(
-            name, _SKLEARN, None, estimator, joblib.hash(estimator), probe.shape[1]
+            name, _SKLEARN, None, estimator, _sklearn_fingerprint(estimator), probe.shape[1]
         )
 
     def _st_dim(self, name, model):

@@ -287,3 +287,39 @@ def test_cache_dir_is_created_and_tilde_expanded(tiny_corpus, tmp_path, monkeypa
     assert (tmp_path / "deep" / "cache" / CACHE_FILENAME).exists()
     assert emb.cache_dir == "~/deep/cache"
     assert os.path.getsize(tmp_path / "deep" / "cache" / CACHE_FILENAME) > 0
+
+
+_FIT_AND_ENCODE = """
+import json, sys
+from sklearn.decomposition import TruncatedSVD
+from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
+from sklearn.pipeline import make_pipeline
+from skfusion.embedder import ConcatEmbedder
+texts = json.load(open(sys.argv[1]))
+emb = ConcatEmbedder(
+    [
+        TfidfVectorizer(),
+        CountVectorizer(stop_words="english"),
+        make_pipeline(TfidfVectorizer(), TruncatedSVD(8, random_state=0)),
+    ],
+    cache_dir=sys.argv[2],
+    show_progress_bar=False,
+).fit(texts)
+emb.transform(texts)
+print(json.dumps(emb.fingerprints_))
+"""
+
+
+def test_sklearn_members_hit_the_cache_across_processes(tiny_corpus, tmp_path):
+    # Refit in a new process (a rerun, a GridSearchCV worker), a vectorizer member
+    # has the same fitted state, so it must find the vectors stored by the first.
+    (tmp_path / "texts.json").write_text(json.dumps(tiny_corpus))
+    args = [sys.executable, "-c", _FIT_AND_ENCODE, str(tmp_path / "texts.json")]
+    args.append(str(tmp_path / "cache"))
+    runs = [
+        subprocess.run(args, check=True, capture_output=True, text=True, timeout=300)
+        for _ in range(2)
+    ]
+    first, second = (json.loads(r.stdout) for r in runs)
+    assert first == second
+    assert _rows(tmp_path / "cache") == 3 * len(set(tiny_corpus))  # no second copy

@@ -13,8 +13,10 @@ import logging
 import math
 import os
 import sys
+import threading
 import time
 import warnings
+import weakref
 from numbers import Integral
 
 import numpy as np
@@ -219,9 +221,27 @@ def _sklearn_fingerprint(estimator):
     return joblib.hash(_stable_state(estimator))
 
 
+# One lock per SentenceTransformer object: max_seq_length is an attribute of the
+# shared model, so an encode that sets it for its call must not overlap another
+# encode of the same model (which would run with, or leave behind, the wrong limit).
+_MODEL_LOCKS = weakref.WeakKeyDictionary()
+_MODEL_LOCKS_GUARD = threading.Lock()
+
+
+def _model_lock(model):
+    with _MODEL_LOCKS_GUARD:
+        lock = _MODEL_LOCKS.get(model)
+        if lock is None:
+            lock = _MODEL_LOCKS[model] = threading.Lock()
+        return lock
+
+
 @contextlib.contextmanager
 def _max_seq_length(model, value):
-    """Temporarily set a SentenceTransformer's max_seq_length (restored after)."""
+    """Temporarily set a SentenceTransformer's max_seq_length (restored after).
+
+    Hold :func:`_model_lock` around it and the encode.
+    """
     if value is None:
         yield
         return
@@ -248,13 +268,20 @@ class _Member:
         self.fingerprint = fingerprint  # recorded at fit
         self.current_fingerprint = fingerprint  # of the model actually loaded
         self.dim = dim
+        # Threads transforming with a freshly unpickled embedder load the model once.
+        self.load_lock = threading.Lock()
 
     def __getstate__(self):
         state = self.__dict__.copy()
+        del state["load_lock"]
         if self.kind == _ST_REF:
             state["model"] = None
             state["current_fingerprint"] = None
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.load_lock = threading.Lock()
 
 
 def _load_sentence_transformer(name, ref, device, reloading):
@@ -336,7 +363,10 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         Texts per forward pass of each SentenceTransformer member.
     max_seq_length : int, default=None
         Truncate inputs of the SentenceTransformer members to this many tokens;
-        ``None`` keeps each model's own limit.
+        ``None`` keeps each model's own limit. The limit is set on the model only
+        for the duration of a call, under a per-model lock: threads encoding with
+        one model (even from different embedders) take turns, and the model is
+        always left with its own limit.
     device : str, default=None
         Torch device for the SentenceTransformer members (``"cpu"``, ``"cuda"``,
         ``"cuda:1"``, ...). ``None`` lets sentence-transformers choose (CUDA, then
@@ -800,7 +830,7 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             kwargs = {}
             if self.device is not None:
                 kwargs["device"] = self.device
-            with _max_seq_length(model, self.max_seq_length):
+            with _model_lock(model), _max_seq_length(model, self.max_seq_length):
                 values = encode(
                     texts,
                     prompt=prompt,
@@ -849,21 +879,25 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
 
     def _model(self, m):
         """The member's model, loading a by-reference SentenceTransformer lazily."""
-        if m.model is None:
-            model = _load_sentence_transformer(m.name, m.ref, self.device, True)
-            current = _st_fingerprint(model)
-            if current != m.fingerprint:
-                warnings.warn(
-                    f"ConcatEmbedder member {m.name!r}: the model loaded from "
-                    f"{m.ref!r} differs from the one this embedder was fit with "
-                    "(weights, tokenizer or modules changed), so its embeddings will "
-                    "differ from those at fit time. Refit the pipeline if that is "
-                    "not intended.",
-                    UserWarning,
-                    stacklevel=4,
-                )
-            m.model, m.current_fingerprint = model, current
+        with m.load_lock:
+            if m.model is None:
+                self._load(m)
         return m.model
+
+    def _load(self, m):
+        model = _load_sentence_transformer(m.name, m.ref, self.device, True)
+        current = _st_fingerprint(model)
+        if current != m.fingerprint:
+            warnings.warn(
+                f"ConcatEmbedder member {m.name!r}: the model loaded from "
+                f"{m.ref!r} differs from the one this embedder was fit with "
+                "(weights, tokenizer or modules changed), so its embeddings will "
+                "differ from those at fit time. Refit the pipeline if that is "
+                "not intended.",
+                UserWarning,
+                stacklevel=5,
+            )
+        m.model, m.current_fingerprint = model, current
 
     # -- cache and progress ----------------------------------------------------------
 

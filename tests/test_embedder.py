@@ -536,3 +536,53 @@ def test_relative_path_is_stored_absolute(tiny_model_paths, tiny_corpus, monkeyp
     monkeypatch.chdir(parent)
     emb = ConcatEmbedder([name]).fit(tiny_corpus)
     assert emb._members[0].ref == tiny_model_paths[0]
+
+
+# -- threads --------------------------------------------------------------------------
+
+
+def test_max_seq_length_is_thread_safe_on_a_shared_model(tiny_model_paths, tiny_corpus):
+    from concurrent.futures import ThreadPoolExecutor
+
+    # Two embedders share one model instance; one truncates, one does not. Run them
+    # from many threads at once: each must give its own result, and the model must
+    # be left as it was (a leaked limit would silently truncate later calls).
+    model = SentenceTransformer(tiny_model_paths[0], device="cpu")
+    original = model.max_seq_length
+    long_texts = [" ".join(tiny_corpus[i : i + 20]) for i in range(8)]
+    short = ConcatEmbedder([model], max_seq_length=4).fit(tiny_corpus)
+    full = ConcatEmbedder([model]).fit(tiny_corpus)
+    expected = {"short": short.transform(long_texts), "full": full.transform(long_texts)}
+    assert np.abs(expected["short"] - expected["full"]).max() > 1e-3
+    embedders = {"short": short, "full": full}
+    jobs = ["short", "full"] * 40
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda k: embedders[k].transform(long_texts), jobs))
+    for kind, got in zip(jobs, results, strict=True):
+        np.testing.assert_allclose(got, expected[kind], atol=1e-5, err_msg=kind)
+    assert model.max_seq_length == original
+    np.testing.assert_allclose(full.transform(long_texts), expected["full"], atol=1e-5)
+
+
+def test_first_transform_from_threads_loads_the_model_once(
+    tiny_model_paths, tiny_corpus, tmp_path, caplog
+):
+    import logging
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    joblib.dump(ConcatEmbedder([tiny_model_paths[0]]).fit(tiny_corpus), tmp_path / "e")
+    emb = joblib.load(tmp_path / "e")
+    start = threading.Barrier(4)
+
+    def work(_):
+        start.wait()
+        return emb.transform(tiny_corpus[:4])
+
+    with caplog.at_level(logging.INFO, logger="sentence_transformers"):
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(work, range(4)))
+    loads = [r for r in caplog.records if "Loading SentenceTransformer" in r.getMessage()]
+    assert len(loads) == 1
+    for got in results[1:]:
+        np.testing.assert_array_equal(got, results[0])

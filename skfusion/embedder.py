@@ -41,7 +41,7 @@ from skfusion._compat import (
     _fit_context,
     _wrap_data_with_container,
 )
-from skfusion._text import check_texts
+from skfusion._text import check_texts, check_unicode
 
 __all__ = ["ConcatEmbedder"]
 
@@ -56,9 +56,9 @@ _ST_PROMPT_CANDIDATES = {
 # Texts per model call: a multiple of batch_size big enough that per-call overhead is
 # negligible, small enough for a responsive progress bar.
 _BATCHES_PER_CHUNK = 32
-# Computed vectors are committed to the cache at most this often (and at the end):
+# Computed vectors are committed to the cache about this often (and at the end):
 # every commit rewrites the b-tree pages it touches, so committing each chunk of a
-# fast member costs more than encoding it; a kill loses at most this much work.
+# fast member costs more than encoding it; a kill loses about this much work.
 _COMMIT_EVERY_S = 2.0
 
 _ST_REF, _ST_INSTANCE, _SKLEARN = "sentence-transformer", "instance", "sklearn"
@@ -444,8 +444,10 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     the text. So ``weights`` and ``normalize`` can change freely, and a refit
     scikit-learn member with different fitted state gets new keys. Several
     processes may share one cache directory (local disk); new vectors are
-    committed in transactions every ~2 s, so a process killed mid-write loses
-    at most that much work and leaves no partial entry; an entry failing its
+    committed in transactions about every 2 s (model calls are sized from the
+    member's measured speed to take about 1 s, and there is a commit at the end),
+    so a process killed mid-write loses about that much work and leaves no
+    partial entry; an entry failing its
     checksum is recomputed and overwritten, never returned. A cache that cannot be opened
     (e.g. the file is not a database) triggers a warning and embeddings are
     computed without it. The cache never shrinks; delete the directory to reset.
@@ -724,6 +726,9 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         n_out = self.n_features_out_
         if not texts:
             return np.zeros((0, n_out), dtype=np.float32)
+        tokenized = [m.name for m in members if m.kind != _SKLEARN]
+        if tokenized:
+            check_unicode(texts, user=f"the member {tokenized[0]!r}")
 
         # Encode each distinct text once.
         unique = list(dict.fromkeys(texts))
@@ -795,18 +800,29 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             return cache
         # Longest first, as sentence-transformers sorts, so chunks pad little.
         order = missing[np.argsort([-len(unique[i]) for i in missing], kind="stable")]
-        chunk = self.batch_size * _BATCHES_PER_CHUNK
-        pending, last_commit = [], time.monotonic()
-        for s in range(0, len(order), chunk):
-            idx = order[s : s + chunk]
-            batch = [unique[i] for i in idx]
-            block[idx] = self._encode(m, model, batch, prompt, prompt_name)
-            bar.update(math.ceil(len(idx) / self.batch_size))
+        batch = self.batch_size
+        largest = batch * _BATCHES_PER_CHUNK
+        # With a cache, start with one batch and size each later model call (whole
+        # batches) from the measured speed to take about half the commit interval,
+        # so a slow member commits every ~_COMMIT_EVERY_S, not once per huge chunk.
+        size = largest if cache is None else batch
+        pending, last_commit, s = [], time.monotonic(), 0
+        while s < len(order):
+            idx = order[s : s + size]
+            s += len(idx)
+            started = time.monotonic()
+            block[idx] = self._encode(
+                m, model, [unique[i] for i in idx], prompt, prompt_name
+            )
+            bar.update(math.ceil(len(idx) / batch))
             if cache is None:
                 continue
+            now = time.monotonic()
+            per_text = max(now - started, 1e-6) / len(idx)
+            size = int(_COMMIT_EVERY_S / 2 / per_text) // batch * batch
+            size = min(max(size, batch), largest)
             pending.append(idx)
-            done = s + chunk >= len(order)
-            if done or time.monotonic() - last_commit >= _COMMIT_EVERY_S:
+            if s >= len(order) or now - last_commit >= _COMMIT_EVERY_S:
                 rows = np.concatenate(pending)
                 try:
                     # block still holds raw vectors: normalising comes after.

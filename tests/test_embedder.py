@@ -586,3 +586,13 @@ def test_first_transform_from_threads_loads_the_model_once(
     assert len(loads) == 1
     for got in results[1:]:
         np.testing.assert_array_equal(got, results[0])
+
+
+def test_lone_surrogate_names_its_position(fitted, tiny_corpus):
+    with pytest.raises(ValueError, match=r"X\[2\] holds a lone surrogate U\+D800 at char"):
+        fitted.transform(["a", "b", "x\ud800y"])
+    with pytest.raises(ValueError, match=r"X\[1\] .*surrogate"):
+        fitted.encode_queries(["a", "\udcff"])
+    # scikit-learn members take any str: nothing to refuse.
+    tfidf = ConcatEmbedder([TfidfVectorizer()]).fit(tiny_corpus)
+    assert tfidf.transform(["vim \ud800"]).shape == (1, tfidf.n_features_out_)

@@ -1,31 +1,25 @@
 """ConcatEmbedder: several text-embedding models as one scikit-learn transformer.
 
-Each member (a sentence-transformers model given by name or path, a
-``SentenceTransformer`` instance, or any scikit-learn text transformer) embeds the texts;
-the outputs are L2-normalised, weighted and concatenated. Member outputs can be cached
+Each member (a sentence-transformers or model2vec model, a scikit-learn text
+transformer, any object with ``encode_query``/``encode_document``, a hosted model behind
+the OpenAI embeddings API; see :mod:`skfusion.members`) embeds the texts; the outputs
+are L2-normalised, weighted and concatenated. Member outputs can be cached
 on disk per text, so repeated transforms (grid-search candidates, reruns) run no model.
 """
 
 import contextlib
-import hashlib
-import json
 import logging
 import math
 import os
-import sys
-import threading
 import time
 import warnings
-import weakref
 from numbers import Integral
 
 import numpy as np
-from scipy import sparse
 from sklearn.base import (
     BaseEstimator,
     ClassNamePrefixFeaturesOutMixin,
     TransformerMixin,
-    clone,
 )
 from sklearn.utils.validation import check_is_fitted
 
@@ -42,17 +36,13 @@ from skfusion._compat import (
     _wrap_data_with_container,
 )
 from skfusion._text import check_texts, check_unicode
+from skfusion.members import EncodeSettings, as_member
 
 __all__ = ["ConcatEmbedder"]
 
 logger = logging.getLogger(__name__)
 
 _PROMPT_NAMES = ("query", "document")
-# sentence-transformers' own look-up order (encode_query / encode_document).
-_ST_PROMPT_CANDIDATES = {
-    "query": ("query",),
-    "document": ("document", "passage", "corpus"),
-}
 # Texts per model call: a multiple of batch_size big enough that per-call overhead is
 # negligible, small enough for a responsive progress bar.
 _BATCHES_PER_CHUNK = 32
@@ -61,57 +51,9 @@ _BATCHES_PER_CHUNK = 32
 # fast member costs more than encoding it; a kill loses about this much work.
 _COMMIT_EVERY_S = 2.0
 
-_ST_REF, _ST_INSTANCE, _SKLEARN = "sentence-transformer", "instance", "sklearn"
-
-
-def _is_sentence_transformer(obj):
-    # A SentenceTransformer can only exist if its package was imported; checking
-    # sys.modules keeps `import skfusion.embedder` free of torch.
-    st = sys.modules.get("sentence_transformers")
-    return st is not None and isinstance(obj, st.SentenceTransformer)
-
-
-def _is_text_transformer(obj):
-    return (
-        hasattr(obj, "fit")
-        and hasattr(obj, "transform")
-        and hasattr(obj, "get_params")
-        and not isinstance(obj, type)
-    )
-
-
-def _default_name(member):
-    if isinstance(member, (str, os.PathLike)):
-        ref = os.path.normpath(os.fspath(member))
-        return os.path.basename(ref) or ref
-    if _is_sentence_transformer(member):
-        card = getattr(member, "model_card_data", None)
-        base = getattr(card, "base_model", None)
-        if base:
-            return base.rstrip("/").rsplit("/", 1)[-1]
-        return "sentencetransformer"
-    return type(member).__name__.lower()
-
-
-def _member_kind(member, where):
-    if isinstance(member, (str, os.PathLike)):
-        if not os.fspath(member):
-            raise ValueError(f"{where} is an empty string; give a model name or path.")
-        return _ST_REF
-    if _is_sentence_transformer(member):
-        return _ST_INSTANCE
-    if _is_text_transformer(member):
-        return _SKLEARN
-    raise ValueError(
-        f"{where} must be a sentence-transformers model name or local path (str), a "
-        "SentenceTransformer instance, or a scikit-learn text transformer with fit and "
-        f"transform (e.g. make_pipeline(TfidfVectorizer(), TruncatedSVD(256))); got "
-        f"{type(member).__name__}."
-    )
-
 
 def _named_members(models):
-    """Validate ``models`` and return ``[(name, member, kind), ...]`` with unique names."""
+    """Validate ``models`` and return ``[(name, member adapter), ...]``, names unique."""
     if len(models) == 0:
         raise ValueError(
             "models is empty; give at least one member, e.g. "
@@ -129,23 +71,22 @@ def _named_members(models):
             explicit = True
         else:
             name, member, explicit = None, item, False
-        kind = _member_kind(member, f"models[{i}]")
-        entries.append([name, member, kind, explicit])
-    explicit_names = [e[0] for e in entries if e[3]]
+        entries.append([name, as_member(member, f"models[{i}]"), explicit])
+    explicit_names = [e[0] for e in entries if e[2]]
     duplicates = {n for n in explicit_names if explicit_names.count(n) > 1}
     if duplicates:
         raise ValueError(
             f"models has duplicate member names {sorted(duplicates)}; names must be unique."
         )
     # Default names: like sklearn's make_pipeline, suffix "-1", "-2", ... on clashes.
-    defaults = [_default_name(e[1]) for e in entries if not e[3]]
+    defaults = [e[1].default_name() for e in entries if not e[2]]
     taken = set(explicit_names)
     counts = {n: defaults.count(n) for n in defaults}
     seen = {}
     for e in entries:
-        if e[3]:
+        if e[2]:
             continue
-        base = _default_name(e[1])
+        base = e[1].default_name()
         if counts[base] == 1 and base not in taken:
             e[0] = base
         else:
@@ -158,165 +99,7 @@ def _named_members(models):
             seen[base] = k
             e[0] = candidate
         taken.add(e[0])
-    return [(e[0], e[1], e[2]) for e in entries]
-
-
-def _hash_tokenizer(h, tokenizer):
-    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
-    to_str = getattr(backend, "to_str", None)
-    if to_str is None:
-        h.update(repr(tokenizer).encode())
-        return
-    config = json.loads(to_str())
-    # transformers changes truncation/padding on the backend at every call; they are
-    # call settings, not part of the model.
-    config.pop("truncation", None)
-    config.pop("padding", None)
-    h.update(json.dumps(config, sort_keys=True).encode())
-
-
-def _st_fingerprint(model):
-    """Hash of a SentenceTransformer's modules, weights and tokenizer (hex str)."""
-    import torch
-
-    h = hashlib.blake2b(digest_size=16)
-    h.update(repr(model).encode())
-    for key, tensor in model.state_dict().items():
-        t = tensor.detach().to("cpu").contiguous().reshape(-1)
-        h.update(f"{key}|{t.dtype}|{tuple(tensor.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy())
-    _hash_tokenizer(h, getattr(model, "tokenizer", None))
-    return h.hexdigest()
-
-
-def _stable_state(obj):
-    """``obj`` with estimators replaced by (class, attributes), minus object ids.
-
-    scikit-learn estimators cache object identities as state (``CountVectorizer``
-    stores ``_stop_words_id = id(self.stop_words)``), which differ in every process;
-    hashing them would give a refit member a new fingerprint in every process, and
-    the cache would never hit across runs or ``GridSearchCV`` workers.
-    """
-    if hasattr(obj, "get_params") and hasattr(obj, "__dict__"):
-        cls = type(obj)
-        return (
-            f"{cls.__module__}.{cls.__qualname__}",
-            {
-                key: _stable_state(value)
-                for key, value in sorted(vars(obj).items())
-                if not (key.startswith("_") and key.endswith("_id") and type(value) is int)
-            },
-        )
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(map(_stable_state, obj))
-    if isinstance(obj, dict):
-        return {key: _stable_state(value) for key, value in obj.items()}
-    return obj
-
-
-def _sklearn_fingerprint(estimator):
-    """Hash of a fitted scikit-learn member's parameters and fitted state (hex str)."""
-    import joblib
-
-    return joblib.hash(_stable_state(estimator))
-
-
-# One lock per SentenceTransformer object: max_seq_length is an attribute of the
-# shared model, so an encode that sets it for its call must not overlap another
-# encode of the same model (which would run with, or leave behind, the wrong limit).
-_MODEL_LOCKS = weakref.WeakKeyDictionary()
-_MODEL_LOCKS_GUARD = threading.Lock()
-
-
-def _model_lock(model):
-    with _MODEL_LOCKS_GUARD:
-        lock = _MODEL_LOCKS.get(model)
-        if lock is None:
-            lock = _MODEL_LOCKS[model] = threading.Lock()
-        return lock
-
-
-@contextlib.contextmanager
-def _max_seq_length(model, value):
-    """Temporarily set a SentenceTransformer's max_seq_length (restored after).
-
-    Hold :func:`_model_lock` around it and the encode.
-    """
-    if value is None:
-        yield
-        return
-    old = model.max_seq_length
-    model.max_seq_length = value
-    try:
-        yield
-    finally:
-        model.max_seq_length = old
-
-
-class _Member:
-    """One fitted member: its name, kind, reference or object, fingerprint and dim.
-
-    SentenceTransformers given by name or path are pickled by reference: the loaded
-    model is dropped from the state and reloaded on first use.
-    """
-
-    def __init__(self, name, kind, ref, model, fingerprint, dim):
-        self.name = name
-        self.kind = kind
-        self.ref = ref  # str for _ST_REF, else None
-        self.model = model
-        self.fingerprint = fingerprint  # recorded at fit
-        self.current_fingerprint = fingerprint  # of the model actually loaded
-        self.dim = dim
-        # Threads transforming with a freshly unpickled embedder load the model once.
-        self.load_lock = threading.Lock()
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        del state["load_lock"]
-        if self.kind == _ST_REF:
-            state["model"] = None
-            state["current_fingerprint"] = None
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self.load_lock = threading.Lock()
-
-
-def _load_sentence_transformer(name, ref, device, reloading):
-    from sentence_transformers import SentenceTransformer
-
-    try:
-        return SentenceTransformer(ref, device=device)
-    except Exception as exc:
-        where = (
-            f"the local directory {ref!r} (exists: {os.path.isdir(ref)}) or, failing "
-            f"that, the Hugging Face model {ref!r} (HF_HUB_OFFLINE="
-            f"{os.environ.get('HF_HUB_OFFLINE', 'unset')})"
-        )
-        hint = (
-            "The fitted embedder stores this member by reference (name or path), not "
-            "its weights; make the model available there again or refit."
-            if reloading
-            else "Check the name or path."
-        )
-        raise OSError(
-            f"ConcatEmbedder member {name!r}: cannot load a SentenceTransformer from "
-            f"{where}: {type(exc).__name__}: {exc}. {hint}"
-        ) from exc
-
-
-def _as_float32(values, name):
-    if sparse.issparse(values):
-        values = values.toarray()
-    values = np.asarray(values)
-    if values.ndim != 2:
-        raise ValueError(
-            f"ConcatEmbedder member {name!r} returned an array of shape "
-            f"{values.shape}; a member must return one row per text."
-        )
-    return values.astype(np.float32, copy=False)
+    return [(e[0], e[1]) for e in entries]
 
 
 class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -597,64 +380,40 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         """
         texts = check_texts(X)
         members = _named_members(self.models)
-        names = [name for name, _, _ in members]
+        names = [name for name, _ in members]
         self._check_weights(len(members))
         self._check_prompts(names)
+        settings = self._settings()
         fitted = []
-        for name, member, kind in members:
-            if kind == _SKLEARN:
-                fitted.append(self._fit_sklearn_member(name, member, texts))
-            else:
-                if kind == _ST_REF:
-                    ref = os.fspath(member)
-                    if os.path.isdir(ref):
-                        # Absolute, so the pickle loads from another working dir.
-                        ref = os.path.abspath(ref)
-                    model = _load_sentence_transformer(
-                        name, ref, self.device, reloading=False
-                    )
-                else:
-                    ref, model = None, member
-                dim = self._st_dim(name, model)
-                fp = _st_fingerprint(model)
-                fitted.append(_Member(name, kind, ref, model, fp, dim))
-        self._members = fitted
+        for name, spec in members:
+            # A fresh adapter: the parameter `models` is never changed.
+            member = spec.spawn().fit_member(name, texts, settings)
+            if self.cache_dir is not None:
+                self._check_cacheable(member)
+            fitted.append(member)
+        self.members_ = fitted
         self.member_names_ = names
-        self.dims_ = np.array([m.dim for m in fitted], dtype=np.int64)
+        self.dims_ = np.array([m.dim_ for m in fitted], dtype=np.int64)
         self.n_features_out_ = int(self.dims_.sum())
-        self.fingerprints_ = [m.fingerprint for m in fitted]
+        self.fingerprints_ = [m.fingerprint_ for m in fitted]
         return self
 
-    def _fit_sklearn_member(self, name, member, texts):
-        if not texts:
-            raise ValueError(
-                f"fit got no texts, but member {name!r} is a scikit-learn transformer "
-                "that must be fit on passages; pass the passages to fit."
-            )
-        estimator = clone(member)
-        try:
-            estimator.fit(texts)
-            probe = _as_float32(estimator.transform(texts[:1]), name)
-        except Exception as exc:
-            raise ValueError(
-                f"ConcatEmbedder member {name!r} ({type(member).__name__}) failed to "
-                f"fit/transform a list of str: {type(exc).__name__}: {exc}"
-            ) from exc
-        return _Member(
-            name, _SKLEARN, None, estimator, _sklearn_fingerprint(estimator), probe.shape[1]
+    def _settings(self):
+        return EncodeSettings(
+            batch_size=self.batch_size,
+            max_seq_length=self.max_seq_length,
+            device=self.device,
         )
 
-    def _st_dim(self, name, model):
-        # get_embedding_dimension is the sentence-transformers >= 5.4 name.
-        getter = (
-            getattr(model, "get_embedding_dimension", None)
-            or model.get_sentence_embedding_dimension
-        )
-        dim = getter()
-        if not dim:
-            # Some modules do not declare their width; measure it on one text.
-            dim = int(np.asarray(model.encode(["dimension probe"])).shape[1])
-        return int(dim)
+    @staticmethod
+    def _check_cacheable(member):
+        if member.fingerprint_ is None:
+            raise ValueError(
+                f"ConcatEmbedder member {member.name_!r} has no fingerprint, so its "
+                "vectors cannot be cached (an id() would differ in every process). "
+                "Give one, e.g. EncoderMember(model, fingerprint='my-model v1'), or "
+                "set cache_dir=None."
+            )
 
     @property
     def _n_features_out(self):
@@ -715,7 +474,7 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         # Parameters may have been changed with set_params after fit.
         self._validate_params()
         texts = check_texts(X)
-        members = self._members
+        members = self.members_
         if len(self.models) != len(members):
             raise ValueError(
                 f"models has {len(self.models)} members but the embedder was fit with "
@@ -726,9 +485,10 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         n_out = self.n_features_out_
         if not texts:
             return np.zeros((0, n_out), dtype=np.float32)
-        tokenized = [m.name for m in members if m.kind != _SKLEARN]
-        if tokenized:
-            check_unicode(texts, user=f"the member {tokenized[0]!r}")
+        strict = [m.name_ for m in members if m.needs_unicode]
+        if strict:
+            check_unicode(texts, user=f"the member {strict[0]!r}")
+        settings = self._settings()
 
         # Encode each distinct text once.
         unique = list(dict.fromkeys(texts))
@@ -740,17 +500,14 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         plans = []
         try:
             for m, start, stop in zip(members, offsets[:-1], offsets[1:], strict=True):
-                model = self._model(m)
-                if m.kind == _ST_INSTANCE and cache is not None:
-                    # Instances can be changed in place after fit; never serve
-                    # vectors of older weights.
-                    m.current_fingerprint = _st_fingerprint(model)
-                prompt = self._prompt(m, model, prompt_name, prompts)
+                m.loaded(settings)
+                prompt = m.prompt(prompt_name, prompts.get(m.name_, {}))
                 block = out[:, start:stop]
                 space = None
                 missing = np.arange(len(unique))
                 if cache is not None:
-                    space = self._namespace(m, model, prompt, prompt_name)
+                    self._check_cacheable(m)
+                    space = namespace(*m.cache_parts(prompt_name, prompt, settings))
                     try:
                         found, n_bad = cache.get(space, keys, block)
                     except CacheUnavailableError as exc:
@@ -762,16 +519,16 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
                                 "their integrity check; recomputing them.",
                                 self.cache_dir,
                                 n_bad,
-                                m.name,
+                                m.name_,
                             )
                         missing = np.flatnonzero(~found)
-                plans.append((m, model, prompt, block, space, missing))
+                plans.append((m, prompt, block, space, missing))
 
-            total = sum(math.ceil(len(p[5]) / self.batch_size) for p in plans)
+            total = sum(math.ceil(len(p[4]) / self.batch_size) for p in plans)
             with self._progress(total) as bar:
-                for m, model, prompt, block, space, missing in plans:
+                for m, prompt, block, space, missing in plans:
                     cache = self._compute(
-                        m, model, prompt, prompt_name, unique, missing, block,
+                        m, prompt, prompt_name, settings, unique, missing, block,
                         cache, space, keys, bar,
                     )  # fmt: skip
         finally:
@@ -792,7 +549,7 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         return out[np.fromiter(map(position.__getitem__, texts), np.intp, len(texts))]
 
     def _compute(
-        self, m, model, prompt, prompt_name, unique, missing, block, cache, space,
+        self, m, prompt, prompt_name, settings, unique, missing, block, cache, space,
         keys, bar,
     ):  # fmt: skip
         """Encode the texts at ``missing`` into ``block`` (and the cache) by chunks."""
@@ -807,13 +564,31 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         # so a slow member commits every ~_COMMIT_EVERY_S, not once per huge chunk.
         size = largest if cache is None else batch
         pending, last_commit, s = [], time.monotonic(), 0
+
+        def commit(cache):
+            if cache is None or not pending:
+                return cache
+            rows = np.concatenate(pending)
+            pending.clear()
+            try:
+                # block still holds raw vectors: normalising comes after.
+                cache.put(space, [keys[i] for i in rows], block[rows])
+            except CacheUnavailableError as exc:
+                cache = self._cache_failed(cache, exc)
+            return cache
+
         while s < len(order):
             idx = order[s : s + size]
             s += len(idx)
             started = time.monotonic()
-            block[idx] = self._encode(
-                m, model, [unique[i] for i in idx], prompt, prompt_name
-            )
+            try:
+                block[idx] = self._encode(
+                    m, [unique[i] for i in idx], prompt_name, prompt, settings
+                )
+            except BaseException:
+                # Keep what earlier calls computed: a rerun encodes only the rest.
+                commit(cache)
+                raise
             bar.update(math.ceil(len(idx) / batch))
             if cache is None:
                 continue
@@ -823,97 +598,19 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             size = min(max(size, batch), largest)
             pending.append(idx)
             if s >= len(order) or now - last_commit >= _COMMIT_EVERY_S:
-                rows = np.concatenate(pending)
-                try:
-                    # block still holds raw vectors: normalising comes after.
-                    cache.put(space, [keys[i] for i in rows], block[rows])
-                except CacheUnavailableError as exc:
-                    cache = self._cache_failed(cache, exc)
-                pending, last_commit = [], time.monotonic()
+                cache = commit(cache)
+                last_commit = time.monotonic()
         return cache
 
-    def _encode(self, m, model, texts, prompt, prompt_name):
-        if m.kind == _SKLEARN:
-            if prompt:
-                texts = [prompt + t for t in texts]
-            values = _as_float32(model.transform(texts), m.name)
-        else:
-            encode = {
-                None: model.encode,
-                "query": model.encode_query,
-                "document": model.encode_document,
-            }[prompt_name]
-            kwargs = {}
-            if self.device is not None:
-                kwargs["device"] = self.device
-            with _model_lock(model), _max_seq_length(model, self.max_seq_length):
-                values = encode(
-                    texts,
-                    prompt=prompt,
-                    batch_size=self.batch_size,
-                    show_progress_bar=False,
-                    convert_to_numpy=True,
-                    normalize_embeddings=False,
-                    **kwargs,
-                )
-            values = _as_float32(values, m.name)
-        if values.shape != (len(texts), m.dim):
+    @staticmethod
+    def _encode(m, texts, prompt_name, prompt, settings):
+        values = m.encode(texts, prompt_name, prompt, settings)
+        if values.shape != (len(texts), m.dim_) or values.dtype != np.float32:
             raise ValueError(
-                f"ConcatEmbedder member {m.name!r} returned shape {values.shape} for "
-                f"{len(texts)} texts; expected ({len(texts)}, {m.dim}) as at fit."
+                f"ConcatEmbedder member {m.name_!r} returned shape {values.shape} for "
+                f"{len(texts)} texts; expected ({len(texts)}, {m.dim_}) as at fit."
             )
         return values
-
-    def _prompt(self, m, model, prompt_name, prompts):
-        """The prompt string member ``m`` prepends for ``prompt_name`` ("" = none)."""
-        own = prompts.get(m.name, {})
-        if prompt_name is not None and prompt_name in own:
-            return own[prompt_name]
-        if m.kind == _SKLEARN:
-            return ""
-        configured = getattr(model, "prompts", None) or {}
-        if prompt_name is None:
-            default = getattr(model, "default_prompt_name", None)
-            return configured.get(default, "") if default else ""
-        for candidate in _ST_PROMPT_CANDIDATES[prompt_name]:
-            if candidate in configured:
-                return configured[candidate]
-        return ""
-
-    def _namespace(self, m, model, prompt, prompt_name):
-        if m.kind == _SKLEARN:
-            return namespace(_SKLEARN, m.current_fingerprint, prompt)
-        length = self.max_seq_length or getattr(model, "max_seq_length", None)
-        # The task (query/document) can route texts through different modules.
-        return namespace(
-            "sentence-transformers",
-            m.current_fingerprint,
-            prompt,
-            str(prompt_name),
-            str(length),
-        )
-
-    def _model(self, m):
-        """The member's model, loading a by-reference SentenceTransformer lazily."""
-        with m.load_lock:
-            if m.model is None:
-                self._load(m)
-        return m.model
-
-    def _load(self, m):
-        model = _load_sentence_transformer(m.name, m.ref, self.device, True)
-        current = _st_fingerprint(model)
-        if current != m.fingerprint:
-            warnings.warn(
-                f"ConcatEmbedder member {m.name!r}: the model loaded from "
-                f"{m.ref!r} differs from the one this embedder was fit with "
-                "(weights, tokenizer or modules changed), so its embeddings will "
-                "differ from those at fit time. Refit the pipeline if that is "
-                "not intended.",
-                UserWarning,
-                stacklevel=5,
-            )
-        m.model, m.current_fingerprint = model, current
 
     # -- cache and progress ----------------------------------------------------------
 

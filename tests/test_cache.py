@@ -38,8 +38,8 @@ def _no_model_may_run(emb, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("a model ran although every embedding was cached")
 
-    for m in emb._members:
-        model = emb._model(m)
+    for m in emb.members_:
+        model = m.loaded(emb._settings())
         if isinstance(model, SentenceTransformer):
             monkeypatch.setattr(model, "forward", boom)
         else:

@@ -449,7 +449,7 @@ def test_max_seq_length_truncates(tiny_model_paths, st_models, tiny_corpus):
         model.max_seq_length = old
     np.testing.assert_allclose(short.transform([long_text]), expected, atol=1e-5)
     assert np.abs(full.transform([long_text]) - expected).max() > 1e-3
-    assert short._members[0].model.max_seq_length == old  # restored after use
+    assert short.members_[0].model_.max_seq_length == old  # restored after use
 
 
 def test_progress_bar(capsys, tiny_corpus, caplog):
@@ -486,7 +486,7 @@ def test_joblib_round_trip_in_fresh_process(tiny_model_paths, tiny_corpus, tmp_p
         import json, joblib, numpy as np
         emb = joblib.load({str(tmp_path / "emb.joblib")!r})
         # Path members are pickled by reference and loaded on first use.
-        assert emb._members[0].model is None
+        assert emb.members_[0].model_ is None
         texts = json.load(open({str(tmp_path / "texts.json")!r}))
         np.save({str(tmp_path / "out.npy")!r}, emb.transform(texts))
         """
@@ -535,7 +535,7 @@ def test_relative_path_is_stored_absolute(tiny_model_paths, tiny_corpus, monkeyp
     parent, name = os.path.split(tiny_model_paths[0])
     monkeypatch.chdir(parent)
     emb = ConcatEmbedder([name]).fit(tiny_corpus)
-    assert emb._members[0].ref == tiny_model_paths[0]
+    assert emb.members_[0].ref_ == tiny_model_paths[0]
 
 
 # -- threads --------------------------------------------------------------------------

@@ -558,7 +558,7 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         # Longest first, as sentence-transformers sorts, so chunks pad little.
         order = missing[np.argsort([-len(unique[i]) for i in missing], kind="stable")]
         batch = self.batch_size
-        largest = batch * _BATCHES_PER_CHUNK
+        largest = batch * (m.max_batches_per_call or _BATCHES_PER_CHUNK)
         # With a cache, start with one batch and size each later model call (whole
         # batches) from the measured speed to take about half the commit interval,
         # so a slow member commits every ~_COMMIT_EVERY_S, not once per huge chunk.

@@ -113,6 +113,10 @@ class Member(BaseEstimator):
     kind = "member"
     #: Whether texts must be valid Unicode (no lone surrogates) for this model.
     needs_unicode = True
+    #: Most batches per :meth:`encode` call (None: the embedder chooses). A member
+    #: that can fail half-way (a remote service) sets 1, so every batch that
+    #: succeeded reaches the cache before an error.
+    max_batches_per_call = None
 
     def default_name(self):
         """Name used when ``models`` does not name the member."""
@@ -159,7 +163,7 @@ class Member(BaseEstimator):
     def loaded(self, settings):
         """The model, loading it from its reference on first use (thread-safe)."""
         with self._load_lock:
-            if self.model_ is None:
+            if self.model_ is None and self.ref_ is not None:
                 model = self.load_model(settings)
                 current = self.model_fingerprint(model)
                 if current != self.fingerprint_:

@@ -111,6 +111,7 @@ class OpenAIEmbeddingsMember(Member):
     """
 
     kind = "openai-embeddings"
+    max_batches_per_call = 1
 
     def __init__(
         self,

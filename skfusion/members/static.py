@@ -153,7 +153,7 @@ class StaticModelMember(Member):
 
     def __getstate__(self):
         state = dict(super().__getstate__())  # a copy: never edit the live __dict__
-        if self.ref_ is None and is_static_model(self.model):
+        if getattr(self, "ref_", None) is None and is_static_model(self.model):
             plain = _to_plain(self.model)
             state["model"] = plain
             if state.get("model_") is self.model:

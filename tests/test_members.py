@@ -97,6 +97,9 @@ class _Handler(BaseHTTPRequestHandler):
             )
             action = server.script.pop(0) if server.script else "ok"
         texts = body["input"]
+        if action == "slow":  # answers, but after the client's timeout
+            time.sleep(1.5)
+            action = "ok"
         if action == "drop":
             # Close the connection without an answer.
             self.close_connection = True
@@ -177,6 +180,20 @@ def test_http_member_retries_and_honours_retry_after(fake_server, tmp_path):
     np.testing.assert_allclose(got, _unit(_hash_vectors(TEXTS, "query|")), atol=1e-6)
     assert len(fake_server.requests) == 3 + 3  # 3 failed attempts, then 3 batches
     assert sorted(_texts_sent(fake_server)[-5:]) == sorted(TEXTS)
+
+
+def test_http_member_times_out_and_retries(fake_server):
+    emb = ConcatEmbedder([("api", _http_member(fake_server, timeout=0.5))]).fit([])
+    fake_server.script[:] = ["slow"]
+    start = time.monotonic()
+    got = emb.transform(TEXTS[:2])
+    assert time.monotonic() - start < 1.4  # did not wait for the slow answer
+    np.testing.assert_allclose(got, _unit(_hash_vectors(TEXTS[:2], "passage|")), atol=1e-6)
+    emb.set_params(models=[("api", _http_member(fake_server, timeout=0.5, max_retries=1))])
+    emb.fit([])
+    fake_server.script[:] = ["slow"] * 2
+    with pytest.raises(EmbeddingServiceError, match=r"'api'.*2 attempts.*no HTTP resp"):
+        emb.transform(TEXTS[:2])
 
 
 def test_http_member_gives_up_naming_member_and_status(fake_server, tmp_path):

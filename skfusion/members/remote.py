@@ -242,7 +242,10 @@ class OpenAIEmbeddingsMember(Member):
                 return self._parse(raw, len(texts))
             except urllib.error.HTTPError as exc:
                 status = exc.code
-                detail = exc.read(500).decode("utf-8", "replace").strip()
+                try:
+                    detail = exc.read(500).decode("utf-8", "replace").strip()
+                except (OSError, http.client.HTTPException):
+                    detail = ""
                 problem = f"HTTP {status} {exc.reason}: {detail[:300]}"
                 if status not in _RETRY_STATUS:
                     hint = ""

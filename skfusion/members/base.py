@@ -104,8 +104,6 @@ class Member(BaseEstimator):
     fingerprint_ : str or None
         Hash of what determines the vectors at fit time (None: unknown, so the member
         cannot be cached).
-    model_ : object or None
-        The loaded model; None after unpickling a by-reference member, until first use.
     ref_ : str or None
         Where a by-reference member is reloaded from (None: pickled by value).
     """
@@ -130,12 +128,12 @@ class Member(BaseEstimator):
         """Reset the fitted state before :meth:`fit_member`."""
         self.name_ = name
         self.ref_ = None
-        self.model_ = None
-        self.current_fingerprint_ = None
+        self._model = None
+        self._current_fingerprint = None
         self._load_lock = threading.Lock()
 
     def fit_member(self, name, texts, settings):
-        """Load or fit the model; set ``dim_``, ``fingerprint_`` and ``model_``.
+        """Load or fit the model; set ``dim_``, ``fingerprint_`` and ``_model``.
 
         Parameters
         ----------
@@ -163,7 +161,7 @@ class Member(BaseEstimator):
     def loaded(self, settings):
         """The model, loading it from its reference on first use (thread-safe)."""
         with self._load_lock:
-            if self.model_ is None and self.ref_ is not None:
+            if self._model is None and self.ref_ is not None:
                 model = self.load_model(settings)
                 current = self.model_fingerprint(model)
                 if current != self.fingerprint_:
@@ -176,12 +174,17 @@ class Member(BaseEstimator):
                         UserWarning,
                         stacklevel=5,
                     )
-                self.model_, self.current_fingerprint_ = model, current
-        return self.model_
+                self._model, self._current_fingerprint = model, current
+        return self._model
+
+    @property
+    def is_loaded(self):
+        """Whether the model is in memory (False after unpickling by reference)."""
+        return self._model is not None or self.ref_ is None
 
     def cache_fingerprint(self, settings):
         """Fingerprint of the model as it is now (part of the cache key)."""
-        return self.current_fingerprint_ or self.fingerprint_
+        return self._current_fingerprint or self.fingerprint_
 
     def prompt(self, role, prompts):
         """The text prepended for ``role``: from ``prompts`` (this member's entry)."""
@@ -204,8 +207,8 @@ class Member(BaseEstimator):
         state.pop("_load_lock", None)
         if getattr(self, "ref_", None) is not None:
             # By reference: the model is reloaded on first use, not pickled.
-            state["model_"] = None
-            state["current_fingerprint_"] = None
+            state["_model"] = None
+            state["_current_fingerprint"] = None
         return state
 
     def __setstate__(self, state):

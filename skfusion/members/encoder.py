@@ -118,10 +118,10 @@ class EncoderMember(Member):
                 )
         if isinstance(self.model, str):
             self.ref_ = self.model
-            self.model_ = self.load_model(settings)
+            self._model = self.load_model(settings)
         else:
-            self.model_ = self.model
-        self.fingerprint_ = self.current_fingerprint_ = self.model_fingerprint(self.model_)
+            self._model = self.model
+        self.fingerprint_ = self._current_fingerprint = self.model_fingerprint(self._model)
         self.dim_ = 0
         self.dim_ = int(self.encode(["dimension probe"], None, "", settings).shape[1])
         return self
@@ -141,7 +141,7 @@ class EncoderMember(Member):
 
     def _function(self, role):
         how = self.query if role == "query" else self.document
-        return getattr(self.model_, how) if isinstance(how, str) else how
+        return getattr(self._model, how) if isinstance(how, str) else how
 
     def cache_parts(self, role, prompt, settings):
         side = "query" if role == "query" else "document"

@@ -189,7 +189,7 @@ class OpenAIEmbeddingsMember(Member):
         for part in (self.url, self.model, self.dimensions, self.fingerprint):
             h.update(f"{part!r}|".encode())
         self.fingerprint_ = h.hexdigest()
-        self.model_ = self.url  # nothing to load
+        self._model = self.url  # nothing to load
         self.dim_ = 0
         self.dim_ = int(self._request(["dimension probe"], None).shape[1])
         return self

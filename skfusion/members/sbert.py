@@ -170,8 +170,8 @@ class SentenceTransformerMember(Member):
         else:
             self.ref_ = normalized_reference(self.model)
             model = _load(name, self.ref_, settings.device, reloading=False)
-        self.model_ = model
-        self.fingerprint_ = self.current_fingerprint_ = st_fingerprint(model)
+        self._model = model
+        self.fingerprint_ = self._current_fingerprint = st_fingerprint(model)
         # get_embedding_dimension is the sentence-transformers >= 5.4 name.
         getter = (
             getattr(model, "get_embedding_dimension", None)
@@ -194,15 +194,15 @@ class SentenceTransformerMember(Member):
         model = self.loaded(settings)
         if self.ref_ is None:
             # Instances can be changed in place after fit.
-            self.current_fingerprint_ = st_fingerprint(model)
-        return self.current_fingerprint_
+            self._current_fingerprint = st_fingerprint(model)
+        return self._current_fingerprint
 
     def prompt(self, role, prompts):
         if role is not None and role in prompts:
             return prompts[role]
-        configured = getattr(self.model_, "prompts", None) or {}
+        configured = getattr(self._model, "prompts", None) or {}
         if role is None:
-            default = getattr(self.model_, "default_prompt_name", None)
+            default = getattr(self._model, "default_prompt_name", None)
             return configured.get(default, "") if default else ""
         for candidate in _PROMPT_CANDIDATES[role]:
             if candidate in configured:

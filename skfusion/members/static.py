@@ -112,8 +112,8 @@ class StaticModelMember(Member):
         else:
             self.ref_ = normalized_reference(self.model)
             model = self.load_model(settings)
-        self.model_ = model
-        self.fingerprint_ = self.current_fingerprint_ = _fingerprint(model)
+        self._model = model
+        self.fingerprint_ = self._current_fingerprint = _fingerprint(model)
         self.dim_ = int(model.dim)
         return self
 
@@ -156,14 +156,14 @@ class StaticModelMember(Member):
         if getattr(self, "ref_", None) is None and is_static_model(self.model):
             plain = _to_plain(self.model)
             state["model"] = plain
-            if state.get("model_") is self.model:
-                state["model_"] = plain
+            if state.get("_model") is self.model:
+                state["_model"] = plain
         return state
 
     def __setstate__(self, state):
         if _is_plain(state.get("model")):
             model = _from_plain(state["model"])
-            if _is_plain(state.get("model_")):
-                state["model_"] = model
+            if _is_plain(state.get("_model")):
+                state["_model"] = model
             state["model"] = model
         super().__setstate__(state)

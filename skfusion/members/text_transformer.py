@@ -105,12 +105,12 @@ class SklearnMember(Member):
                 f"ConcatEmbedder member {name!r} ({type(self.estimator).__name__}) "
                 f"failed to fit/transform a list of str: {type(exc).__name__}: {exc}"
             ) from exc
-        self.model_ = estimator
+        self._model = estimator
         self.fingerprint_ = joblib.hash(stable_state(estimator))
         self.dim_ = int(probe.shape[1])
         return self
 
     def encode(self, texts, role, prompt, settings):
         return as_float32(
-            self.model_.transform(self.with_prompt(texts, prompt)), self.name_
+            self._model.transform(self.with_prompt(texts, prompt)), self.name_
         )

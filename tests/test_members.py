@@ -501,3 +501,19 @@ def test_static_instance_is_pickled_once_and_plainly(kinds, tiny_corpus):
     assert twin.models[0][1] is twin.members_[0].model
     np.testing.assert_array_equal(twin.transform(TEXTS), emb.transform(TEXTS))
     assert clone(twin).fit(tiny_corpus).transform(TEXTS).shape == (5, emb.n_features_out_)
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["sentence-transformers", "sklearn", "model2vec-path", "model2vec-instance", "http"],
+)
+def test_member_state_round_trips_with_skops(kind, kinds, tiny_corpus):
+    # Plain state: skops needs to trust nothing but skfusion's own classes.
+    sio = pytest.importorskip("skops.io")
+    member, _, _ = kinds[kind]
+    emb = ConcatEmbedder([("m", member)]).fit(tiny_corpus)
+    data = sio.dumps(emb)
+    untrusted = sio.get_untrusted_types(data=data)
+    assert all(t.startswith("skfusion.") for t in untrusted), untrusted
+    back = sio.loads(data, trusted=untrusted)
+    np.testing.assert_array_equal(back.encode_queries(TEXTS), emb.encode_queries(TEXTS))

@@ -219,8 +219,10 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     **Prompts.** Prompts go through sentence-transformers (``encode_query`` /
     ``encode_document`` with an explicit ``prompt``), so models whose pooling
     excludes the prompt, or that route queries and documents differently, behave
-    as with sentence-transformers. scikit-learn members get a prompt only when
-    ``prompts`` names one for them. Settings for common small models:
+    as with sentence-transformers. Other members (scikit-learn, model2vec, encoder
+    objects, hosted models) get a text prefix only when ``prompts`` names one for
+    them; encoder objects and hosted models also receive the role itself (their
+    query or document method; the ``input_type`` field). Settings for common small models:
 
     - ``intfloat/e5-small-v2``: ``prompts={"e5-small-v2": {"query": "query: ",
       "document": "passage: "}}`` (both sides need them);
@@ -488,6 +490,11 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
 
     def _embed(self, X, prompt_name):
         check_is_fitted(self)
+        if not hasattr(self, "members_"):
+            raise ValueError(
+                "This ConcatEmbedder was pickled by an older skfusion (before member "
+                "adapters); fit it again with this version."
+            )
         # Parameters may have been changed with set_params after fit.
         self._validate_params()
         texts = check_texts(X)

@@ -382,13 +382,14 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
-        """Load the SentenceTransformer members and fit the scikit-learn members.
+        """Load or fit each member and record its output width and fingerprint.
 
         Parameters
         ----------
         X : list, tuple, numpy.ndarray or pandas.Series of str
-            Passages. scikit-learn members are fit on them; SentenceTransformer
-            members only record their output width (no text is encoded).
+            Passages. scikit-learn members are fit on them; pretrained members only
+            load (encoder objects and hosted models embed one probe text to learn
+            their width).
         y : None
             Ignored. Present for API consistency by convention.
 

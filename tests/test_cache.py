@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import pickle
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from sklearn.decomposition import TruncatedSVD
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.pipeline import make_pipeline
 
+import skfusion
 from skfusion._cache import CACHE_FILENAME, EmbeddingCache, namespace, text_keys
 from skfusion.embedder import ConcatEmbedder
 
@@ -36,8 +38,8 @@ def _no_model_may_run(emb, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("a model ran although every embedding was cached")
 
-    for m in emb._members:
-        model = emb._model(m)
+    for m in emb.members_:
+        model = m.loaded(emb._settings())
         if isinstance(model, SentenceTransformer):
             monkeypatch.setattr(model, "forward", boom)
         else:
@@ -287,3 +289,127 @@ def test_cache_dir_is_created_and_tilde_expanded(tiny_corpus, tmp_path, monkeypa
     assert (tmp_path / "deep" / "cache" / CACHE_FILENAME).exists()
     assert emb.cache_dir == "~/deep/cache"
     assert os.path.getsize(tmp_path / "deep" / "cache" / CACHE_FILENAME) > 0
+
+
+_FIT_AND_ENCODE = """
+import json, sys
+from sklearn.decomposition import TruncatedSVD
+from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
+from sklearn.pipeline import make_pipeline
+from skfusion.embedder import ConcatEmbedder
+texts = json.load(open(sys.argv[1]))
+emb = ConcatEmbedder(
+    [
+        TfidfVectorizer(),
+        CountVectorizer(stop_words="english"),
+        make_pipeline(TfidfVectorizer(), TruncatedSVD(8, random_state=0)),
+    ],
+    cache_dir=sys.argv[2],
+    show_progress_bar=False,
+).fit(texts)
+emb.transform(texts)
+print(json.dumps(emb.fingerprints_))
+"""
+
+
+def test_sklearn_members_hit_the_cache_across_processes(tiny_corpus, tmp_path):
+    # Refit in a new process (a rerun, a GridSearchCV worker), a vectorizer member
+    # has the same fitted state, so it must find the vectors stored by the first.
+    (tmp_path / "texts.json").write_text(json.dumps(tiny_corpus))
+    args = [sys.executable, "-c", _FIT_AND_ENCODE, str(tmp_path / "texts.json")]
+    args.append(str(tmp_path / "cache"))
+    runs = [
+        subprocess.run(args, check=True, capture_output=True, text=True, timeout=300)
+        for _ in range(2)
+    ]
+    first, second = (json.loads(r.stdout) for r in runs)
+    assert first == second
+    assert _rows(tmp_path / "cache") == 3 * len(set(tiny_corpus))  # no second copy
+
+
+_FULL_DISK = """
+import json, sys, warnings
+import numpy as np
+from sklearn.feature_extraction.text import TfidfVectorizer
+from skfusion.embedder import ConcatEmbedder
+texts = [f"text number {i} about package {i % 97} and {i % 89}" for i in range(3000)]
+emb = ConcatEmbedder([TfidfVectorizer()], cache_dir=sys.argv[1], show_progress_bar=False)
+emb.fit(texts)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    X = emb.transform(texts)
+reference = emb.set_params(cache_dir=None).transform(texts)
+print(json.dumps({"warnings": [str(w.message) for w in caught],
+                  "same": bool(np.array_equal(X, reference))}))
+"""
+
+
+def _can_mount_tmpfs(tmp_path):
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return False
+    probe = subprocess.run(
+        [unshare, "--user", "--map-root-user", "--mount", "sh", "-c",
+         f"mount -t tmpfs -o size=64k tmpfs {tmp_path}"],
+        capture_output=True,
+    )  # fmt: skip
+    return probe.returncode == 0
+
+
+def test_full_disk_reports_the_cause(tmp_path):
+    # A real full file system: a 256 kB tmpfs mounted in a private mount namespace.
+    mnt = tmp_path / "small-disk"
+    mnt.mkdir()
+    if not _can_mount_tmpfs(mnt):
+        pytest.skip("needs unshare and unprivileged tmpfs mounts")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(skfusion.__file__)))
+    script = (
+        f"mount -t tmpfs -o size=256k tmpfs {mnt} && "
+        f'{sys.executable} -c "$0" {mnt / "cache"}'
+    )
+    proc = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script,
+         _FULL_DISK],
+        capture_output=True, text=True, timeout=300, cwd=root,
+        env={**os.environ, "PYTHONPATH": root},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["same"]  # the embeddings are right, computed without the cache
+    (message,) = report["warnings"]
+    assert "database or disk is full" in message and "free space" in message
+    assert "rollback" not in message
+
+
+def _slow_features(texts):
+    time.sleep(0.02 * len(texts))  # a slow model: 50 texts/s
+    return np.array([[len(t), t.count("e") + 1.0] for t in texts])
+
+
+def test_a_slow_member_commits_about_every_two_seconds(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sklearn.preprocessing import FunctionTransformer
+
+    texts = [f"passage {i}" for i in range(500)]  # about 10 s of encoding
+    emb = ConcatEmbedder(
+        [FunctionTransformer(_slow_features)], cache_dir=tmp_path, show_progress_bar=False
+    ).fit(texts[:1])
+    seen = []  # (seconds since start, rows committed)
+    with ThreadPoolExecutor(1) as pool:
+        start = time.monotonic()
+        job = pool.submit(emb.transform, texts)
+        while not job.done():
+            time.sleep(0.1)
+            try:
+                seen.append((time.monotonic() - start, _rows(tmp_path)))
+            except sqlite3.OperationalError:
+                pass  # the database or its table is not created yet
+        job.result()
+    took = time.monotonic() - start
+    assert took > 8
+    first = next(t for t, n in seen if n > 0)
+    assert first < 5, f"first commit after {first:.1f} s of a {took:.1f} s run"
+    # Several commits while it ran, not one at the end.
+    assert len({n for t, n in seen if 0 < n < len(texts)}) >= 3
+    assert _rows(tmp_path) == len(texts)

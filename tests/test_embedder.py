@@ -449,7 +449,9 @@ def test_max_seq_length_truncates(tiny_model_paths, st_models, tiny_corpus):
         model.max_seq_length = old
     np.testing.assert_allclose(short.transform([long_text]), expected, atol=1e-5)
     assert np.abs(full.transform([long_text]) - expected).max() > 1e-3
-    assert short._members[0].model.max_seq_length == old  # restored after use
+    assert (
+        short.members_[0].loaded(short._settings()).max_seq_length == old
+    )  # restored after use
 
 
 def test_progress_bar(capsys, tiny_corpus, caplog):
@@ -486,7 +488,7 @@ def test_joblib_round_trip_in_fresh_process(tiny_model_paths, tiny_corpus, tmp_p
         import json, joblib, numpy as np
         emb = joblib.load({str(tmp_path / "emb.joblib")!r})
         # Path members are pickled by reference and loaded on first use.
-        assert emb._members[0].model is None
+        assert not emb.members_[0].is_loaded
         texts = json.load(open({str(tmp_path / "texts.json")!r}))
         np.save({str(tmp_path / "out.npy")!r}, emb.transform(texts))
         """
@@ -535,4 +537,64 @@ def test_relative_path_is_stored_absolute(tiny_model_paths, tiny_corpus, monkeyp
     parent, name = os.path.split(tiny_model_paths[0])
     monkeypatch.chdir(parent)
     emb = ConcatEmbedder([name]).fit(tiny_corpus)
-    assert emb._members[0].ref == tiny_model_paths[0]
+    assert emb.members_[0].ref_ == tiny_model_paths[0]
+
+
+# -- threads --------------------------------------------------------------------------
+
+
+def test_max_seq_length_is_thread_safe_on_a_shared_model(tiny_model_paths, tiny_corpus):
+    from concurrent.futures import ThreadPoolExecutor
+
+    # Two embedders share one model instance; one truncates, one does not. Run them
+    # from many threads at once: each must give its own result, and the model must
+    # be left as it was (a leaked limit would silently truncate later calls).
+    model = SentenceTransformer(tiny_model_paths[0], device="cpu")
+    original = model.max_seq_length
+    long_texts = [" ".join(tiny_corpus[i : i + 20]) for i in range(8)]
+    short = ConcatEmbedder([model], max_seq_length=4).fit(tiny_corpus)
+    full = ConcatEmbedder([model]).fit(tiny_corpus)
+    expected = {"short": short.transform(long_texts), "full": full.transform(long_texts)}
+    assert np.abs(expected["short"] - expected["full"]).max() > 1e-3
+    embedders = {"short": short, "full": full}
+    jobs = ["short", "full"] * 40
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda k: embedders[k].transform(long_texts), jobs))
+    for kind, got in zip(jobs, results, strict=True):
+        np.testing.assert_allclose(got, expected[kind], atol=1e-5, err_msg=kind)
+    assert model.max_seq_length == original
+    np.testing.assert_allclose(full.transform(long_texts), expected["full"], atol=1e-5)
+
+
+def test_first_transform_from_threads_loads_the_model_once(
+    tiny_model_paths, tiny_corpus, tmp_path, caplog
+):
+    import logging
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    joblib.dump(ConcatEmbedder([tiny_model_paths[0]]).fit(tiny_corpus), tmp_path / "e")
+    emb = joblib.load(tmp_path / "e")
+    start = threading.Barrier(4)
+
+    def work(_):
+        start.wait()
+        return emb.transform(tiny_corpus[:4])
+
+    with caplog.at_level(logging.INFO, logger="sentence_transformers"):
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(work, range(4)))
+    loads = [r for r in caplog.records if "Loading SentenceTransformer" in r.getMessage()]
+    assert len(loads) == 1
+    for got in results[1:]:
+        np.testing.assert_array_equal(got, results[0])
+
+
+def test_lone_surrogate_names_its_position(fitted, tiny_corpus):
+    with pytest.raises(ValueError, match=r"X\[2\] holds a lone surrogate U\+D800 at char"):
+        fitted.transform(["a", "b", "x\ud800y"])
+    with pytest.raises(ValueError, match=r"X\[1\] .*surrogate"):
+        fitted.encode_queries(["a", "\udcff"])
+    # scikit-learn members take any str: nothing to refuse.
+    tfidf = ConcatEmbedder([TfidfVectorizer()]).fit(tiny_corpus)
+    assert tfidf.transform(["vim \ud800"]).shape == (1, tfidf.n_features_out_)

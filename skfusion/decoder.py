@@ -226,8 +226,8 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
     ``init="pca"`` it stayed within about a point of PCA.
 
     ``whiten``, ``output_dim`` and ``normalize`` act at transform time, so they can be
-    tuned (e.g. per output width) without refitting; every other parameter needs a
-    refit. ``fit`` streams over ``X`` in row blocks and gathers each batch separately,
+    tuned (e.g. per output width) without refitting, and are validated there; every
+    other parameter needs a refit (``transform`` keeps the fitted ``n_components``). ``fit`` streams over ``X`` in row blocks and gathers each batch separately,
     so an ``np.memmap`` is never loaded whole. ``partial_fit`` runs one pass over each
     chunk (no early stopping): the first call initialises the weights (``init="pca"``
     and ``target_whiten`` use the first chunk's statistics) and the input statistics
@@ -357,16 +357,45 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
                 "or loss='pairwise_mse'."
             )
 
-    def _check_output_dim(self):
-        if self.output_dim is not None and self.output_dim > self.n_components:
+    def _check_output_dim(self, n_components):
+        """``output_dim`` resolved to a width in ``[1, n_components]``."""
+        dim = self.output_dim
+        if dim is None:
+            return n_components
+        if not isinstance(dim, Integral) or isinstance(dim, bool) or dim < 1:
             raise ValueError(
-                f"output_dim={self.output_dim} exceeds n_components="
-                f"{self.n_components}; use output_dim <= n_components or None."
+                f"output_dim must be None or an int >= 1, got {dim!r}; use "
+                f"set_params(output_dim=None) for all {n_components} outputs or a "
+                f"width between 1 and {n_components}."
             )
+        if dim > n_components:
+            raise ValueError(
+                f"output_dim={dim} exceeds n_components={n_components}; use "
+                "output_dim <= n_components or None."
+            )
+        return int(dim)
+
+    def _check_transform_params(self):
+        """Validate what ``transform`` reads, which ``set_params`` may change after fit.
+
+        Returns the output width; ``n_components`` is the fitted one (changing it needs
+        a refit).
+        """
+        whiten = self.whiten
+        if not isinstance(whiten, Real) or isinstance(whiten, bool) or not 0 <= whiten <= 1:
+            raise ValueError(
+                f"whiten must be a float in [0, 1], got {whiten!r}; use 0 for no "
+                "whitening and 0.5 for full whitening."
+            )
+        if not isinstance(self.normalize, (bool, np.bool_)):
+            raise ValueError(
+                f"normalize must be a bool, got {self.normalize!r}; use True or False."
+            )
+        return self._check_output_dim(self.components_.shape[0])
 
     @property
     def _n_features_out(self):
-        return self.n_components if self.output_dim is None else self.output_dim
+        return self._check_transform_params()
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -502,7 +531,7 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         )
         stops = self._check_stops()
         self._check_loss()
-        self._check_output_dim()
+        self._check_output_dim(self.n_components)
         n = X.shape[0]
         rng = check_random_state(self.random_state)
         order = rng.permutation(n)
@@ -600,7 +629,7 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         )
         stops = self._check_stops()
         self._check_loss()
-        self._check_output_dim()
+        self._check_output_dim(self.n_components)
         if not first and self.components_.shape[0] != self.n_components:
             raise ValueError(
                 f"n_components changed from {self.components_.shape[0]} to "
@@ -650,9 +679,8 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
             ``normalize=True``; outputs scaled by ``explained_variance_ ** -whiten``.
         """
         check_is_fitted(self, "components_")
-        self._check_output_dim()
+        k = self._check_transform_params()
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
-        k = self._n_features_out
         W = self.components_[:k].astype(X.dtype, copy=False)
         H = X @ W.T
         H += self.bias_[:k].astype(X.dtype, copy=False)

@@ -321,6 +321,38 @@ def test_output_dim_too_large_at_transform():
         dec.transform(X)
 
 
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"output_dim": -5}, r"output_dim must be None or an int >= 1, got -5"),
+        ({"output_dim": 0}, r"output_dim must be None or an int >= 1, got 0"),
+        ({"output_dim": 2.5}, r"output_dim must be None or an int >= 1, got 2.5"),
+        ({"output_dim": 9}, "output_dim=9 exceeds n_components=4"),
+        ({"whiten": -0.5}, r"whiten must be a float in \[0, 1\], got -0.5"),
+        ({"whiten": 2}, r"whiten must be a float in \[0, 1\], got 2"),
+        ({"normalize": "yes"}, "normalize must be a bool, got 'yes'"),
+    ],
+)
+def test_transform_time_parameters_are_validated_after_fit(params, match):
+    X = _unit_rows(40, 6)
+    dec = _small().fit(X).set_params(**params)
+    with pytest.raises(ValueError, match=match):
+        dec.transform(X)
+    with pytest.raises(ValueError, match=match):
+        dec.get_feature_names_out()
+
+
+def test_n_components_changed_after_fit_keeps_the_fitted_width():
+    X = _unit_rows(40, 6)
+    dec = _small().fit(X)
+    expected = dec.transform(X)
+    dec.set_params(n_components=10)
+    np.testing.assert_array_equal(dec.transform(X), expected)
+    assert len(dec.get_feature_names_out()) == 4
+    with pytest.raises(ValueError, match="output_dim=6 exceeds n_components=4"):
+        dec.set_params(output_dim=6).transform(X)
+
+
 def test_one_sample():
     with pytest.raises(ValueError, match="1 sample"):
         _small().fit(_unit_rows(1, 6))

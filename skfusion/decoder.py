@@ -227,8 +227,9 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
 
     ``whiten``, ``output_dim`` and ``normalize`` act at transform time, so they can be
     tuned (e.g. per output width) without refitting, and are validated there; every
-    other parameter needs a refit (``transform`` keeps the fitted ``n_components``). ``fit`` streams over ``X`` in row blocks and gathers each batch separately,
-    so an ``np.memmap`` is never loaded whole. ``partial_fit`` runs one pass over each
+    other parameter needs a refit (``transform`` keeps the fitted ``n_components``).
+    ``fit`` streams over ``X`` in row blocks and gathers each batch separately, so an
+    ``np.memmap`` is never loaded whole. ``partial_fit`` runs one pass over each
     chunk (no early stopping): the first call initialises the weights (``init="pca"``
     and ``target_whiten`` use the first chunk's statistics) and the input statistics
     behind ``explained_variance_`` accumulate over chunks. So that training can

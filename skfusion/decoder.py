@@ -22,6 +22,9 @@ __all__ = ["MatryoshkaDecoder"]
 # Rows per block when streaming statistics over (possibly memory-mapped) inputs.
 _BLOCK = 8192
 
+# The paper's Matryoshka stops; ``stops="auto"`` keeps those below ``n_components``.
+_PAPER_STOPS = (32, 64, 128, 200, 256, 300, 384, 512, 768)
+
 
 def _batches(indices, batch_size):
     """Split ``indices`` into batches; a trailing batch of one row joins the previous."""
@@ -105,10 +108,13 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
     ----------
     n_components : int, default=768
         Width of the linear layer's output.
-    stops : array-like of int, default=(32, 64, 128, 200, 256, 300, 384, 512, 768)
-        Strictly increasing prefix widths the loss is averaged over (the paper's
-        Matryoshka stops); each must be ``<= n_components``. ``None`` uses one stop at
-        ``n_components`` (the plain pairwise loss, no Matryoshka prefixes).
+    stops : "auto", array-like of int or None, default="auto"
+        Strictly increasing prefix widths the loss is averaged over (the Matryoshka
+        stops); each must be ``<= n_components``. ``"auto"`` uses the paper's stops
+        (32, 64, 128, 200, 256, 300, 384, 512, 768) below ``n_components``, plus
+        ``n_components`` itself, so it suits every width (at 768 it is exactly the
+        paper's). ``None`` uses one stop at ``n_components`` (the plain pairwise loss,
+        no Matryoshka prefixes).
     output_dim : int, default=None
         Width returned by ``transform`` (the first ``output_dim`` outputs); ``None``
         returns all ``n_components``. Used at transform time only: change it with
@@ -178,6 +184,8 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
 
     Attributes
     ----------
+    stops_ : list of int
+        The stops used in training (``stops`` resolved).
     components_ : ndarray of shape (n_components, n_features_in_), dtype float32
         Weight of the linear layer.
     bias_ : ndarray of shape (n_components,), dtype float32
@@ -260,7 +268,7 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
 
     _parameter_constraints: dict = {
         "n_components": [Interval(Integral, 1, None, closed="left")],
-        "stops": ["array-like", None],
+        "stops": [StrOptions({"auto"}), "array-like", None],
         "output_dim": [Interval(Integral, 1, None, closed="left"), None],
         "init": [StrOptions({"pca", "random"})],
         "loss": [StrOptions({"pairwise_mse", "listwise_kl"})],
@@ -285,7 +293,7 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
     def __init__(
         self,
         n_components=768,
-        stops=(32, 64, 128, 200, 256, 300, 384, 512, 768),
+        stops="auto",
         *,
         output_dim=None,
         init="pca",
@@ -333,6 +341,8 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
     def _check_stops(self):
         if self.stops is None:
             return [self.n_components]
+        if isinstance(self.stops, str):  # "auto" (the only string the constraints allow)
+            return [s for s in _PAPER_STOPS if s < self.n_components] + [self.n_components]
         stops = np.asarray(self.stops)
         if stops.ndim != 1 or stops.size == 0 or not np.issubdtype(stops.dtype, np.integer):
             raise ValueError(
@@ -530,7 +540,7 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
             ensure_min_samples=2,
             reset=True,
         )
-        stops = self._check_stops()
+        stops = self.stops_ = self._check_stops()
         self._check_loss()
         self._check_output_dim(self.n_components)
         n = X.shape[0]
@@ -628,7 +638,7 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
             ensure_min_samples=2,
             reset=first,
         )
-        stops = self._check_stops()
+        stops = self.stops_ = self._check_stops()
         self._check_loss()
         self._check_output_dim(self.n_components)
         if not first and self.components_.shape[0] != self.n_components:

@@ -39,6 +39,12 @@ def _rows(X, idx):
     return np.ascontiguousarray(X[np.sort(idx)], dtype=np.float32)
 
 
+def _gather(X, batches):
+    """The rows of each batch of indices, one float32 array at a time."""
+    for idx in batches:
+        yield _rows(X, idx)
+
+
 class _Moments:
     """Streaming mean and covariance of the inputs (float64 accumulators).
 
@@ -414,8 +420,13 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         return tags
 
     # ------------------------------------------------------------------ training
-    def _setup(self, X, rng, torch):
-        """Input statistics, target whitening and initial weights from ``X``."""
+    def _initialize(self, X, rng, *, early_stopping):
+        """Input statistics, target whitening, initial weights and empty curves from ``X``.
+
+        The one initialisation of ``fit`` and of the first ``partial_fit``.
+        """
+        from ._training import initial_weights
+
         d = X.shape[1]
         moments = _Moments(d)
         moments.update(X)
@@ -431,12 +442,9 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         else:
             self._target_map = None
 
-        gen = torch.Generator().manual_seed(int(rng.randint(np.iinfo(np.int32).max)))
         # torch.nn.Linear's default initialisation (the paper's starting point).
-        bound = 1.0 / np.sqrt(d)
-        W = (torch.rand(self.n_components, d, generator=gen) * 2 - 1) * bound
-        b = (torch.rand(self.n_components, generator=gen) * 2 - 1) * bound
-        W, b = W.numpy().astype(np.float32), b.numpy().astype(np.float32)
+        seed = int(rng.randint(np.iinfo(np.int32).max))
+        W, b = initial_weights(self.n_components, d, seed)
         if self.init == "pca":
             k = min(self.n_components, d)
             top = axes[:k]
@@ -445,73 +453,54 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
             W[:k] = top
             b[:k] = -(top @ mean)
         self.components_, self.bias_ = W, b
+        self._optimizer_state = None
+        self.loss_curve_ = []
+        self.validation_loss_curve_ = [] if early_stopping else None
+        self.best_validation_loss_ = None
+        self.n_iter_ = 0
 
-    def _targets(self, Zb, torch):
-        from ._losses import cosine_gram
+    def _trainer(self, stops):
+        """A training session from the current weights (and saved optimizer state)."""
+        from ._training import Trainer
 
-        if self._target_map is None:
-            return cosine_gram(Zb)
-        centred = Zb - torch.as_tensor(self.mean_, device=Zb.device)
-        return cosine_gram(centred @ torch.as_tensor(self._target_map, device=Zb.device))
-
-    def _batch_loss(self, layer, Zb, stops, torch):
-        from ._losses import (
-            matryoshka_listwise_kl,
-            matryoshka_pairwise_mse,
-            neighbor_weights,
+        return Trainer(
+            self.components_,
+            self.bias_,
+            stops=stops,
+            loss=self.loss,
+            temperature=self.temperature,
+            neighbor_weight=self.neighbor_weight,
+            mean=self.mean_,
+            target_map=self._target_map,
+            learning_rate=self.learning_rate,
+            weight_decay=self.weight_decay,
+            device=self.device,
+            optimizer_state=self._optimizer_state,
         )
 
-        target = self._targets(Zb, torch)
-        if self.loss == "listwise_kl":
-            return matryoshka_listwise_kl(layer(Zb), target, stops, self.temperature)
-        weights = None
-        if self.neighbor_weight > 0:
-            weights = neighbor_weights(target, self.neighbor_weight, self.temperature)
-        return matryoshka_pairwise_mse(layer(Zb), target, stops, weights)
-
-    def _make_layer(self, torch, device):
-        layer = torch.nn.Linear(self.n_features_in_, self.n_components)
-        with torch.no_grad():
-            layer.weight.copy_(torch.from_numpy(self.components_))
-            layer.bias.copy_(torch.from_numpy(self.bias_))
-        return layer.to(device)
-
-    def _store_layer(self, layer):
-        self.components_ = layer.weight.detach().cpu().numpy().astype(np.float32)
-        self.bias_ = layer.bias.detach().cpu().numpy().astype(np.float32)
-
-    def _finish(self):
+    def _finish(self, trainer=None):
+        """Keep the trainer's weights; variance of each output on the inputs seen."""
+        if trainer is not None:
+            self.components_, self.bias_ = trainer.weights()
         cov = self._moments.covariance
         W = self.components_.astype(np.float64)
         var = np.einsum("kd,de,ke->k", W, cov, W)
         self.explained_variance_ = np.clip(var, 0.0, None).astype(np.float32)
         self.n_samples_seen_ = int(self._moments.n)
 
-    def _epoch(self, X, batches, layer, opt, stops, device, torch):
-        total, count = 0.0, 0
-        for idx in batches:
-            Zb = torch.from_numpy(_rows(X, idx)).to(device)
-            loss = self._batch_loss(layer, Zb, stops, torch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-            count += len(idx)
-        return total / max(count, 1)
-
-    def _evaluate(self, X, batches, layer, stops, device, torch):
-        total, count = 0.0, 0
-        with torch.no_grad():
-            for idx in batches:
-                Zb = torch.from_numpy(_rows(X, idx)).to(device)
-                total += float(self._batch_loss(layer, Zb, stops, torch)) * len(idx)
-                count += len(idx)
-        return total / max(count, 1)
-
-    def _resolve_device(self, torch):
-        if self.device is not None:
-            return torch.device(self.device)
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    def _validate_fit_input(self, X, *, reset):
+        X = validate_data(
+            self,
+            X,
+            dtype=[np.float64, np.float32],
+            copy=False,
+            ensure_min_samples=2,
+            reset=reset,
+        )
+        stops = self.stops_ = self._check_stops()
+        self._check_loss()
+        self._check_output_dim(self.n_components)
+        return X, stops
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -530,19 +519,7 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         self : MatryoshkaDecoder
             The fitted decoder.
         """
-        import torch
-
-        X = validate_data(
-            self,
-            X,
-            dtype=[np.float64, np.float32],
-            copy=False,
-            ensure_min_samples=2,
-            reset=True,
-        )
-        stops = self.stops_ = self._check_stops()
-        self._check_loss()
-        self._check_output_dim(self.n_components)
+        X, stops = self._validate_fit_input(X, reset=True)
         n = X.shape[0]
         rng = check_random_state(self.random_state)
         order = rng.permutation(n)
@@ -558,35 +535,26 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         else:
             val_idx, train_idx = None, order
         self._rng = rng  # continues the stream for later partial_fit calls
-        self._setup(X, rng, torch)
-        self._optimizer_state = None
-        self.loss_curve_ = []
-        self.validation_loss_curve_ = [] if self.early_stopping else None
-        self.best_validation_loss_ = None
-        self.n_iter_ = 0
+        self._initialize(X, rng, early_stopping=self.early_stopping)
+        trainer = None
         if self.max_epochs > 0:
-            self._train(X, train_idx, val_idx, stops, rng, torch)
-        self._finish()
+            trainer = self._trainer(stops)
+            self._train(trainer, X, train_idx, val_idx, rng)
+        self._finish(trainer)
         return self
 
-    def _train(self, X, train_idx, val_idx, stops, rng, torch):
-        device = self._resolve_device(torch)
-        layer = self._make_layer(torch, device)
-        opt = torch.optim.AdamW(
-            layer.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
-        )
+    def _train(self, trainer, X, train_idx, val_idx, rng):
+        """Epochs of ``fit`` with early stopping on the held-out rows."""
         val_batches = None if val_idx is None else _batches(val_idx, self.batch_size)
         best, best_state, stale = np.inf, None, 0
         for epoch in range(self.max_epochs):
             start = time.perf_counter()
             batches = _batches(rng.permutation(train_idx), self.batch_size)
-            self.loss_curve_.append(
-                self._epoch(X, batches, layer, opt, stops, device, torch)
-            )
+            self.loss_curve_.append(trainer.run_epoch(_gather(X, batches)))
             self.n_iter_ = epoch + 1
             msg = f"Epoch {epoch + 1}/{self.max_epochs}: loss={self.loss_curve_[-1]:.6g}"
             if val_batches is not None:
-                val = self._evaluate(X, val_batches, layer, stops, device, torch)
+                val = trainer.run_epoch(_gather(X, val_batches), train=False)
                 self.validation_loss_curve_.append(val)
                 msg += f", validation loss={val:.6g}"
                 if val < best - self.tol:
@@ -595,7 +563,7 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
                     stale += 1
                 if val < best:
                     best = val
-                    best_state = {k: v.clone() for k, v in layer.state_dict().items()}
+                    best_state = trainer.snapshot()
             if self.verbose:
                 print(f"{msg} ({time.perf_counter() - start:.1f}s)", flush=True)
             if val_batches is not None and stale >= self.n_iter_no_change:
@@ -603,9 +571,8 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
                     print(f"Early stopping after epoch {epoch + 1}.", flush=True)
                 break
         if best_state is not None:
-            layer.load_state_dict(best_state)
+            trainer.restore(best_state)
             self.best_validation_loss_ = float(best)
-        self._store_layer(layer)
 
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y=None):
@@ -627,20 +594,8 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         self : MatryoshkaDecoder
             The updated decoder.
         """
-        import torch
-
         first = not hasattr(self, "components_")
-        X = validate_data(
-            self,
-            X,
-            dtype=[np.float64, np.float32],
-            copy=False,
-            ensure_min_samples=2,
-            reset=first,
-        )
-        stops = self.stops_ = self._check_stops()
-        self._check_loss()
-        self._check_output_dim(self.n_components)
+        X, stops = self._validate_fit_input(X, reset=first)
         if not first and self.components_.shape[0] != self.n_components:
             raise ValueError(
                 f"n_components changed from {self.components_.shape[0]} to "
@@ -648,30 +603,18 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
             )
         if first:
             self._rng = check_random_state(self.random_state)
-            self._setup(X, self._rng, torch)
-            self._optimizer_state = None
-            self.loss_curve_ = []
-            self.validation_loss_curve_ = None
-            self.best_validation_loss_ = None
-            self.n_iter_ = 0
+            self._initialize(X, self._rng, early_stopping=False)
         else:
             self._moments.update(X)
-        device = self._resolve_device(torch)
-        layer = self._make_layer(torch, device)
-        opt = torch.optim.AdamW(
-            layer.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
-        )
-        if self._optimizer_state is not None:
-            opt.load_state_dict(_state_to_torch(self._optimizer_state, torch, device))
+        trainer = self._trainer(stops)
         batches = _batches(self._rng.permutation(X.shape[0]), self.batch_size)
-        loss = self._epoch(X, batches, layer, opt, stops, device, torch)
+        loss = trainer.run_epoch(_gather(X, batches))
         self.loss_curve_.append(loss)
         self.n_iter_ += len(batches)
         if self.verbose:
             print(f"partial_fit on {X.shape[0]} rows: loss={loss:.6g}", flush=True)
-        self._optimizer_state = _state_to_numpy(opt.state_dict())
-        self._store_layer(layer)
-        self._finish()
+        self._optimizer_state = trainer.optimizer_state()
+        self._finish(trainer)
         return self
 
     # ------------------------------------------------------------------ inference
@@ -701,23 +644,3 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
             norms = np.linalg.norm(H, axis=1, keepdims=True)
             H /= np.maximum(norms, np.finfo(H.dtype).tiny)
         return H.astype(X.dtype, copy=False)
-
-
-def _state_to_numpy(state):
-    out = {"param_groups": state["param_groups"], "state": {}}
-    for key, values in state["state"].items():
-        out["state"][key] = {
-            k: v.detach().cpu().numpy() if hasattr(v, "detach") else v
-            for k, v in values.items()
-        }
-    return out
-
-
-def _state_to_torch(state, torch, device):
-    out = {"param_groups": state["param_groups"], "state": {}}
-    for key, values in state["state"].items():
-        out["state"][key] = {
-            k: torch.as_tensor(v, device="cpu" if k == "step" else device)
-            for k, v in values.items()
-        }
-    return out

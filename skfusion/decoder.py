@@ -7,6 +7,9 @@ numpy arrays, so ``transform`` is a numpy matmul and a fitted decoder loads and 
 without torch.
 """
 
+import contextlib
+import mmap
+import os
 import time
 from numbers import Integral, Real
 
@@ -34,15 +37,112 @@ def _batches(indices, batch_size):
     return [b for b in batches if len(b) >= 2]
 
 
-def _rows(X, idx):
-    """Rows ``idx`` of ``X`` as a float32 array; sorted reads keep memmaps sequential."""
-    return np.ascontiguousarray(X[np.sort(idx)], dtype=np.float32)
+# Bytes gathered per dask computation during training (several batches at once).
+_GATHER_BYTES = 128 * 2**20
 
 
-def _gather(X, batches):
-    """The rows of each batch of indices, one float32 array at a time."""
-    for idx in batches:
-        yield _rows(X, idx)
+def _is_dask_array(X):
+    return hasattr(X, "__dask_graph__") and hasattr(X, "chunks")
+
+
+def _file_layout(X):
+    """``(path, file offset of row 0)`` of a memmap whose rows can be read from its file.
+
+    ``None`` when they cannot: not a memmap, no file name, a copy-on-write memmap
+    (``mode="c"``, whose private changes are not in the file), rows that are not
+    contiguous, or no ``os.preadv`` on this OS.
+    """
+    if not isinstance(X, np.memmap) or not hasattr(os, "preadv"):
+        return None
+    if X.mode == "c" or X.filename is None or X.strides[1] != X.itemsize:
+        return None
+    top = X
+    while isinstance(top.base, np.memmap):
+        top = top.base
+    if not isinstance(top.base, mmap.mmap):
+        return None
+    return X.filename, top.offset + (X.ctypes.data - top.ctypes.data)
+
+
+class _Rows:
+    """Float32 row blocks and batches of ``X``, read without loading it whole.
+
+    ``X`` is an ndarray, an ``np.memmap`` or a dask array. A memmap's rows are read
+    from its file with positioned reads (``os.preadv``), not through the mapping: a
+    page fault maps whole folios (up to megabytes) into this process, so random rows
+    read through a mapping of a large file soon count its whole size as resident
+    memory. A dask array is read with one ``compute`` per block and per group of
+    batches.
+    """
+
+    def __init__(self, X):
+        self.X = X
+        self.shape = X.shape
+        self._dask = _is_dask_array(X)
+        self._file = _file_layout(X) if X.ndim == 2 else None
+
+    def _read(self, f, idx):
+        """Rows ``idx`` (sorted) in ``X``'s dtype, read from the memmap's file ``f``."""
+        out = np.empty((len(idx), self.shape[1]), dtype=self.X.dtype)
+        flat = out.view(np.uint8).reshape(-1)
+        row_bytes = out.strides[0]
+        # Consecutive rows are one read when the rows are adjacent in the file.
+        adjacent = self.X.strides[0] == row_bytes
+        cuts = np.flatnonzero(np.diff(idx) != 1) + 1 if adjacent else np.arange(1, len(idx))
+        for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(idx)], strict=True):
+            offset = self._file[1] + int(idx[a]) * self.X.strides[0]
+            view = memoryview(flat[a * row_bytes : b * row_bytes])
+            while len(view):
+                n = os.preadv(f.fileno(), [view], offset)
+                if n == 0:
+                    raise OSError(f"{self._file[0]} is shorter than its memmap.")
+                view, offset = view[n:], offset + n
+        return out
+
+    def blocks(self):
+        """``(start, block)`` for consecutive blocks of ``_BLOCK`` rows.
+
+        Each block is a new float32 array (the caller may change it in place) that no
+        one else references, so only one block is held at a time.
+        """
+        with open(self._file[0], "rb") if self._file else contextlib.nullcontext() as f:
+            for start in range(0, self.shape[0], _BLOCK):
+                yield start, self._block(f, start)
+
+    def _block(self, f, start):
+        stop = min(start + _BLOCK, self.shape[0])
+        if f is not None:
+            return np.asarray(self._read(f, np.arange(start, stop)), dtype=np.float32)
+        part = self.X[start:stop]
+        return np.array(part.compute() if self._dask else part, dtype=np.float32)
+
+    def batches(self, index_batches):
+        """The rows of each batch of indices, in sorted order (sequential reads)."""
+        if self._dask:
+            yield from self._dask_batches(index_batches)
+            return
+        with open(self._file[0], "rb") if self._file else contextlib.nullcontext() as f:
+            for idx in index_batches:
+                idx = np.sort(idx)
+                part = self.X[idx] if f is None else self._read(f, idx)
+                yield np.ascontiguousarray(part, dtype=np.float32)
+
+    def _dask_batches(self, index_batches):
+        # One computation per group of batches: every batch draws rows from every
+        # chunk, so gathering batches one by one would read each chunk once per batch.
+        # A group holds at most _GATHER_BYTES and an eighth of the rows.
+        row_bytes = self.shape[1] * max(self.X.dtype.itemsize, 4)
+        group_rows = max(1, min(_GATHER_BYTES // row_bytes, self.shape[0] // 8))
+        group, count = [], 0
+        for i, idx in enumerate(index_batches):
+            group.append(np.sort(idx))
+            count += len(idx)
+            if count >= group_rows or i == len(index_batches) - 1:
+                union = np.sort(np.concatenate(group))
+                rows = np.ascontiguousarray(self.X[union].compute(), dtype=np.float32)
+                for b in group:
+                    yield rows[np.searchsorted(union, b)]
+                group, count, rows = [], 0, None
 
 
 class _Moments:
@@ -58,15 +158,25 @@ class _Moments:
         self.s1 = np.zeros(n_features)
         self.s2 = np.zeros((n_features, n_features))
 
-    def update(self, X):
-        for start in range(0, X.shape[0], _BLOCK):
-            block = np.asarray(X[start : start + _BLOCK], dtype=np.float32)
-            if self.shift is None:
-                self.shift = block.mean(axis=0)
-            block = block - self.shift
-            self.n += block.shape[0]
-            self.s1 += block.sum(axis=0, dtype=np.float64)
-            self.s2 += (block.T @ block).astype(np.float64)
+    def update(self, rows):
+        """Add the rows of a :class:`_Rows`; nothing changes if one is not finite."""
+        n, shift, s1, s2 = self.n, self.shift, self.s1.copy(), self.s2.copy()
+        for start, block in rows.blocks():
+            if shift is None:
+                shift = block.mean(axis=0)
+            block -= shift
+            n += block.shape[0]
+            block_sum = block.sum(axis=0, dtype=np.float64)
+            if not np.all(np.isfinite(block_sum)):  # float64 sums of float32 can't overflow
+                raise ValueError(
+                    f"Input X contains NaN or infinity in rows {start} to "
+                    f"{start + len(block) - 1}; remove or impute the non-finite values "
+                    "before fitting."
+                )
+            s1 += block_sum
+            s2 += (block.T @ block).astype(np.float64)
+            del block  # before the next block is read: one block in memory at a time
+        self.n, self.shift, self.s1, self.s2 = n, shift, s1, s2
 
     @property
     def mean(self):
@@ -420,16 +530,17 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         return tags
 
     # ------------------------------------------------------------------ training
-    def _initialize(self, X, rng, *, early_stopping):
-        """Input statistics, target whitening, initial weights and empty curves from ``X``.
+    def _initialize(self, rows, rng, *, early_stopping):
+        """Input statistics, target whitening, initial weights and empty curves.
 
-        The one initialisation of ``fit`` and of the first ``partial_fit``.
+        The one initialisation of ``fit`` and of the first ``partial_fit``, from the
+        :class:`_Rows` ``rows``.
         """
         from ._training import initial_weights
 
-        d = X.shape[1]
+        d = rows.shape[1]
         moments = _Moments(d)
-        moments.update(X)
+        moments.update(rows)
         self._moments = moments
         mean = moments.mean
         self.mean_ = mean.astype(np.float32)
@@ -489,18 +600,28 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         self.n_samples_seen_ = int(self._moments.n)
 
     def _validate_fit_input(self, X, *, reset):
-        X = validate_data(
-            self,
-            X,
-            dtype=[np.float64, np.float32],
-            copy=False,
-            ensure_min_samples=2,
-            reset=reset,
-        )
+        """Validated ``X`` as :class:`_Rows`, and the stops.
+
+        A memmap or dask array is validated without loading it: dtype and width on its
+        first rows here, finiteness block by block in :meth:`_Moments.update`, which
+        every row goes through before training.
+        """
+        params = dict(dtype=[np.float64, np.float32], ensure_min_samples=2, reset=reset)
+        if isinstance(X, np.memmap) or _is_dask_array(X):
+            if any(np.isnan(n) for n in X.shape):
+                raise ValueError(
+                    f"X is a dask array of unknown shape {X.shape}; call "
+                    "X.compute_chunk_sizes() before fit."
+                )
+            head = X[:2].compute() if _is_dask_array(X) else np.array(X[:2])
+            validate_data(self, head, **params)
+            rows = _Rows(X)
+        else:
+            rows = _Rows(validate_data(self, X, copy=False, **params))
         stops = self.stops_ = self._check_stops()
         self._check_loss()
         self._check_output_dim(self.n_components)
-        return X, stops
+        return rows, stops
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -519,8 +640,8 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         self : MatryoshkaDecoder
             The fitted decoder.
         """
-        X, stops = self._validate_fit_input(X, reset=True)
-        n = X.shape[0]
+        rows, stops = self._validate_fit_input(X, reset=True)
+        n = rows.shape[0]
         rng = check_random_state(self.random_state)
         order = rng.permutation(n)
         if self.early_stopping:
@@ -535,26 +656,26 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         else:
             val_idx, train_idx = None, order
         self._rng = rng  # continues the stream for later partial_fit calls
-        self._initialize(X, rng, early_stopping=self.early_stopping)
+        self._initialize(rows, rng, early_stopping=self.early_stopping)
         trainer = None
         if self.max_epochs > 0:
             trainer = self._trainer(stops)
-            self._train(trainer, X, train_idx, val_idx, rng)
+            self._train(trainer, rows, train_idx, val_idx, rng)
         self._finish(trainer)
         return self
 
-    def _train(self, trainer, X, train_idx, val_idx, rng):
+    def _train(self, trainer, rows, train_idx, val_idx, rng):
         """Epochs of ``fit`` with early stopping on the held-out rows."""
         val_batches = None if val_idx is None else _batches(val_idx, self.batch_size)
         best, best_state, stale = np.inf, None, 0
         for epoch in range(self.max_epochs):
             start = time.perf_counter()
             batches = _batches(rng.permutation(train_idx), self.batch_size)
-            self.loss_curve_.append(trainer.run_epoch(_gather(X, batches)))
+            self.loss_curve_.append(trainer.run_epoch(rows.batches(batches)))
             self.n_iter_ = epoch + 1
             msg = f"Epoch {epoch + 1}/{self.max_epochs}: loss={self.loss_curve_[-1]:.6g}"
             if val_batches is not None:
-                val = trainer.run_epoch(_gather(X, val_batches), train=False)
+                val = trainer.run_epoch(rows.batches(val_batches), train=False)
                 self.validation_loss_curve_.append(val)
                 msg += f", validation loss={val:.6g}"
                 if val < best - self.tol:
@@ -595,7 +716,7 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
             The updated decoder.
         """
         first = not hasattr(self, "components_")
-        X, stops = self._validate_fit_input(X, reset=first)
+        rows, stops = self._validate_fit_input(X, reset=first)
         if not first and self.components_.shape[0] != self.n_components:
             raise ValueError(
                 f"n_components changed from {self.components_.shape[0]} to "
@@ -603,16 +724,16 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
             )
         if first:
             self._rng = check_random_state(self.random_state)
-            self._initialize(X, self._rng, early_stopping=False)
+            self._initialize(rows, self._rng, early_stopping=False)
         else:
-            self._moments.update(X)
+            self._moments.update(rows)
         trainer = self._trainer(stops)
-        batches = _batches(self._rng.permutation(X.shape[0]), self.batch_size)
-        loss = trainer.run_epoch(_gather(X, batches))
+        batches = _batches(self._rng.permutation(rows.shape[0]), self.batch_size)
+        loss = trainer.run_epoch(rows.batches(batches))
         self.loss_curve_.append(loss)
         self.n_iter_ += len(batches)
         if self.verbose:
-            print(f"partial_fit on {X.shape[0]} rows: loss={loss:.6g}", flush=True)
+            print(f"partial_fit on {rows.shape[0]} rows: loss={loss:.6g}", flush=True)
         self._optimizer_state = trainer.optimizer_state()
         self._finish(trainer)
         return self

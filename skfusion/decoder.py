@@ -25,6 +25,9 @@ __all__ = ["MatryoshkaDecoder"]
 # Rows per block when streaming statistics over (possibly memory-mapped) inputs.
 _BLOCK = 8192
 
+# Bytes gathered per dask computation during training (several batches at once).
+_GATHER_BYTES = 128 * 2**20
+
 # The paper's Matryoshka stops; ``stops="auto"`` keeps those below ``n_components``.
 _PAPER_STOPS = (32, 64, 128, 200, 256, 300, 384, 512, 768)
 
@@ -35,10 +38,6 @@ def _batches(indices, batch_size):
     if len(batches) > 1 and len(batches[-1]) < 2:
         batches[-2] = np.concatenate([batches[-2], batches.pop()])
     return [b for b in batches if len(b) >= 2]
-
-
-# Bytes gathered per dask computation during training (several batches at once).
-_GATHER_BYTES = 128 * 2**20
 
 
 def _is_dask_array(X):
@@ -352,8 +351,15 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
     ``whiten``, ``output_dim`` and ``normalize`` act at transform time, so they can be
     tuned (e.g. per output width) without refitting, and are validated there; every
     other parameter needs a refit (``transform`` keeps the fitted ``n_components``).
-    ``fit`` streams over ``X`` in row blocks and gathers each batch separately, so an
-    ``np.memmap`` is never loaded whole. ``partial_fit`` runs one pass over each
+    Out of core: ``fit`` and ``partial_fit`` take an ``np.memmap`` or a ``dask.array``
+    larger than memory and never load it whole. The input statistics (mean,
+    covariance, the PCA start) stream over row blocks, each batch is gathered
+    separately, and validation reads the first rows for dtype and width and checks
+    finiteness block by block. A memmap's rows are read from its file with positioned
+    reads rather than through the mapping, so resident memory stays bounded; a dask
+    array is computed one block, and one group of batches, at a time. The result
+    equals the fit on the same rows in memory (``benchmarks/decoder_out_of_core.py``).
+    ``partial_fit`` runs one pass over each
     chunk (no early stopping): the first call initialises the weights (``init="pca"``
     and ``target_whiten`` use the first chunk's statistics) and the input statistics
     behind ``explained_variance_`` accumulate over chunks. So that training can
@@ -631,7 +637,7 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         ----------
         X : array-like of shape (n_samples, n_features)
             Concatenated embeddings (typically L2-normalised rows); an ``np.memmap``
-            is streamed, never loaded whole.
+            or a ``dask.array`` is streamed, never loaded whole.
         y : None
             Ignored. Present for API consistency by convention.
 
@@ -706,7 +712,8 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-            A chunk of concatenated embeddings (at least 2 rows).
+            A chunk of concatenated embeddings (at least 2 rows); an ``np.memmap``
+            or a ``dask.array`` is streamed, never loaded whole.
         y : None
             Ignored. Present for API consistency by convention.
 

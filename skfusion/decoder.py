@@ -7,6 +7,9 @@ numpy arrays, so ``transform`` is a numpy matmul and a fitted decoder loads and 
 without torch.
 """
 
+import contextlib
+import mmap
+import os
 import time
 from numbers import Integral, Real
 
@@ -22,6 +25,12 @@ __all__ = ["MatryoshkaDecoder"]
 # Rows per block when streaming statistics over (possibly memory-mapped) inputs.
 _BLOCK = 8192
 
+# Bytes gathered per dask computation during training (several batches at once).
+_GATHER_BYTES = 128 * 2**20
+
+# The paper's Matryoshka stops; ``stops="auto"`` keeps those below ``n_components``.
+_PAPER_STOPS = (32, 64, 128, 200, 256, 300, 384, 512, 768)
+
 
 def _batches(indices, batch_size):
     """Split ``indices`` into batches; a trailing batch of one row joins the previous."""
@@ -31,9 +40,108 @@ def _batches(indices, batch_size):
     return [b for b in batches if len(b) >= 2]
 
 
-def _rows(X, idx):
-    """Rows ``idx`` of ``X`` as a float32 array; sorted reads keep memmaps sequential."""
-    return np.ascontiguousarray(X[np.sort(idx)], dtype=np.float32)
+def _is_dask_array(X):
+    return hasattr(X, "__dask_graph__") and hasattr(X, "chunks")
+
+
+def _file_layout(X):
+    """``(path, file offset of row 0)`` of a memmap whose rows can be read from its file.
+
+    ``None`` when they cannot: not a memmap, no file name, a copy-on-write memmap
+    (``mode="c"``, whose private changes are not in the file), rows that are not
+    contiguous, or no ``os.preadv`` on this OS.
+    """
+    if not isinstance(X, np.memmap) or not hasattr(os, "preadv"):
+        return None
+    if X.mode == "c" or X.filename is None or X.strides[1] != X.itemsize:
+        return None
+    top = X
+    while isinstance(top.base, np.memmap):
+        top = top.base
+    if not isinstance(top.base, mmap.mmap):
+        return None
+    return X.filename, top.offset + (X.ctypes.data - top.ctypes.data)
+
+
+class _Rows:
+    """Float32 row blocks and batches of ``X``, read without loading it whole.
+
+    ``X`` is an ndarray, an ``np.memmap`` or a dask array. A memmap's rows are read
+    from its file with positioned reads (``os.preadv``), not through the mapping: a
+    page fault maps whole folios (up to megabytes) into this process, so random rows
+    read through a mapping of a large file soon count its whole size as resident
+    memory. A dask array is read with one ``compute`` per block and per group of
+    batches.
+    """
+
+    def __init__(self, X):
+        self.X = X
+        self.shape = X.shape
+        self._dask = _is_dask_array(X)
+        self._file = _file_layout(X) if X.ndim == 2 else None
+
+    def _read(self, f, idx):
+        """Rows ``idx`` (sorted) in ``X``'s dtype, read from the memmap's file ``f``."""
+        out = np.empty((len(idx), self.shape[1]), dtype=self.X.dtype)
+        flat = out.view(np.uint8).reshape(-1)
+        row_bytes = out.strides[0]
+        # Consecutive rows are one read when the rows are adjacent in the file.
+        adjacent = self.X.strides[0] == row_bytes
+        cuts = np.flatnonzero(np.diff(idx) != 1) + 1 if adjacent else np.arange(1, len(idx))
+        for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(idx)], strict=True):
+            offset = self._file[1] + int(idx[a]) * self.X.strides[0]
+            view = memoryview(flat[a * row_bytes : b * row_bytes])
+            while len(view):
+                n = os.preadv(f.fileno(), [view], offset)
+                if n == 0:
+                    raise OSError(f"{self._file[0]} is shorter than its memmap.")
+                view, offset = view[n:], offset + n
+        return out
+
+    def blocks(self):
+        """``(start, block)`` for consecutive blocks of ``_BLOCK`` rows.
+
+        Each block is a new float32 array (the caller may change it in place) that no
+        one else references, so only one block is held at a time.
+        """
+        with open(self._file[0], "rb") if self._file else contextlib.nullcontext() as f:
+            for start in range(0, self.shape[0], _BLOCK):
+                yield start, self._block(f, start)
+
+    def _block(self, f, start):
+        stop = min(start + _BLOCK, self.shape[0])
+        if f is not None:
+            return np.asarray(self._read(f, np.arange(start, stop)), dtype=np.float32)
+        part = self.X[start:stop]
+        return np.array(part.compute() if self._dask else part, dtype=np.float32)
+
+    def batches(self, index_batches):
+        """The rows of each batch of indices, in sorted order (sequential reads)."""
+        if self._dask:
+            yield from self._dask_batches(index_batches)
+            return
+        with open(self._file[0], "rb") if self._file else contextlib.nullcontext() as f:
+            for idx in index_batches:
+                idx = np.sort(idx)
+                part = self.X[idx] if f is None else self._read(f, idx)
+                yield np.ascontiguousarray(part, dtype=np.float32)
+
+    def _dask_batches(self, index_batches):
+        # One computation per group of batches: every batch draws rows from every
+        # chunk, so gathering batches one by one would read each chunk once per batch.
+        # A group holds at most _GATHER_BYTES and an eighth of the rows.
+        row_bytes = self.shape[1] * max(self.X.dtype.itemsize, 4)
+        group_rows = max(1, min(_GATHER_BYTES // row_bytes, self.shape[0] // 8))
+        group, count = [], 0
+        for i, idx in enumerate(index_batches):
+            group.append(np.sort(idx))
+            count += len(idx)
+            if count >= group_rows or i == len(index_batches) - 1:
+                union = np.sort(np.concatenate(group))
+                rows = np.ascontiguousarray(self.X[union].compute(), dtype=np.float32)
+                for b in group:
+                    yield rows[np.searchsorted(union, b)]
+                group, count, rows = [], 0, None
 
 
 class _Moments:
@@ -49,15 +157,25 @@ class _Moments:
         self.s1 = np.zeros(n_features)
         self.s2 = np.zeros((n_features, n_features))
 
-    def update(self, X):
-        for start in range(0, X.shape[0], _BLOCK):
-            block = np.asarray(X[start : start + _BLOCK], dtype=np.float32)
-            if self.shift is None:
-                self.shift = block.mean(axis=0)
-            block = block - self.shift
-            self.n += block.shape[0]
-            self.s1 += block.sum(axis=0, dtype=np.float64)
-            self.s2 += (block.T @ block).astype(np.float64)
+    def update(self, rows):
+        """Add the rows of a :class:`_Rows`; nothing changes if one is not finite."""
+        n, shift, s1, s2 = self.n, self.shift, self.s1.copy(), self.s2.copy()
+        for start, block in rows.blocks():
+            if shift is None:
+                shift = block.mean(axis=0)
+            block -= shift
+            n += block.shape[0]
+            block_sum = block.sum(axis=0, dtype=np.float64)
+            if not np.all(np.isfinite(block_sum)):  # float64 sums of float32 can't overflow
+                raise ValueError(
+                    f"Input X contains NaN or infinity in rows {start} to "
+                    f"{start + len(block) - 1}; remove or impute the non-finite values "
+                    "before fitting."
+                )
+            s1 += block_sum
+            s2 += (block.T @ block).astype(np.float64)
+            del block  # before the next block is read: one block in memory at a time
+        self.n, self.shift, self.s1, self.s2 = n, shift, s1, s2
 
     @property
     def mean(self):
@@ -105,10 +223,13 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
     ----------
     n_components : int, default=768
         Width of the linear layer's output.
-    stops : array-like of int, default=(32, 64, 128, 200, 256, 300, 384, 512, 768)
-        Strictly increasing prefix widths the loss is averaged over (the paper's
-        Matryoshka stops); each must be ``<= n_components``. ``None`` uses one stop at
-        ``n_components`` (the plain pairwise loss, no Matryoshka prefixes).
+    stops : "auto", array-like of int or None, default="auto"
+        Strictly increasing prefix widths the loss is averaged over (the Matryoshka
+        stops); each must be ``<= n_components``. ``"auto"`` uses the paper's stops
+        (32, 64, 128, 200, 256, 300, 384, 512, 768) below ``n_components``, plus
+        ``n_components`` itself, so it suits every width (at 768 it is exactly the
+        paper's). ``None`` uses one stop at ``n_components`` (the plain pairwise loss,
+        no Matryoshka prefixes).
     output_dim : int, default=None
         Width returned by ``transform`` (the first ``output_dim`` outputs); ``None``
         returns all ``n_components``. Used at transform time only: change it with
@@ -178,6 +299,8 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
 
     Attributes
     ----------
+    stops_ : list of int
+        The stops used in training (``stops`` resolved).
     components_ : ndarray of shape (n_components, n_features_in_), dtype float32
         Weight of the linear layer.
     bias_ : ndarray of shape (n_components,), dtype float32
@@ -226,9 +349,17 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
     ``init="pca"`` it stayed within about a point of PCA.
 
     ``whiten``, ``output_dim`` and ``normalize`` act at transform time, so they can be
-    tuned (e.g. per output width) without refitting; every other parameter needs a
-    refit. ``fit`` streams over ``X`` in row blocks and gathers each batch separately,
-    so an ``np.memmap`` is never loaded whole. ``partial_fit`` runs one pass over each
+    tuned (e.g. per output width) without refitting, and are validated there; every
+    other parameter needs a refit (``transform`` keeps the fitted ``n_components``).
+    Out of core: ``fit`` and ``partial_fit`` take an ``np.memmap`` or a ``dask.array``
+    larger than memory and never load it whole. The input statistics (mean,
+    covariance, the PCA start) stream over row blocks, each batch is gathered
+    separately, and validation reads the first rows for dtype and width and checks
+    finiteness block by block. A memmap's rows are read from its file with positioned
+    reads rather than through the mapping, so resident memory stays bounded; a dask
+    array is computed one block, and one group of batches, at a time. The result
+    equals the fit on the same rows in memory (``benchmarks/decoder_out_of_core.py``).
+    ``partial_fit`` runs one pass over each
     chunk (no early stopping): the first call initialises the weights (``init="pca"``
     and ``target_whiten`` use the first chunk's statistics) and the input statistics
     behind ``explained_variance_`` accumulate over chunks. So that training can
@@ -259,7 +390,7 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
 
     _parameter_constraints: dict = {
         "n_components": [Interval(Integral, 1, None, closed="left")],
-        "stops": ["array-like", None],
+        "stops": [StrOptions({"auto"}), "array-like", None],
         "output_dim": [Interval(Integral, 1, None, closed="left"), None],
         "init": [StrOptions({"pca", "random"})],
         "loss": [StrOptions({"pairwise_mse", "listwise_kl"})],
@@ -284,7 +415,7 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
     def __init__(
         self,
         n_components=768,
-        stops=(32, 64, 128, 200, 256, 300, 384, 512, 768),
+        stops="auto",
         *,
         output_dim=None,
         init="pca",
@@ -332,6 +463,8 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
     def _check_stops(self):
         if self.stops is None:
             return [self.n_components]
+        if isinstance(self.stops, str):  # "auto" (the only string the constraints allow)
+            return [s for s in _PAPER_STOPS if s < self.n_components] + [self.n_components]
         stops = np.asarray(self.stops)
         if stops.ndim != 1 or stops.size == 0 or not np.issubdtype(stops.dtype, np.integer):
             raise ValueError(
@@ -357,16 +490,45 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
                 "or loss='pairwise_mse'."
             )
 
-    def _check_output_dim(self):
-        if self.output_dim is not None and self.output_dim > self.n_components:
+    def _check_output_dim(self, n_components):
+        """``output_dim`` resolved to a width in ``[1, n_components]``."""
+        dim = self.output_dim
+        if dim is None:
+            return n_components
+        if not isinstance(dim, Integral) or isinstance(dim, bool) or dim < 1:
             raise ValueError(
-                f"output_dim={self.output_dim} exceeds n_components="
-                f"{self.n_components}; use output_dim <= n_components or None."
+                f"output_dim must be None or an int >= 1, got {dim!r}; use "
+                f"set_params(output_dim=None) for all {n_components} outputs or a "
+                f"width between 1 and {n_components}."
             )
+        if dim > n_components:
+            raise ValueError(
+                f"output_dim={dim} exceeds n_components={n_components}; use "
+                "output_dim <= n_components or None."
+            )
+        return int(dim)
+
+    def _check_transform_params(self):
+        """Validate what ``transform`` reads, which ``set_params`` may change after fit.
+
+        Returns the output width; ``n_components`` is the fitted one (changing it needs
+        a refit).
+        """
+        whiten = self.whiten
+        if not isinstance(whiten, Real) or isinstance(whiten, bool) or not 0 <= whiten <= 1:
+            raise ValueError(
+                f"whiten must be a float in [0, 1], got {whiten!r}; use 0 for no "
+                "whitening and 0.5 for full whitening."
+            )
+        if not isinstance(self.normalize, (bool, np.bool_)):
+            raise ValueError(
+                f"normalize must be a bool, got {self.normalize!r}; use True or False."
+            )
+        return self._check_output_dim(self.components_.shape[0])
 
     @property
     def _n_features_out(self):
-        return self.n_components if self.output_dim is None else self.output_dim
+        return self._check_transform_params()
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -374,11 +536,17 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         return tags
 
     # ------------------------------------------------------------------ training
-    def _setup(self, X, rng, torch):
-        """Input statistics, target whitening and initial weights from ``X``."""
-        d = X.shape[1]
+    def _initialize(self, rows, rng, *, early_stopping):
+        """Input statistics, target whitening, initial weights and empty curves.
+
+        The one initialisation of ``fit`` and of the first ``partial_fit``, from the
+        :class:`_Rows` ``rows``.
+        """
+        from ._training import initial_weights
+
+        d = rows.shape[1]
         moments = _Moments(d)
-        moments.update(X)
+        moments.update(rows)
         self._moments = moments
         mean = moments.mean
         self.mean_ = mean.astype(np.float32)
@@ -391,12 +559,9 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         else:
             self._target_map = None
 
-        gen = torch.Generator().manual_seed(int(rng.randint(np.iinfo(np.int32).max)))
         # torch.nn.Linear's default initialisation (the paper's starting point).
-        bound = 1.0 / np.sqrt(d)
-        W = (torch.rand(self.n_components, d, generator=gen) * 2 - 1) * bound
-        b = (torch.rand(self.n_components, generator=gen) * 2 - 1) * bound
-        W, b = W.numpy().astype(np.float32), b.numpy().astype(np.float32)
+        seed = int(rng.randint(np.iinfo(np.int32).max))
+        W, b = initial_weights(self.n_components, d, seed)
         if self.init == "pca":
             k = min(self.n_components, d)
             top = axes[:k]
@@ -405,73 +570,64 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
             W[:k] = top
             b[:k] = -(top @ mean)
         self.components_, self.bias_ = W, b
+        self._optimizer_state = None
+        self.loss_curve_ = []
+        self.validation_loss_curve_ = [] if early_stopping else None
+        self.best_validation_loss_ = None
+        self.n_iter_ = 0
 
-    def _targets(self, Zb, torch):
-        from ._losses import cosine_gram
+    def _trainer(self, stops):
+        """A training session from the current weights (and saved optimizer state)."""
+        from ._training import Trainer
 
-        if self._target_map is None:
-            return cosine_gram(Zb)
-        centred = Zb - torch.as_tensor(self.mean_, device=Zb.device)
-        return cosine_gram(centred @ torch.as_tensor(self._target_map, device=Zb.device))
-
-    def _batch_loss(self, layer, Zb, stops, torch):
-        from ._losses import (
-            matryoshka_listwise_kl,
-            matryoshka_pairwise_mse,
-            neighbor_weights,
+        return Trainer(
+            self.components_,
+            self.bias_,
+            stops=stops,
+            loss=self.loss,
+            temperature=self.temperature,
+            neighbor_weight=self.neighbor_weight,
+            mean=self.mean_,
+            target_map=self._target_map,
+            learning_rate=self.learning_rate,
+            weight_decay=self.weight_decay,
+            device=self.device,
+            optimizer_state=self._optimizer_state,
         )
 
-        target = self._targets(Zb, torch)
-        if self.loss == "listwise_kl":
-            return matryoshka_listwise_kl(layer(Zb), target, stops, self.temperature)
-        weights = None
-        if self.neighbor_weight > 0:
-            weights = neighbor_weights(target, self.neighbor_weight, self.temperature)
-        return matryoshka_pairwise_mse(layer(Zb), target, stops, weights)
-
-    def _make_layer(self, torch, device):
-        layer = torch.nn.Linear(self.n_features_in_, self.n_components)
-        with torch.no_grad():
-            layer.weight.copy_(torch.from_numpy(self.components_))
-            layer.bias.copy_(torch.from_numpy(self.bias_))
-        return layer.to(device)
-
-    def _store_layer(self, layer):
-        self.components_ = layer.weight.detach().cpu().numpy().astype(np.float32)
-        self.bias_ = layer.bias.detach().cpu().numpy().astype(np.float32)
-
-    def _finish(self):
+    def _finish(self, trainer=None):
+        """Keep the trainer's weights; variance of each output on the inputs seen."""
+        if trainer is not None:
+            self.components_, self.bias_ = trainer.weights()
         cov = self._moments.covariance
         W = self.components_.astype(np.float64)
         var = np.einsum("kd,de,ke->k", W, cov, W)
         self.explained_variance_ = np.clip(var, 0.0, None).astype(np.float32)
         self.n_samples_seen_ = int(self._moments.n)
 
-    def _epoch(self, X, batches, layer, opt, stops, device, torch):
-        total, count = 0.0, 0
-        for idx in batches:
-            Zb = torch.from_numpy(_rows(X, idx)).to(device)
-            loss = self._batch_loss(layer, Zb, stops, torch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-            count += len(idx)
-        return total / max(count, 1)
+    def _validate_fit_input(self, X, *, reset):
+        """Validated ``X`` as :class:`_Rows`, and the stops.
 
-    def _evaluate(self, X, batches, layer, stops, device, torch):
-        total, count = 0.0, 0
-        with torch.no_grad():
-            for idx in batches:
-                Zb = torch.from_numpy(_rows(X, idx)).to(device)
-                total += float(self._batch_loss(layer, Zb, stops, torch)) * len(idx)
-                count += len(idx)
-        return total / max(count, 1)
-
-    def _resolve_device(self, torch):
-        if self.device is not None:
-            return torch.device(self.device)
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        A memmap or dask array is validated without loading it: dtype and width on its
+        first rows here, finiteness block by block in :meth:`_Moments.update`, which
+        every row goes through before training.
+        """
+        params = dict(dtype=[np.float64, np.float32], ensure_min_samples=2, reset=reset)
+        if isinstance(X, np.memmap) or _is_dask_array(X):
+            if any(np.isnan(n) for n in X.shape):
+                raise ValueError(
+                    f"X is a dask array of unknown shape {X.shape}; call "
+                    "X.compute_chunk_sizes() before fit."
+                )
+            head = X[:2].compute() if _is_dask_array(X) else np.array(X[:2])
+            validate_data(self, head, **params)
+            rows = _Rows(X)
+        else:
+            rows = _Rows(validate_data(self, X, copy=False, **params))
+        stops = self.stops_ = self._check_stops()
+        self._check_loss()
+        self._check_output_dim(self.n_components)
+        return rows, stops
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -481,7 +637,7 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         ----------
         X : array-like of shape (n_samples, n_features)
             Concatenated embeddings (typically L2-normalised rows); an ``np.memmap``
-            is streamed, never loaded whole.
+            or a ``dask.array`` is streamed, never loaded whole.
         y : None
             Ignored. Present for API consistency by convention.
 
@@ -490,20 +646,8 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         self : MatryoshkaDecoder
             The fitted decoder.
         """
-        import torch
-
-        X = validate_data(
-            self,
-            X,
-            dtype=[np.float64, np.float32],
-            copy=False,
-            ensure_min_samples=2,
-            reset=True,
-        )
-        stops = self._check_stops()
-        self._check_loss()
-        self._check_output_dim()
-        n = X.shape[0]
+        rows, stops = self._validate_fit_input(X, reset=True)
+        n = rows.shape[0]
         rng = check_random_state(self.random_state)
         order = rng.permutation(n)
         if self.early_stopping:
@@ -518,35 +662,26 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         else:
             val_idx, train_idx = None, order
         self._rng = rng  # continues the stream for later partial_fit calls
-        self._setup(X, rng, torch)
-        self._optimizer_state = None
-        self.loss_curve_ = []
-        self.validation_loss_curve_ = [] if self.early_stopping else None
-        self.best_validation_loss_ = None
-        self.n_iter_ = 0
+        self._initialize(rows, rng, early_stopping=self.early_stopping)
+        trainer = None
         if self.max_epochs > 0:
-            self._train(X, train_idx, val_idx, stops, rng, torch)
-        self._finish()
+            trainer = self._trainer(stops)
+            self._train(trainer, rows, train_idx, val_idx, rng)
+        self._finish(trainer)
         return self
 
-    def _train(self, X, train_idx, val_idx, stops, rng, torch):
-        device = self._resolve_device(torch)
-        layer = self._make_layer(torch, device)
-        opt = torch.optim.AdamW(
-            layer.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
-        )
+    def _train(self, trainer, rows, train_idx, val_idx, rng):
+        """Epochs of ``fit`` with early stopping on the held-out rows."""
         val_batches = None if val_idx is None else _batches(val_idx, self.batch_size)
         best, best_state, stale = np.inf, None, 0
         for epoch in range(self.max_epochs):
             start = time.perf_counter()
             batches = _batches(rng.permutation(train_idx), self.batch_size)
-            self.loss_curve_.append(
-                self._epoch(X, batches, layer, opt, stops, device, torch)
-            )
+            self.loss_curve_.append(trainer.run_epoch(rows.batches(batches)))
             self.n_iter_ = epoch + 1
             msg = f"Epoch {epoch + 1}/{self.max_epochs}: loss={self.loss_curve_[-1]:.6g}"
             if val_batches is not None:
-                val = self._evaluate(X, val_batches, layer, stops, device, torch)
+                val = trainer.run_epoch(rows.batches(val_batches), train=False)
                 self.validation_loss_curve_.append(val)
                 msg += f", validation loss={val:.6g}"
                 if val < best - self.tol:
@@ -555,7 +690,7 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
                     stale += 1
                 if val < best:
                     best = val
-                    best_state = {k: v.clone() for k, v in layer.state_dict().items()}
+                    best_state = trainer.snapshot()
             if self.verbose:
                 print(f"{msg} ({time.perf_counter() - start:.1f}s)", flush=True)
             if val_batches is not None and stale >= self.n_iter_no_change:
@@ -563,9 +698,8 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
                     print(f"Early stopping after epoch {epoch + 1}.", flush=True)
                 break
         if best_state is not None:
-            layer.load_state_dict(best_state)
+            trainer.restore(best_state)
             self.best_validation_loss_ = float(best)
-        self._store_layer(layer)
 
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y=None):
@@ -578,7 +712,8 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-            A chunk of concatenated embeddings (at least 2 rows).
+            A chunk of concatenated embeddings (at least 2 rows); an ``np.memmap``
+            or a ``dask.array`` is streamed, never loaded whole.
         y : None
             Ignored. Present for API consistency by convention.
 
@@ -587,20 +722,8 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         self : MatryoshkaDecoder
             The updated decoder.
         """
-        import torch
-
         first = not hasattr(self, "components_")
-        X = validate_data(
-            self,
-            X,
-            dtype=[np.float64, np.float32],
-            copy=False,
-            ensure_min_samples=2,
-            reset=first,
-        )
-        stops = self._check_stops()
-        self._check_loss()
-        self._check_output_dim()
+        rows, stops = self._validate_fit_input(X, reset=first)
         if not first and self.components_.shape[0] != self.n_components:
             raise ValueError(
                 f"n_components changed from {self.components_.shape[0]} to "
@@ -608,30 +731,18 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
             )
         if first:
             self._rng = check_random_state(self.random_state)
-            self._setup(X, self._rng, torch)
-            self._optimizer_state = None
-            self.loss_curve_ = []
-            self.validation_loss_curve_ = None
-            self.best_validation_loss_ = None
-            self.n_iter_ = 0
+            self._initialize(rows, self._rng, early_stopping=False)
         else:
-            self._moments.update(X)
-        device = self._resolve_device(torch)
-        layer = self._make_layer(torch, device)
-        opt = torch.optim.AdamW(
-            layer.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
-        )
-        if self._optimizer_state is not None:
-            opt.load_state_dict(_state_to_torch(self._optimizer_state, torch, device))
-        batches = _batches(self._rng.permutation(X.shape[0]), self.batch_size)
-        loss = self._epoch(X, batches, layer, opt, stops, device, torch)
+            self._moments.update(rows)
+        trainer = self._trainer(stops)
+        batches = _batches(self._rng.permutation(rows.shape[0]), self.batch_size)
+        loss = trainer.run_epoch(rows.batches(batches))
         self.loss_curve_.append(loss)
         self.n_iter_ += len(batches)
         if self.verbose:
-            print(f"partial_fit on {X.shape[0]} rows: loss={loss:.6g}", flush=True)
-        self._optimizer_state = _state_to_numpy(opt.state_dict())
-        self._store_layer(layer)
-        self._finish()
+            print(f"partial_fit on {rows.shape[0]} rows: loss={loss:.6g}", flush=True)
+        self._optimizer_state = trainer.optimizer_state()
+        self._finish(trainer)
         return self
 
     # ------------------------------------------------------------------ inference
@@ -650,9 +761,8 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
             ``normalize=True``; outputs scaled by ``explained_variance_ ** -whiten``.
         """
         check_is_fitted(self, "components_")
-        self._check_output_dim()
+        k = self._check_transform_params()
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
-        k = self._n_features_out
         W = self.components_[:k].astype(X.dtype, copy=False)
         H = X @ W.T
         H += self.bias_[:k].astype(X.dtype, copy=False)
@@ -662,23 +772,3 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
             norms = np.linalg.norm(H, axis=1, keepdims=True)
             H /= np.maximum(norms, np.finfo(H.dtype).tiny)
         return H.astype(X.dtype, copy=False)
-
-
-def _state_to_numpy(state):
-    out = {"param_groups": state["param_groups"], "state": {}}
-    for key, values in state["state"].items():
-        out["state"][key] = {
-            k: v.detach().cpu().numpy() if hasattr(v, "detach") else v
-            for k, v in values.items()
-        }
-    return out
-
-
-def _state_to_torch(state, torch, device):
-    out = {"param_groups": state["param_groups"], "state": {}}
-    for key, values in state["state"].items():
-        out["state"][key] = {
-            k: torch.as_tensor(v, device="cpu" if k == "step" else device)
-            for k, v in values.items()
-        }
-    return out

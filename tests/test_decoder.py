@@ -43,6 +43,42 @@ def test_sklearn_compatible(estimator, check):
     check(estimator)
 
 
+# Default stops ("auto") for several widths, including ones below the paper's stops.
+@parametrize_with_checks(
+    [MatryoshkaDecoder(n, max_epochs=2, random_state=0) for n in (1, 5, 48, 768)]
+)
+def test_sklearn_compatible_with_default_stops(estimator, check):
+    check(estimator)
+
+
+@pytest.mark.parametrize(
+    "n_components, stops",
+    [
+        (1, [1]),
+        (32, [32]),
+        (48, [32, 48]),
+        (300, [32, 64, 128, 200, 256, 300]),
+        (768, [32, 64, 128, 200, 256, 300, 384, 512, 768]),
+        (1024, [32, 64, 128, 200, 256, 300, 384, 512, 768, 1024]),
+    ],
+)
+def test_auto_stops_fit_every_width(n_components, stops):
+    X = _unit_rows(40, 6)
+    dec = MatryoshkaDecoder(n_components, max_epochs=1, random_state=0).fit(X)
+    assert dec.stops_ == stops
+    assert dec.transform(X).shape == (40, n_components)
+
+
+def test_default_stops_at_768_are_the_papers():
+    X = _unit_rows(64, 6)
+    params = dict(max_epochs=2, batch_size=16, random_state=0)
+    auto = MatryoshkaDecoder(768, **params).fit(X)
+    paper = MatryoshkaDecoder(768, (32, 64, 128, 200, 256, 300, 384, 512, 768), **params)
+    paper.fit(X)
+    np.testing.assert_array_equal(auto.components_, paper.components_)
+    np.testing.assert_array_equal(auto.bias_, paper.bias_)
+
+
 # ----------------------------------------------------------------- behaviour
 
 
@@ -301,6 +337,7 @@ def test_neighbor_weighting_and_target_whitening_train():
         ({"stops": (2, 5)}, "stops must not exceed n_components"),
         ({"stops": ()}, "non-empty"),
         ({"stops": (1.5, 4)}, "sequence of int"),
+        ({"stops": "paper"}, "'stops' parameter of MatryoshkaDecoder must be"),
         ({"output_dim": 5}, "output_dim=5 exceeds n_components=4"),
     ],
 )
@@ -319,6 +356,38 @@ def test_output_dim_too_large_at_transform():
     dec = _small().fit(X).set_params(output_dim=9)
     with pytest.raises(ValueError, match="output_dim=9 exceeds n_components=4"):
         dec.transform(X)
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"output_dim": -5}, r"output_dim must be None or an int >= 1, got -5"),
+        ({"output_dim": 0}, r"output_dim must be None or an int >= 1, got 0"),
+        ({"output_dim": 2.5}, r"output_dim must be None or an int >= 1, got 2.5"),
+        ({"output_dim": 9}, "output_dim=9 exceeds n_components=4"),
+        ({"whiten": -0.5}, r"whiten must be a float in \[0, 1\], got -0.5"),
+        ({"whiten": 2}, r"whiten must be a float in \[0, 1\], got 2"),
+        ({"normalize": "yes"}, "normalize must be a bool, got 'yes'"),
+    ],
+)
+def test_transform_time_parameters_are_validated_after_fit(params, match):
+    X = _unit_rows(40, 6)
+    dec = _small().fit(X).set_params(**params)
+    with pytest.raises(ValueError, match=match):
+        dec.transform(X)
+    with pytest.raises(ValueError, match=match):
+        dec.get_feature_names_out()
+
+
+def test_n_components_changed_after_fit_keeps_the_fitted_width():
+    X = _unit_rows(40, 6)
+    dec = _small().fit(X)
+    expected = dec.transform(X)
+    dec.set_params(n_components=10)
+    np.testing.assert_array_equal(dec.transform(X), expected)
+    assert len(dec.get_feature_names_out()) == 4
+    with pytest.raises(ValueError, match="output_dim=6 exceeds n_components=4"):
+        dec.set_params(output_dim=6).transform(X)
 
 
 def test_one_sample():

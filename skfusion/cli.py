@@ -18,9 +18,8 @@ from pathlib import Path
 
 __all__ = ["build_parser", "main"]
 
-# The decoder's stops when --stops is not given: the paper's, those up to
-# --n-components, plus --n-components itself.
-_PAPER_STOPS = (32, 64, 128, 200, 256, 300, 384, 512, 768)
+# --n-components when not given: the decoder's own default width.
+_DEFAULT_WIDTH = 768
 
 
 class CLIError(Exception):
@@ -171,7 +170,7 @@ def _training_passages(patterns, limit):
 
 def _decoder_settings(args):
     """n_components and stops for the decoder, checked against each other."""
-    n = args.n_components if args.n_components is not None else _PAPER_STOPS[-1]
+    n = args.n_components if args.n_components is not None else _DEFAULT_WIDTH
     if args.output_dim is None:
         if args.n_components is not None or args.stops is not None:
             raise CLIError(
@@ -186,7 +185,7 @@ def _decoder_settings(args):
             "--n-components."
         )
     if args.stops is None:
-        return n, tuple(s for s in _PAPER_STOPS if s < n) + (n,)
+        return n, "auto"  # the paper's stops below n_components, plus n_components
     stops = tuple(args.stops)
     outside = [s for s in stops if s > n]
     if outside:
@@ -407,7 +406,7 @@ def build_parser():
         type=positive,
         nargs="+",
         help="decoder Matryoshka stops, increasing, each <= --n-components (default: "
-        f"those of {' '.join(map(str, _PAPER_STOPS))} below --n-components, and it)",
+        "the decoder's stops='auto', the paper's stops below --n-components, and it)",
     )
     codes = fit.add_mutually_exclusive_group()
     codes.add_argument(

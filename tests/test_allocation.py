@@ -91,7 +91,7 @@ def test_pack_is_exactly_the_budget_and_round_trips(budget):
     codes = q.transform(X)
     packed = q.set_params(pack=True).transform(X)
     assert packed.shape == (300, -(-budget // 8))
-    np.testing.assert_array_equal(q._as_codes(packed), codes)
+    np.testing.assert_array_equal(q.to_codes(packed), codes)
     np.testing.assert_array_equal(q.inverse_transform(packed), q.inverse_transform(codes))
 
 
@@ -101,7 +101,7 @@ def test_packed_bit_stream_layout():
     q = AllocatedQuantizer(bit_budget=6, max_bits=3).fit(X)
     assert list(q.bits_) == [3, 2, 1]
     codes = np.array([[5, 2, 1]], dtype=np.uint8)  # 101 10 1 -> 10110100
-    stream = q._pack(codes)
+    stream = q.to_packed(codes)
     np.testing.assert_array_equal(stream, [[0b10110100]])
 
 
@@ -171,11 +171,11 @@ def test_search_scores_code_values(metric, normalize):
     db = q.transform(X[:800])
     queries = X[800:850] if metric == "asymmetric" else q.transform(X[800:850])
     scores, idx = search(queries, db, 5, metric=metric, quantizer=q, normalize=normalize)
-    D = q.code_values_[np.arange(8), q._as_codes(db)].astype(np.float64)
+    D = q.code_values_[np.arange(8), q.to_codes(db)].astype(np.float64)
     Q = (
         X[800:850].astype(np.float64)
         if metric == "asymmetric"
-        else q.code_values_[np.arange(8), q._as_codes(queries)].astype(np.float64)
+        else q.code_values_[np.arange(8), q.to_codes(queries)].astype(np.float64)
     )
     if normalize:
         D /= np.linalg.norm(D, axis=1, keepdims=True)

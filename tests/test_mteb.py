@@ -184,7 +184,7 @@ def test_encoder_argument_errors(svd_pipe):
         MTEBEncoder(svd_pipe, name="noslash")
     with pytest.raises(ValueError, match="similarity must be one of"):
         MTEBEncoder(svd_pipe, similarity="euclidean")
-    with pytest.raises(ValueError, match="needs a fitted percentile quantizer"):
+    with pytest.raises(ValueError, match="needs a fitted code transformer"):
         MTEBEncoder(svd_pipe, similarity="codes")
     with pytest.raises(ValueError, match="weights apply to the code similarity only"):
         MTEBEncoder(svd_pipe, weights=[1.0, 2.0])

@@ -221,7 +221,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="columns"):
         search(Q, codes[:, :3], quantizer=q)
     for k in (0, -1, 2.5, True):
-        with pytest.raises(ValueError, match="k must"):
+        with pytest.raises(ValueError, match="'k' parameter|k must"):
             search(Q, D, k)
     with pytest.raises(ValueError, match="metric"):
         search(Q, D, metric="l2")

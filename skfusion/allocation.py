@@ -133,7 +133,8 @@ class AllocatedQuantizer(BaseQuantizer):
         percentile codes do), 1 restores its spread. A hyper-parameter for grid search.
     subsample : int or None, default=100_000
         Calibrate on at most this many rows (drawn with ``random_state``); ``None``
-        uses every row.
+        uses every row. A ``numpy.memmap`` or a dask array is sampled before it is
+        validated, so only the drawn rows are ever read.
     pack : bool, default=False
         If True, ``transform`` returns packed rows of ``ceil(n_bits_ / 8)`` bytes.
     random_state : int, RandomState instance or None, default=None

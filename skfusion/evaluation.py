@@ -49,8 +49,8 @@ def split_pipeline(pipeline):
     >>> from sklearn.feature_extraction.text import TfidfVectorizer
     >>> from sklearn.pipeline import make_pipeline
     >>> from skfusion.evaluation import split_pipeline
-    >>> split_pipeline(make_pipeline(TfidfVectorizer(), TruncatedSVD(2)))
-    (TfidfVectorizer(), [TruncatedSVD(n_components=2)])
+    >>> split_pipeline(make_pipeline(TfidfVectorizer(), TruncatedSVD(3)))
+    (TfidfVectorizer(), [TruncatedSVD(n_components=3)])
     """
     if isinstance(pipeline, Pipeline):
         steps = [est for _, est in pipeline.steps if est not in (None, "passthrough")]

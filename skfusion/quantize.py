@@ -32,7 +32,9 @@ class PercentileQuantizer(BaseQuantizer):
     subsample : int or None, default=100_000
         Calibrate on at most this many rows, drawn without replacement with
         ``random_state`` (the paper uses 100,000 reference passages). ``None`` uses
-        every row.
+        every row. A ``numpy.memmap`` or a dask array is sampled before it is
+        validated, so only the drawn rows are ever read (the same rows, and the same
+        fit, as for the array in memory).
     pack : bool, default=False
         If True, ``transform`` returns the codes bit-packed into
         ``ceil(n_features * bits / 8)`` bytes per row (see :func:`pack_codes`), the

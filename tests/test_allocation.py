@@ -261,3 +261,17 @@ def test_clone_and_joblib_roundtrip_in_fresh_process(tmp_path):
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert bytes.fromhex(out) == q.transform(X).tobytes()
+
+
+@pytest.mark.parametrize("spread", [1000.0, -1000.0, 1e6])
+def test_extreme_spread_gives_finite_code_values_and_scores(spread):
+    # Issue 9 item 5: a large |spread| overflowed std ** spread into NaN code values.
+    from skfusion.search import search
+
+    X = _data(400)
+    q = AllocatedQuantizer(bit_budget=12, spread=spread).fit(X)
+    assert np.isfinite(q.code_values_).all()
+    assert q.code_values_.any()
+    for queries in (X[:5], q.transform(X[:5])):
+        s, _ = search(queries, q.transform(X), 5, quantizer=q)
+        assert np.isfinite(s).all()

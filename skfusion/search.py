@@ -151,19 +151,22 @@ def _merge(best_s, best_i, s, i, k):
     return _select(np.concatenate([best_s, s], 1), np.concatenate([best_i, i], 1), k)
 
 
-def _top_block(S, k):
-    """The ``k`` best entries of each row of ``S`` by (score desc, index asc).
+def _top_block(S, k, ties=True):
+    """The ``k`` best entries of each row of ``S``, in no particular order.
 
-    Returned in no particular order. ``argpartition`` alone picks arbitrary entries
-    among those tied with the ``k``-th score; rows where it left out a tied entry are
-    redone so that the lowest indices win, which makes the result independent of how
-    the database was cut into blocks.
+    With ``ties=True`` the best by (score desc, index asc): ``argpartition`` alone
+    picks arbitrary entries among those tied with the ``k``-th score, so rows where it
+    left out a tied entry are redone with the lowest indices, which makes the result
+    independent of how the database was cut into blocks. ``ties=False`` skips that pass
+    (for candidate lists whose boundary ties are re-checked exactly anyway).
     """
     n = S.shape[1]
     if n <= k:
         return S, np.broadcast_to(np.arange(n), S.shape)
     part = np.argpartition(S, n - k, axis=1)[:, n - k :]
     vals = np.take_along_axis(S, part, 1)
+    if not ties:
+        return vals, part
     kth = vals.min(axis=1, keepdims=True)
     dropped = (S == kth).sum(axis=1) > (vals == kth).sum(axis=1)
     rows = np.flatnonzero(dropped)
@@ -242,9 +245,10 @@ def _l2(X):
     return np.ascontiguousarray(X / np.maximum(norms, np.float32(1e-30))[:, None])
 
 
-def _candidates(space, Qb, n_db, k2, db_step, faiss):
-    """Best ``k2`` database rows of every query by float32 score (ties: lower index).
+def _candidates(space, Qb, n_db, k2, db_step, faiss, ties):
+    """Best ``k2`` database rows of every query by float32 score.
 
+    With ``ties=True`` (numpy only) equal scores at the boundary go to the lower index.
     Returns the float32 scores, the indices (both best first) and the largest
     absolute database value seen (for the rounding bound of :func:`_rescore`).
     """
@@ -265,24 +269,26 @@ def _candidates(space, Qb, n_db, k2, db_step, faiss):
                 keep = (S > cand_s[:, -1:]).any(axis=1)
                 if not keep.any():
                     continue
-            s, i = _top_block(S, k2)
+            s, i = _top_block(S, k2, ties=ties)
         cand_s, cand_i = _merge(cand_s, cand_i, s, i + ds, k2)
     return cand_s, cand_i, dmax
 
 
-def _rescore(space, Qb, cand_s, cand_i, dmax, n_db, k, batch_size):
+def _rescore(space, Qb, cand_s, cand_i, dmax, n_db, k, batch_size, tie_exact=False):
     """Exact float64 top-``k`` from float32 candidates.
 
     A row outside the candidates has a float32 score at most the last candidate's, so
     its exact score is at most that plus the float32 error bound; a query whose k-th
     exact score is within that bound (ties included) is re-scored over the whole
-    database.
+    database. ``tie_exact=True`` says the float32 scores are exact and the candidates
+    took boundary ties by lower index: then no row outside them can enter the top
+    ``k``, and nothing is re-scored.
     """
     m, k2 = cand_i.shape
     Q64 = Qb.astype(np.float64)
     D64 = space.rows(cand_i.ravel()).astype(np.float64).reshape(m, k2, -1)
     best_s, best_i = _select(_exact_dot(Q64[:, None, :], D64), cand_i, k)
-    if k2 < n_db:
+    if k2 < n_db and not tie_exact:
         tol = 0.0
         if not space.exact32:
             tol = 4.0 * Qb.shape[1] * 2.0**-24 * np.abs(Qb).sum(axis=1) * dmax
@@ -308,8 +314,11 @@ def _float_search(space, n_db, k, batch_size, faiss):
     out_i = np.empty((m_all, k), dtype=np.int64)
     for qs in range(0, m_all, q_step):
         Qb = Q[qs : qs + q_step]
-        cand_s, cand_i, dmax = _candidates(space, Qb, n_db, k2, db_step, faiss)
-        best = _rescore(space, Qb, cand_s, cand_i, dmax, n_db, k, batch_size)
+        # Exact float32 scores (centred codes) with lower-index ties need no
+        # exact fallback; otherwise near-ties at the boundary are re-scored exactly.
+        tie_exact = space.exact32 and faiss is None
+        cand_s, cand_i, dmax = _candidates(space, Qb, n_db, k2, db_step, faiss, tie_exact)
+        best = _rescore(space, Qb, cand_s, cand_i, dmax, n_db, k, batch_size, tie_exact)
         out_s[qs : qs + Qb.shape[0]], out_i[qs : qs + Qb.shape[0]] = best
     return out_s, out_i
 
@@ -321,7 +330,7 @@ def _exact_row(space, q64, n_db, k, batch_size):
     for ds in range(0, n_db, batch_size):
         D64 = space.rows(slice(ds, ds + batch_size)).astype(np.float64)
         s = _exact_dot(q64[None, :], D64)[None, :]
-        top_s, top_i = _top_block(s, k)
+        top_s, top_i = _top_block(s, k, ties=True)
         best_s, best_i = _merge(best_s, best_i, top_s, top_i + ds, k)
     return best_s[0], best_i[0]
 

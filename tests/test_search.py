@@ -342,7 +342,7 @@ def test_rescore_gives_the_exact_order_from_float32_candidates():
 
     Q, D = _data(n_db=300, n_q=5, d=8)
     space = _VectorSpace("ip", Q, D, None, None)
-    cand_s, cand_i, dmax = _candidates(space, space.Q, 300, 20, 64, None)
+    cand_s, cand_i, dmax = _candidates(space, space.Q, 300, 20, 64, None, ties=False)
     s, i = _rescore(space, space.Q, cand_s, cand_i, dmax, 300, 7, 64)
     ref_s, ref_i = _brute(Q.astype(np.float64) @ D.T.astype(np.float64), 7)
     np.testing.assert_array_equal(i, ref_i)
@@ -400,3 +400,25 @@ def test_lsh_codes_search_by_hamming_with_or_without_the_hasher():
     np.testing.assert_array_equal(i, i0)
     np.testing.assert_array_equal(s, s0 - 4)  # the 4 padding bits always agree
     assert s.max() <= 12
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    n_db=st.integers(2, 70),
+    d=st.integers(1, 6),
+    k=st.integers(1, 80),
+    batch_size=st.integers(1, 40),
+)
+def test_heavily_tied_scores_match_brute_force(seed, n_db, d, k, batch_size):
+    rng = np.random.default_rng(seed)
+    Q = rng.integers(0, 2, (5, d)).astype(np.float32)
+    D = rng.integers(0, 2, (n_db, d)).astype(np.float32)
+    kk = min(k, n_db)
+    s, i = search(Q, D, k, metric="ip", batch_size=batch_size)
+    np.testing.assert_array_equal(i, _brute(Q.astype(np.float64) @ D.T, kk)[1])
+    q = PercentileQuantizer(bits=1).fit(rng.standard_normal((n_db, d)))
+    cq, cd = q.transform(rng.standard_normal((5, d))), q.transform(D * 2 - 1)
+    s, i = search(cq, cd, k, quantizer=q, batch_size=batch_size)
+    ref = (cq.astype(np.float64) - 0.5) @ (cd.astype(np.float64) - 0.5).T
+    np.testing.assert_array_equal(i, _brute(ref, kk)[1])

@@ -172,12 +172,16 @@ def _top_block(S, k, ties=True):
     rows = np.flatnonzero(dropped)
     if rows.size:
         sub, t = S[rows], kth[rows]
-        above = sub > t
-        tied = sub == t
-        need = k - above.sum(axis=1, keepdims=True)
-        keep = above | (tied & (np.cumsum(tied, axis=1) <= need))
-        part[rows] = np.nonzero(keep)[1].reshape(rows.size, k)
-        vals[rows] = np.take_along_axis(sub, part[rows], 1)
+        need = k - (sub > t).sum(axis=1)  # tied entries each such row keeps
+        r, c = np.nonzero(sub == t)  # row-major: each row's tied columns, ascending
+        rank = np.arange(r.size) - np.searchsorted(r, np.arange(rows.size))[r]
+        lowest = rank < need[r]  # each row's `need` lowest tied columns
+        above = np.nonzero(sub > t)
+        owner = np.concatenate([above[0], r[lowest]])
+        cols = np.concatenate([above[1], c[lowest]])
+        cols = cols[np.argsort(owner, kind="stable")].reshape(rows.size, k)
+        part[rows] = cols
+        vals[rows] = np.take_along_axis(sub, cols, 1)
     return vals, part
 
 

@@ -256,8 +256,9 @@ def _percentile_codes(X, thresholds):
 
 
 def _is_out_of_core(X):
-    """A memmap or a dask array: read only the rows that are needed."""
-    return isinstance(X, np.memmap) or hasattr(X, "__dask_graph__")
+    """A memmap or a dask array (not a dask DataFrame): read only the rows needed."""
+    is_dask_array = hasattr(X, "__dask_graph__") and hasattr(X, "chunks")
+    return isinstance(X, np.memmap) or (is_dask_array and not hasattr(X, "columns"))
 
 
 def _take_rows(X, rows):
@@ -293,6 +294,18 @@ class BaseCodeTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
     -----
     Only ``pack`` is read at ``transform``; the other parameters take effect at the
     next ``fit`` (what the codes are is fixed by the fitted attributes).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skfusion import AllocatedQuantizer, RandomProjectionLSH
+    >>> X = np.random.default_rng(0).standard_normal((500, 8)) * np.arange(8, 0, -1)
+    >>> for est in (AllocatedQuantizer(bit_budget=12), RandomProjectionLSH(12)):
+    ...     est = est.fit(X)
+    ...     print(type(est).__name__, est.symmetric_metric, est.n_bits_,
+    ...           est.bytes_per_vector_, est.code_vectors(est.transform(X[:2])).shape)
+    AllocatedQuantizer codes 12 2 (2, 8)
+    RandomProjectionLSH hamming 12 2 (2, 12)
     """
 
     symmetric_metric = "codes"

@@ -129,6 +129,11 @@ class RandomProjectionLSH(BaseCodeTransformer):
         self._set_code_layout(np.ones(self.n_bits), np.tile([-1.0, 1.0], (self.n_bits, 1)))
         return self
 
+    def _block_rows(self, n_features):
+        # About 16 MiB of projected float32 values per block: large enough for an
+        # efficient matrix product, bounded whatever n_samples.
+        return max(1, (1 << 22) // max(self.n_bits_, 1))
+
     def _encode(self, X):
         proj = self.projection_.astype(X.dtype, copy=False)
         return X @ proj > self.thresholds_.astype(X.dtype, copy=False)

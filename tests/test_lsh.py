@@ -50,14 +50,15 @@ def test_seeded_projection():
 
 
 def test_blocked_transform_matches_one_shot(monkeypatch):
-    import skfusion.codes as codes_mod
-
     Z = _data(500)
     lsh = RandomProjectionLSH(64, random_state=0).fit(Z)
     full = lsh.transform(Z)
-    monkeypatch.setattr(codes_mod, "_BLOCK_VALUES", 64 * 7 // 4)  # blocks of 7 rows
-    assert lsh._block_rows(Z.shape[1]) == 7
+    sizes = []
+    encode = lsh._encode
+    monkeypatch.setattr(lsh, "_block_rows", lambda n_features: 7)
+    monkeypatch.setattr(lsh, "_encode", lambda X: sizes.append(len(X)) or encode(X))
     np.testing.assert_array_equal(lsh.transform(Z), full)
+    assert max(sizes) == 7 and sum(sizes) == 500
 
 
 def test_median_threshold_balances_uncentred_data():

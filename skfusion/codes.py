@@ -486,9 +486,10 @@ class BaseQuantizer(BaseCodeTransformer):
     """Base class of the per-dimension percentile quantizers.
 
     Adds to :class:`BaseCodeTransformer` the seeded calibration sample, percentile
-    codes from ``thresholds_``, the bucket means ``bucket_values_`` and
-    ``inverse_transform``; its codes support symmetric (``"codes"``), asymmetric (float
-    queries against code values) and ``"reconstruct"`` (bucket means) search.
+    codes from ``thresholds_``, the per-dimension spread ``std_``, the bucket means
+    ``bucket_values_`` and ``inverse_transform``; its codes support symmetric
+    (``"codes"``), asymmetric (float queries against code values) and
+    ``"reconstruct"`` (bucket means) search.
 
     See Also
     --------

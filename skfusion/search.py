@@ -23,7 +23,7 @@ from scipy import sparse
 from sklearn.utils.validation import check_is_fitted
 
 from ._compat import Interval, StrOptions, validate_params
-from .codes import BaseCodeTransformer
+from .codes import BaseCodeTransformer, BaseQuantizer
 
 __all__ = ["search", "spread_weights"]
 
@@ -475,7 +475,7 @@ def _check_widths(metric, queries, database, quantizer):
 
 @validate_params(
     {
-        "quantizer": [BaseCodeTransformer],
+        "quantizer": [BaseQuantizer],
         "beta": [Interval(Real, None, None, closed="neither")],
     },
     prefer_skip_nested_validation=True,
@@ -511,15 +511,9 @@ def spread_weights(quantizer, beta=0.5):
     array([0.6, 2.4, 0. ], dtype=float32)
     """
     check_is_fitted(quantizer)
-    std = getattr(quantizer, "std_", None)
-    if std is None:
-        raise ValueError(
-            f"spread_weights needs a quantizer with per-dimension spreads (std_); "
-            f"{type(quantizer).__name__} has none."
-        )
     if not np.isfinite(beta):
         raise ValueError(f"beta must be finite, got {beta!r}.")
-    std = np.asarray(std, dtype=np.float64)
+    std = np.asarray(quantizer.std_, dtype=np.float64)
     w = np.where(std > 0, np.power(np.maximum(std, 1e-300), beta), 0.0)
     mean = w.mean()
     return (w / mean if mean > 0 else w).astype(np.float32)

@@ -274,6 +274,19 @@ def test_pack_changed_after_fit_is_honoured_everywhere(make):
         q.set_params(pack="yes").transform(X)
 
 
+def test_fit_parameters_changed_after_fit_wait_for_the_next_fit():
+    X = _data()
+    q = PercentileQuantizer(bits=2).fit(X)
+    codes = q.transform(X)
+    q.set_params(bits=3, pack=True)  # bits takes effect at the next fit only
+    packed = q.transform(X)
+    assert (
+        packed.shape[1] == len(q.get_feature_names_out()) == pack_codes(codes, 2).shape[1]
+    )
+    np.testing.assert_array_equal(packed, pack_codes(codes, 2))
+    assert q.fit(X).transform(X).shape[1] == -(-X.shape[1] * 3 // 8)
+
+
 def test_subsample_smaller_than_the_buckets_is_rejected():
     with pytest.raises(ValueError, match="subsample=2.*at least 4"):
         PercentileQuantizer(subsample=2, bits=2).fit(_data())

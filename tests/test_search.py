@@ -371,24 +371,24 @@ def test_unfitted_quantizer_raises_not_fitted():
 
 
 def test_public_functions_validate_their_parameters():
-    from sklearn.utils._param_validation import InvalidParameterError
-
     from skfusion.allocation import allocate_bits
     from skfusion.quantize import pack_codes, unpack_codes
 
     Q, D = _data(n_db=50, d=8)
-    with pytest.raises(InvalidParameterError, match="'quantizer' parameter"):
+    with pytest.raises(ValueError, match="'quantizer' parameter"):
         search(Q, D, quantizer="percentile")
-    with pytest.raises(InvalidParameterError, match="'use_faiss' parameter"):
+    with pytest.raises(ValueError, match="'use_faiss' parameter"):
         search(Q, D, use_faiss="yes")
-    with pytest.raises(InvalidParameterError, match="'bits' parameter"):
+    with pytest.raises(ValueError, match="'bits' parameter"):
         pack_codes(np.zeros((1, 2), np.uint8), 9)
-    with pytest.raises(InvalidParameterError, match="'n_features' parameter"):
+    with pytest.raises(ValueError, match="'n_features' parameter"):
         unpack_codes(np.zeros((1, 2), np.uint8), 2, -1)
-    with pytest.raises(InvalidParameterError, match="'max_bits' parameter"):
+    with pytest.raises(ValueError, match="'max_bits' parameter"):
         allocate_bits([1.0, 2.0], 2, max_bits=0)
-    with pytest.raises(InvalidParameterError, match="'quantizer' parameter"):
+    with pytest.raises(ValueError, match="'quantizer' parameter"):
         spread_weights(object())
+    with pytest.raises(ValueError, match="'quantizer' parameter"):
+        spread_weights(RandomProjectionLSH(8).fit(D))  # sign bits have no spread
 
 
 def test_lsh_codes_search_by_hamming_with_or_without_the_hasher():

@@ -319,6 +319,17 @@ class BaseCodeTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         tags.transformer_tags.preserves_dtype = []
         return tags
 
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        # Pickles from before this protocol stored the output width and no layout.
+        self.__dict__.pop("_n_features_out", None)
+        if "bits_" not in state and "n_features_in_" in state:
+            self._set_code_layout(*self._fitted_layout())
+
+    def _fitted_layout(self):  # pragma: no cover - overridden where needed
+        """``(bits, code_values)`` derived from the other fitted attributes."""
+        raise NotImplementedError
+
     def _set_code_layout(self, bits, code_values):
         self.bits_ = np.asarray(bits, dtype=np.int64)
         self.n_bits_ = int(self.bits_.sum())

@@ -126,8 +126,13 @@ class RandomProjectionLSH(BaseCodeTransformer):
             self.thresholds_ = np.median(proj, axis=0).astype(np.float32)
         else:
             self.thresholds_ = np.zeros(self.n_bits, dtype=np.float32)
-        self._set_code_layout(np.ones(self.n_bits), np.tile([-1.0, 1.0], (self.n_bits, 1)))
+        self._set_code_layout(*self._fitted_layout())
         return self
+
+    def _fitted_layout(self):
+        """One bit per direction, standing for -1 or +1."""
+        n_bits = self.projection_.shape[1]
+        return np.ones(n_bits), np.tile([-1.0, 1.0], (n_bits, 1))
 
     def _block_rows(self, n_features):
         # About 16 MiB of projected float32 values per block: large enough for an

@@ -145,15 +145,20 @@ class PercentileQuantizer(BaseQuantizer):
         X64 = self._calibration_rows(
             X, n_buckets, f"PercentileQuantizer(bits={self.bits})", "bits"
         )
-        d = X64.shape[1]
         q = 100.0 * np.arange(1, n_buckets) / n_buckets
         self.thresholds_ = np.ascontiguousarray(np.percentile(X64, q, axis=0).T)
         self.data_min_ = X64.min(axis=0)
         self.data_max_ = X64.max(axis=0)
         self.std_ = X64.std(axis=0).astype(np.float32)
-        centred = np.arange(n_buckets) - (n_buckets - 1) / 2.0
-        self._set_code_layout(np.full(d, self.bits), np.tile(centred, (d, 1)))
+        self._set_code_layout(*self._fitted_layout())
         edges = np.column_stack([self.data_min_, self.thresholds_, self.data_max_])
         mid = 0.5 * (edges[:, :-1] + edges[:, 1:])
         self.bucket_values_ = self._bucket_means(X64, mid)
         return self
+
+    def _fitted_layout(self):
+        """Every code has ``log2(n_buckets)`` bits and stands for its centred value."""
+        d, n_thresholds = self.thresholds_.shape
+        n_buckets = n_thresholds + 1
+        centred = np.arange(n_buckets) - (n_buckets - 1) / 2.0
+        return np.full(d, n_buckets.bit_length() - 1), np.tile(centred, (d, 1))

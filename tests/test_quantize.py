@@ -340,3 +340,25 @@ def test_dask_array_calibrates_on_the_seeded_sample():
     ref = PercentileQuantizer(bits=2, subsample=700, random_state=1).fit(X)
     np.testing.assert_array_equal(q.thresholds_, ref.thresholds_)
     assert q.n_features_in_ == 6
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_pickles_from_before_the_code_protocol_still_transform(pack):
+    import pickle
+
+    from skfusion import RandomProjectionLSH
+
+    X = _data()
+    for est in (PercentileQuantizer(bits=3, pack=pack), RandomProjectionLSH(16, pack=pack)):
+        est.fit(X)
+        expected = est.transform(X)
+        # What an older skfusion pickled: the output width, no bits_/code_values_.
+        state = dict(est.__getstate__())
+        for name in ("bits_", "n_bits_", "code_values_"):
+            del state[name]
+        state["_n_features_out"] = expected.shape[1]
+        old = type(est).__new__(type(est))
+        old.__setstate__(pickle.loads(pickle.dumps(state)))
+        np.testing.assert_array_equal(old.transform(X), expected)
+        assert len(old.get_feature_names_out()) == expected.shape[1]
+        np.testing.assert_array_equal(old.code_values_, est.code_values_)

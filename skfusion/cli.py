@@ -306,7 +306,7 @@ def _evaluate(args):
 
 
 def _search(args):
-    from .evaluation import _final_quantizer, encode
+    from .evaluation import code_step, encode
     from .persistence import load_index
     from .search import search
 
@@ -328,7 +328,7 @@ def _search(args):
         raise CLIError(f"--index: {index} holds no rows; encode a non-empty input.")
     query = encode(model, [args.query], "query")
     scores, rows = search(
-        query, database, k=min(args.k, len(database)), quantizer=_final_quantizer(model)
+        query, database, k=min(args.k, len(database)), quantizer=code_step(model)
     )
     for s, i in zip(scores[0], rows[0], strict=True):
         print(f"{ids[i]}\t{s:.4f}")

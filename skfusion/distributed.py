@@ -31,7 +31,13 @@ from .datasets import load_passages
 from .embedder import ConcatEmbedder
 from .evaluation import encode
 
-__all__ = ["encode_partition", "read_shards", "transform", "write_shard"]
+__all__ = [
+    "encode_on_cluster",
+    "encode_partition",
+    "read_shards",
+    "transform",
+    "write_shard",
+]
 
 # ConcatEmbedder hands its models the (unique, longest-first) texts in calls of
 # ``batch_size * 32`` texts and sentence-transformers batches inside each call, so a row's
@@ -244,9 +250,9 @@ def _read_series(series):
     return series.index.tolist(), series.tolist()
 
 
-def _sketch(partition):
+def _sketch(partition, number):
     """Text lengths and 16-byte digests of one partition: all that planning needs."""
-    texts = check_texts(partition[1], input_name="texts")
+    texts = check_texts(partition[1], input_name=f"input partition {number}: texts")
     lengths = np.fromiter(map(len, texts), np.int64, len(texts))
     digests = b"".join(
         hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=16).digest()
@@ -525,11 +531,13 @@ def transform(
     token = hashlib.blake2b(
         blob_bytes + repr((role, cache_dir, device)).encode(), digest_size=8
     ).hexdigest()
+    job = uuid.uuid4().hex  # task names of this call
     # One copy per worker; tasks receive a reference, not the bytes per task.
     blob = client.scatter(blob_bytes, broadcast=True, hash=False)
 
     parts = client.persist(parts)
-    sketches = _run(client, client.compute([delayed(_sketch)(p) for p in parts]), progress)
+    sketches = client.compute([delayed(_sketch)(p, i) for i, p in enumerate(parts)])
+    sketches = _run(client, sketches, progress)
     sizes = [len(s[0]) for s in sketches]
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int).tolist()
     width, dtype = _output_shape(pipeline, blob, token, role, cache_dir, device, client)
@@ -553,9 +561,14 @@ def transform(
         encoded = [
             da.from_delayed(
                 delayed(_encode_task, pure=True)(
-                    blob, token, block, role, cache_dir, device,
-                    dask_key_name=f"skfusion-encode-{token}-{i}",
-                ),  # fmt: skip
+                    blob,
+                    token,
+                    block,
+                    role,
+                    cache_dir,
+                    device,
+                    dask_key_name=f"skfusion-encode-{job}-{i}",
+                ),
                 (n, width),
                 dtype=dtype,
             )
@@ -574,14 +587,16 @@ def transform(
         return codes
 
     names = [f"part-{i:05d}.npy" for i in range(len(parts))]
-    blocks = (
-        codes.to_delayed()[:, 0] if sum(sizes) else [np.zeros((0, width), dtype)] * len(parts)
-    )
+    blocks = [np.zeros((0, width), dtype)] * len(parts)
+    if sum(sizes):
+        blocks = codes.to_delayed()[:, 0]
     writes = [
         delayed(write_shard)(
-            os.fspath(out_dir / name), block, delayed(_ids)(p, off),
-            dask_key_name=f"skfusion-write-{token}-{i}",
-        )  # fmt: skip
+            os.fspath(out_dir / name),
+            block,
+            delayed(_ids)(p, off),
+            dask_key_name=f"skfusion-write-{job}-{i}",
+        )
         for i, (name, block, p, off) in enumerate(
             zip(names, blocks, parts, offsets[:-1], strict=True)
         )
@@ -600,3 +615,71 @@ def transform(
     payload = json.dumps(manifest, indent=1).encode()
     _atomic_write(out_dir / _MANIFEST, lambda f: f.write(payload))
     return out_dir
+
+
+def encode_on_cluster(
+    pipeline, files, out_dir, *, role=None, scheduler=None, n_workers=None, progress=True
+):
+    """Encode passage files into shards on a Dask scheduler or a new local cluster.
+
+    What ``skfusion encode --scheduler ADDRESS | --workers N`` runs: connects to
+    ``scheduler``, or starts ``LocalCluster(n_workers, threads_per_worker=1)`` for the
+    duration of the call, and runs :func:`transform` with ``out_dir``.
+
+    Parameters
+    ----------
+    pipeline : Pipeline or ConcatEmbedder
+        Fitted.
+    files : list of path-like
+        Passage files (see :func:`transform`).
+    out_dir : str or path-like
+        New or empty shard directory.
+    role : {"query", "document"} or None, default=None
+        See :func:`transform`.
+    scheduler : str, default=None
+        Address of a running scheduler, e.g. ``"tcp://10.0.0.5:8786"``.
+    n_workers : int, default=None
+        Size of the local cluster to start when ``scheduler`` is None.
+    progress : bool, default=True
+        Show Dask's progress bar.
+
+    Returns
+    -------
+    n_rows : int
+        Rows written.
+
+    Examples
+    --------
+    >>> from skfusion.distributed import encode_on_cluster
+    >>> encode_on_cluster(None, [], "out", n_workers=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: n_workers must be an integer >= 1 when no scheduler is given, got 0.
+    """
+    from distributed import Client, LocalCluster
+
+    if scheduler is None and (
+        not isinstance(n_workers, Integral) or isinstance(n_workers, bool) or n_workers < 1
+    ):
+        raise ValueError(
+            "n_workers must be an integer >= 1 when no scheduler is given, got "
+            f"{n_workers!r}."
+        )
+    with contextlib.ExitStack() as stack:
+        if scheduler is None:
+            cluster = stack.enter_context(
+                LocalCluster(
+                    n_workers=n_workers, threads_per_worker=1, dashboard_address=None
+                )
+            )
+            scheduler = cluster.scheduler_address
+        client = stack.enter_context(Client(scheduler, set_as_default=False))
+        out_dir = transform(
+            pipeline,
+            list(files),
+            out_dir=out_dir,
+            role=role,
+            client=client,
+            progress=progress,
+        )
+    return json.loads((Path(out_dir) / _MANIFEST).read_text())["n_rows"]

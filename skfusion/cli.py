@@ -130,7 +130,7 @@ def _encode(args):
     from .evaluation import encode
 
     model = _load_model(args.model)
-    if args.scheduler or args.workers:
+    if args.scheduler is not None or args.workers is not None:
         from .distributed import encode_on_cluster
 
         n = encode_on_cluster(

@@ -451,8 +451,7 @@ def transform(
     out_dir : str or path-like, default=None
         A new (or empty) directory for the shards: ``part-00000.npy`` (codes) and
         ``part-00000.npy.ids.json`` (ids) per input partition, in input order, and
-        ``manifest.json``, written last. ``None`` returns a lazy ``dask.array``
-        instead.
+        ``manifest.json``, written last. ``None`` returns a ``dask.array`` instead.
     role : {"query", "document"} or None, default=None
         ``None`` calls ``pipeline.transform``; ``"query"`` / ``"document"`` encode with
         that prompt (see :func:`encode_partition`).
@@ -476,9 +475,11 @@ def transform(
     Returns
     -------
     codes : dask.array.Array or pathlib.Path
-        With ``out_dir=None``, the codes as a lazy ``dask.array`` of shape
-        ``(n_texts, n_features_out)`` chunked like the input partitions; otherwise the
-        shard directory, read back with :func:`read_shards`.
+        With ``out_dir=None``, the codes as a ``dask.array`` of shape
+        ``(n_texts, n_features_out)`` chunked like the input partitions, persisted:
+        computing in the background and then held in the workers' memory (for
+        corpora larger than that, give ``out_dir``). Otherwise the shard directory,
+        read back with :func:`read_shards`.
 
     See Also
     --------
@@ -503,7 +504,8 @@ def transform(
     >>> embedder = ConcatEmbedder([("tfidf", TfidfVectorizer())]).fit(texts)
     >>> with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
     ...     with Client(cluster) as client:
-    ...         codes = transform(embedder, db.from_sequence(texts, npartitions=2))
+    ...         bag = db.from_sequence(texts, npartitions=2)
+    ...         codes = transform(embedder, bag, progress=False)
     ...         codes.compute().shape
     (3, 9)
     """
@@ -560,7 +562,7 @@ def transform(
         ordered = all_texts[positions].rechunk((task_sizes,))
         encoded = [
             da.from_delayed(
-                delayed(_encode_task, pure=True)(
+                delayed(_encode_task)(
                     blob,
                     token,
                     block,

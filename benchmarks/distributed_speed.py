@@ -15,11 +15,13 @@ cluster, process, ...); the median of ``--repeats`` is kept. Target: cluster thr
 >= 0.9 x the process's. The cluster's codes must be bitwise equal to the process's.
 
 Encoding tasks are whole model calls of ``batch_size * 32`` texts (what makes the output
-bitwise identical), so ``--batch-size 8`` gives the 2,000 texts 8 tasks to balance over
-2 workers, as a large corpus has thousands; the process uses the same batch size.
+bitwise identical), longest texts first. The defaults, 600 texts at ``--batch-size 4``,
+give 5 tasks to balance over 2 workers (a large corpus has thousands) and keep a run
+short on a shared machine; the process uses the same batch size. ``--n-texts 2000
+--batch-size 8`` runs the whole sample.
 
-Run: ``python benchmarks/distributed_speed.py [--repeats 3 --batch-size 8]``. Writes
-``benchmarks/results/distributed_speed.{json,md}``.
+Run: ``python benchmarks/distributed_speed.py [--n-texts 600 --batch-size 4 --repeats 3]``.
+Writes ``benchmarks/results/distributed_speed.{json,md}``.
 """
 
 import argparse
@@ -44,8 +46,8 @@ def _load():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n-texts", type=int, default=None, help="default: all 2,000")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--n-texts", type=int, default=600, help="of the sample's 2,000")
+    parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--partitions", type=int, default=4, help="input bag partitions")
     args = parser.parse_args()

@@ -488,8 +488,9 @@ def transform(
 
     Notes
     -----
-    Planning gathers 24 bytes per text (length and a 128-bit hash) on the client and
-    keeps the input partitions in the cluster's memory while the job runs. Give each
+    Planning gathers each text's length and 128-bit hash on the client (about 40 bytes
+    per text with the order it derives, in the task graph) and keeps the input
+    partitions in the cluster's memory while the job runs. Give each
     worker one thread (``threads_per_worker=1`` / ``dask worker --nthreads 1``): tasks
     on the threads of one worker share its models and take turns.
 

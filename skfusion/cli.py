@@ -279,6 +279,15 @@ def _encode(args):
     from .persistence import save_index
 
     model = _load_model(args)
+    if args.scheduler is not None or args.workers is not None:
+        from .distributed import encode_on_cluster
+
+        n = encode_on_cluster(
+            model, [args.input], args.out, role=args.role, scheduler=args.scheduler,
+            n_workers=args.workers, progress=not args.quiet,
+        )  # fmt: skip
+        print(f"encoded {n} texts as {args.role}s -> shards in {args.out}")
+        return 0
     out = _out_path(args.out, ".npz", "--out")
     ids, texts = _read_texts(args.input, "--input")
     if not texts:
@@ -423,7 +432,16 @@ def build_parser():
     enc.add_argument(
         "--out",
         required=True,
-        help="index file (.npz: vectors, ids, model fingerprint; .npz added if no suffix)",
+        help="index file (.npz: vectors, ids, model fingerprint; .npz added if no suffix); "
+        "with --scheduler / --workers, a directory of shards",
+    )
+    cluster = enc.add_mutually_exclusive_group()
+    cluster.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler to run on")
+    cluster.add_argument(
+        "--workers",
+        type=_int_at_least(1),
+        metavar="N",
+        help="run on a local Dask cluster of N workers",
     )
 
     ev = add(

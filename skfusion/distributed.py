@@ -1,0 +1,688 @@
+"""Encode a large corpus with a fitted pipeline on a Dask cluster.
+
+:func:`transform` takes texts as a ``dask.bag``, a ``dask.dataframe`` column or a list of
+JSONL files, encodes them on the cluster's workers and returns the codes as a
+``dask.array`` or writes them as ``.npy`` shards with their ids, in input order and
+bitwise identical to one process calling ``pipeline.transform`` on all the texts (CPU,
+same number of torch threads, no embedding cache).
+
+The worker side is engine-agnostic: :func:`encode_partition` encodes one partition and
+:func:`write_shard` writes one shard atomically, so Ray or a batch system can call them
+directly. :func:`read_shards` reads a finished shard directory back.
+"""
+
+import contextlib
+import gzip
+import hashlib
+import json
+import os
+import pickle
+import threading
+import uuid
+from numbers import Integral
+from pathlib import Path
+
+import numpy as np
+from sklearn.pipeline import Pipeline
+
+from ._compat import HasMethods, Interval, StrOptions, validate_params
+from ._text import check_texts
+from .datasets import load_passages
+from .embedder import ConcatEmbedder
+from .evaluation import encode
+
+__all__ = [
+    "encode_on_cluster",
+    "encode_partition",
+    "read_shards",
+    "transform",
+    "write_shard",
+]
+
+# ConcatEmbedder hands its models the (unique, longest-first) texts in calls of
+# ``batch_size * 32`` texts and sentence-transformers batches inside each call, so a row's
+# floats depend on which texts share its call. Encoding tasks are cut at multiples of
+# this many batches, in the same order, so every model call matches the one-process run;
+# tests/test_distributed.py checks the result bitwise.
+_BATCHES_PER_TASK_UNIT = 32
+_MANIFEST = "manifest.json"
+# One lock per worker process: tasks on several threads of one worker share its copy of
+# the pipeline, whose members load lazily on first use.
+_LOAD_LOCK = threading.Lock()
+
+
+def _first_step(pipeline):
+    if isinstance(pipeline, Pipeline):
+        return pipeline.steps[0][1]
+    return pipeline
+
+
+@validate_params(
+    {
+        "pipeline": [HasMethods(["transform"])],
+        "texts": ["array-like"],
+        "role": [StrOptions({"query", "document"}), None],
+    },
+    prefer_skip_nested_validation=True,
+)
+def encode_partition(pipeline, texts, *, role=None):
+    """Encode one partition of texts with a fitted pipeline (the worker-side step).
+
+    Engine-agnostic: a Dask, Ray or batch-system task that holds the fitted pipeline calls
+    it on its share of the texts. The pipeline's members load on first use and stay
+    loaded, so a worker process that keeps the pipeline object loads each member once.
+
+    Parameters
+    ----------
+    pipeline : Pipeline or ConcatEmbedder
+        Fitted; its first step embeds text.
+    texts : list of str
+        The partition's texts.
+    role : {"query", "document"} or None, default=None
+        ``None`` calls ``pipeline.transform`` (the embedder's own ``prompt_name``);
+        ``"query"`` / ``"document"`` encode with that prompt, as
+        :func:`skfusion.evaluation.encode` does.
+
+    Returns
+    -------
+    codes : ndarray of shape (n_texts, n_features_out)
+        The pipeline's output as a numpy array, one row per text, in order.
+
+    See Also
+    --------
+    transform : Runs this function on a Dask cluster.
+    write_shard : Writes its output atomically.
+
+    Examples
+    --------
+    >>> from sklearn.feature_extraction.text import TfidfVectorizer
+    >>> from skfusion import ConcatEmbedder
+    >>> from skfusion.distributed import encode_partition
+    >>> texts = ["apt installs packages", "vim edits text", "git tracks changes"]
+    >>> embedder = ConcatEmbedder([("tfidf", TfidfVectorizer())]).fit(texts)
+    >>> encode_partition(embedder, texts[:2]).shape
+    (2, 9)
+    """
+    texts = list(texts)
+    with _LOAD_LOCK:
+        out = pipeline.transform(texts) if role is None else encode(pipeline, texts, role)
+    return np.asarray(out)
+
+
+def _atomic_write(path, write):
+    # Write to a unique temporary name, then rename: a retried or concurrent task
+    # leaves the same complete file, never a partial one.
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
+def write_shard(path, codes, ids):
+    """Write one shard, ``path`` (codes) and ``path + ".ids.json"``, atomically.
+
+    Each file is written under a temporary name and renamed into place, ids first, so a
+    task killed mid-write leaves no partial shard and a retried task overwrites the
+    shard with identical content. The layout is the one ``skfusion encode`` writes.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The ``.npy`` file to write.
+    codes : ndarray of shape (n_rows, n_features)
+        The shard's codes.
+    ids : list of str or int
+        One id per row.
+
+    Returns
+    -------
+    n_rows : int
+        ``len(codes)``.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> from pathlib import Path
+    >>> from skfusion.distributed import write_shard
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> write_shard(folder / "part-00000.npy", np.zeros((2, 4), np.uint8), ["a", "b"])
+    2
+    >>> sorted(p.name for p in folder.iterdir())
+    ['part-00000.npy', 'part-00000.npy.ids.json']
+    """
+    path = Path(path)
+    codes = np.asarray(codes)
+    ids = [i.item() if isinstance(i, np.generic) else i for i in ids]
+    if len(ids) != len(codes):
+        raise ValueError(f"ids has {len(ids)} entries for {len(codes)} rows of codes.")
+    payload = json.dumps(ids).encode()
+    _atomic_write(path.with_name(path.name + ".ids.json"), lambda f: f.write(payload))
+    _atomic_write(path, lambda f: np.save(f, codes, allow_pickle=False))
+    return len(codes)
+
+
+def read_shards(directory):
+    """Read the shards written by :func:`transform`, in input order.
+
+    Parameters
+    ----------
+    directory : str or path-like
+        The ``out_dir`` given to :func:`transform`; it holds ``manifest.json``.
+
+    Returns
+    -------
+    ids : list
+        One id per row.
+    codes : ndarray of shape (n_rows, n_features)
+        All shards' codes, concatenated in input order.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from skfusion.distributed import read_shards
+    >>> read_shards(tempfile.mkdtemp())
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: ...manifest.json not found: ...
+    """
+    directory = Path(directory)
+    manifest = directory / _MANIFEST
+    if not manifest.is_file():
+        raise FileNotFoundError(
+            f"{manifest} not found: the directory holds no finished "
+            "skfusion.distributed.transform output (the manifest is written last)."
+        )
+    meta = json.loads(manifest.read_text())
+    ids, blocks = [], []
+    for shard in meta["shards"]:
+        ids.extend(json.loads((directory / shard["ids"]).read_text()))
+        blocks.append(np.load(directory / shard["codes"], allow_pickle=False))
+    width = meta["n_features"]
+    codes = (
+        np.concatenate(blocks)
+        if blocks
+        else np.zeros((0, width), dtype=np.dtype(meta["dtype"]))
+    )
+    return ids, codes
+
+
+# -- worker side: module-level functions, so tasks pickle them by reference ------------
+
+# Per worker process: the unpickled pipeline of each job, so that each worker loads the
+# pipeline and its members once, however many tasks it runs.
+_PIPELINES = {}
+
+
+def _read_file(path):
+    """(ids or None, texts) of one passage file, texts as :func:`load_passages` reads."""
+    texts = load_passages(path)
+    name = Path(path).name.lower()
+    if ".jsonl" not in name:
+        return None, texts
+    opener = gzip.open if name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        ids = [json.loads(line).get("_id") for line in f if line.strip()]
+    if all(isinstance(i, (str, int)) and not isinstance(i, bool) for i in ids):
+        return [str(i) for i in ids], texts
+    return None, texts
+
+
+def _read_bag(items):
+    items = list(items)
+    pairs = [isinstance(x, tuple) for x in items]
+    if not any(pairs):
+        return None, items
+    if not all(pairs) or any(len(x) != 2 for x in items):
+        raise ValueError(
+            "texts: a dask.bag must hold either str (ids are positions) or (id, text) "
+            "pairs, not a mix."
+        )
+    return [x[0] for x in items], [x[1] for x in items]
+
+
+def _read_series(series):
+    return series.index.tolist(), series.tolist()
+
+
+def _sketch(partition, number):
+    """Text lengths and 16-byte digests of one partition: all that planning needs."""
+    texts = check_texts(partition[1], input_name=f"input partition {number}: texts")
+    lengths = np.fromiter(map(len, texts), np.int64, len(texts))
+    digests = b"".join(
+        hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        for t in texts
+    )
+    return lengths, np.frombuffer(digests, dtype="S16")
+
+
+def _texts_array(partition):
+    out = np.empty(len(partition[1]), dtype=object)
+    out[:] = partition[1]
+    return out
+
+
+def _ids(partition, offset):
+    ids, texts = partition
+    return list(range(offset, offset + len(texts))) if ids is None else list(ids)
+
+
+def _worker_name():
+    try:
+        from distributed import get_worker
+
+        name = str(get_worker().name)
+    except (ImportError, ValueError):
+        name = f"pid{os.getpid()}"
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _worker_pipeline(blob, token, cache_dir, device):
+    with _LOAD_LOCK:
+        pipeline = _PIPELINES.get(token)
+        if pipeline is None:
+            pipeline = pickle.loads(blob)
+            embedder = _first_step(pipeline)
+            if isinstance(embedder, ConcatEmbedder):
+                params = {"show_progress_bar": False}
+                if cache_dir is not None:
+                    params["cache_dir"] = os.path.join(cache_dir, _worker_name())
+                if device is not None:
+                    params["device"] = device
+                embedder.set_params(**params)
+            _PIPELINES[token] = pipeline
+    return pipeline
+
+
+def _encode_task(blob, token, texts, role, cache_dir, device):
+    pipeline = _worker_pipeline(blob, token, cache_dir, device)
+    return encode_partition(pipeline, list(texts), role=role)
+
+
+def _forget(token):
+    _PIPELINES.pop(token, None)
+
+
+# -- driver side -----------------------------------------------------------------------
+
+
+def _input_partitions(texts):
+    """One ``Delayed`` per input partition, each computing ``(ids or None, texts)``."""
+    import dask.bag as db
+    from dask import delayed
+
+    if isinstance(texts, db.Bag):
+        return [delayed(_read_bag)(d) for d in texts.to_delayed()]
+    with contextlib.suppress(ImportError):
+        import dask.dataframe as dd
+
+        if isinstance(texts, dd.Series):
+            return [delayed(_read_series)(d) for d in texts.to_delayed()]
+        if isinstance(texts, dd.DataFrame):
+            raise ValueError(
+                "texts is a dask DataFrame; pass its text column, e.g. df['text'] "
+                "(its index gives the ids)."
+            )
+    if isinstance(texts, (list, tuple)) and texts:
+        for i, p in enumerate(texts):
+            if not isinstance(p, (str, os.PathLike)) or not Path(p).is_file():
+                raise ValueError(
+                    f"texts[{i}] = {p!r:.80} is not an existing file; a list is read as "
+                    "passage files (.jsonl[.gz] or .txt[.gz]). Pass texts themselves as "
+                    "dask.bag.from_sequence(texts, npartitions=...)."
+                )
+        return [delayed(_read_file)(os.fspath(p)) for p in texts]
+    raise ValueError(
+        "texts must be a dask.bag of str or (id, text) pairs, a dask.dataframe column "
+        f"of str, or a non-empty list of passage files; got {type(texts).__name__}."
+    )
+
+
+def _plan(sketches, unit, texts_per_task):
+    """Where each row's code comes from, reproducing ConcatEmbedder's encoding order.
+
+    Returns the global positions of the distinct texts in encoding order (first
+    occurrences, longest first, stable), the sizes of the encoding tasks, and for every
+    input row the rank of its text in that order.
+    """
+    lengths = np.concatenate([s[0] for s in sketches])
+    digests = np.concatenate([s[1] for s in sketches])
+    _, first, inverse = np.unique(digests, return_index=True, return_inverse=True)
+    by_first = np.argsort(first, kind="stable")
+    by_length = np.argsort(-lengths[first[by_first]], kind="stable")
+    positions = first[by_first][by_length]
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[by_first[by_length]] = np.arange(len(first))
+    per_task = -(-texts_per_task // unit) * unit
+    sizes = [min(per_task, len(positions) - s) for s in range(0, len(positions), per_task)]
+    return positions, tuple(sizes), rank[inverse.reshape(-1)]
+
+
+def _output_shape(pipeline, blob, token, role, cache_dir, device, client):
+    """(width, dtype) of the pipeline's output, loading no model where possible."""
+    embedder = _first_step(pipeline)
+    if isinstance(embedder, ConcatEmbedder):
+        x = np.zeros((1, embedder.n_features_out_), dtype=np.float32)
+        if isinstance(pipeline, Pipeline):
+            for _, step in pipeline.steps[1:]:
+                if step not in (None, "passthrough"):
+                    x = np.asarray(step.transform(x))
+        return x.shape[1], x.dtype
+    probe = np.array([""], dtype=object)
+    out = client.submit(
+        _encode_task, blob, token, probe, role, cache_dir, device, pure=False
+    ).result()
+    return out.shape[1], out.dtype
+
+
+def _run(client, futures, progress):
+    if progress:
+        from distributed import progress as progress_bar
+
+        progress_bar(futures)
+    return client.gather(futures)
+
+
+def _check_out_dir(out_dir):
+    out_dir = Path(out_dir).expanduser()
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ValueError(
+            f"out_dir {str(out_dir)!r} exists and is not an empty directory; give a new "
+            "directory (shards of another job would mix with this one's)."
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+@validate_params(
+    {
+        "pipeline": [HasMethods(["transform"])],
+        "texts": "no_validation",
+        "out_dir": [str, os.PathLike, None],
+        "role": [StrOptions({"query", "document"}), None],
+        "client": "no_validation",
+        "texts_per_task": [Interval(Integral, 1, None, closed="left")],
+        "cache_dir": [str, os.PathLike, None],
+        "device": [str, None],
+        "progress": ["boolean"],
+    },
+    prefer_skip_nested_validation=True,
+)
+def transform(
+    pipeline,
+    texts,
+    *,
+    out_dir=None,
+    role=None,
+    client=None,
+    texts_per_task=4096,
+    cache_dir=None,
+    device=None,
+    progress=True,
+):
+    """Encode a large corpus with a fitted pipeline on a Dask cluster.
+
+    The pipeline is pickled once and sent once to each worker, which unpickles it once
+    and keeps it for all its tasks; members given by name or path load lazily there,
+    once per worker. Texts are read on the workers, de-duplicated and cut into encoding
+    tasks in the order one process would encode them (distinct texts, longest first, in
+    whole model calls), so the codes are bitwise identical to
+    ``pipeline.transform(all_texts)`` in one process on the same kind of device with the
+    same number of torch threads. Lost tasks (a worker that dies) are recomputed by Dask;
+    shards are written atomically, so a retried task neither duplicates nor truncates
+    one.
+
+    Parameters
+    ----------
+    pipeline : Pipeline or ConcatEmbedder
+        Fitted; its first step embeds text (a :class:`~skfusion.ConcatEmbedder` or any
+        transformer of a list of str).
+    texts : dask.bag.Bag, dask.dataframe.Series or list of path-like
+        The corpus: a bag of ``str`` (ids are positions ``0, 1, ...``) or of
+        ``(id, text)`` pairs; a dask dataframe column of ``str`` (ids are its index);
+        or a list of passage files (``.jsonl[.gz]``, title and text joined as
+        :func:`skfusion.datasets.load_passages` does, ids from ``_id``; or ``.txt[.gz]``
+        with one passage per line, ids are positions), one input partition per file.
+    out_dir : str or path-like, default=None
+        A new (or empty) directory for the shards: ``part-00000.npy`` (codes) and
+        ``part-00000.npy.ids.json`` (ids) per input partition, in input order, and
+        ``manifest.json``, written last. ``None`` returns a ``dask.array`` instead.
+    role : {"query", "document"} or None, default=None
+        ``None`` calls ``pipeline.transform``; ``"query"`` / ``"document"`` encode with
+        that prompt (see :func:`encode_partition`).
+    client : distributed.Client, default=None
+        The cluster to use; ``None`` uses the current client (``distributed.Client``
+        created last in this process).
+    texts_per_task : int, default=4096
+        Distinct texts per encoding task, rounded up to whole model calls of the
+        embedder (``batch_size * 32`` texts for a ConcatEmbedder).
+    cache_dir : str or path-like, default=None
+        Give each worker its own embedding cache in ``cache_dir/<worker name>``
+        (``ConcatEmbedder``'s ``cache_dir``). ``None`` keeps the pipeline's setting.
+        Cached vectors are those of the run that computed them.
+    device : str, default=None
+        Torch device of the members on the workers (e.g. ``"cuda"`` with one GPU per
+        worker). ``None`` keeps the pipeline's setting.
+    progress : bool, default=True
+        Show Dask's progress bar while the job runs (``out_dir`` given); tasks appear
+        in the dashboard as ``skfusion-encode`` either way.
+
+    Returns
+    -------
+    codes : dask.array.Array or pathlib.Path
+        With ``out_dir=None``, the codes as a ``dask.array`` of shape
+        ``(n_texts, n_features_out)`` chunked like the input partitions, persisted:
+        computing in the background and then held in the workers' memory (for
+        corpora larger than that, give ``out_dir``). Otherwise the shard directory,
+        read back with :func:`read_shards`.
+
+    See Also
+    --------
+    encode_partition : The worker-side step, for other engines.
+    read_shards : Read the shards back.
+
+    Notes
+    -----
+    Planning gathers each text's length and 128-bit hash on the client (about 40 bytes
+    per text with the order it derives, in the task graph) and keeps the input
+    partitions in the cluster's memory while the job runs. Give each
+    worker one thread (``threads_per_worker=1`` / ``dask worker --nthreads 1``): tasks
+    on the threads of one worker share its models and take turns.
+
+    Examples
+    --------
+    >>> import dask.bag as db
+    >>> from distributed import Client, LocalCluster
+    >>> from sklearn.feature_extraction.text import TfidfVectorizer
+    >>> from skfusion import ConcatEmbedder
+    >>> from skfusion.distributed import transform
+    >>> texts = ["apt installs packages", "vim edits text", "git tracks changes"]
+    >>> embedder = ConcatEmbedder([("tfidf", TfidfVectorizer())]).fit(texts)
+    >>> with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
+    ...     with Client(cluster) as client:
+    ...         bag = db.from_sequence(texts, npartitions=2)
+    ...         codes = transform(embedder, bag, progress=False)
+    ...         codes.compute().shape
+    (3, 9)
+    """
+    import dask.array as da
+    from dask import delayed
+    from sklearn.utils.validation import check_is_fitted
+
+    check_is_fitted(pipeline)
+    if client is None:
+        from distributed import get_client
+
+        try:
+            client = get_client()
+        except ValueError as exc:
+            raise ValueError(
+                "no Dask client: pass client=Client(...) or create one first, e.g. "
+                "Client(LocalCluster(n_workers=2, threads_per_worker=1))."
+            ) from exc
+    parts = _input_partitions(texts)
+    if out_dir is not None:
+        out_dir = _check_out_dir(out_dir)
+    cache_dir = None if cache_dir is None else os.path.expanduser(os.fspath(cache_dir))
+
+    blob_bytes = pickle.dumps(pipeline, protocol=pickle.HIGHEST_PROTOCOL)
+    token = hashlib.blake2b(
+        blob_bytes + repr((role, cache_dir, device)).encode(), digest_size=8
+    ).hexdigest()
+    job = uuid.uuid4().hex  # task names of this call
+    # One copy per worker; tasks receive a reference, not the bytes per task.
+    blob = client.scatter(blob_bytes, broadcast=True, hash=False)
+
+    parts = client.persist(parts)
+    sketches = client.compute([delayed(_sketch)(p, i) for i, p in enumerate(parts)])
+    sketches = _run(client, sketches, progress)
+    sizes = [len(s[0]) for s in sketches]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int).tolist()
+    width, dtype = _output_shape(pipeline, blob, token, role, cache_dir, device, client)
+    if sum(sizes) == 0:
+        codes = da.zeros((0, width), dtype=dtype)
+    else:
+        embedder = _first_step(pipeline)
+        unit = (
+            embedder.batch_size * _BATCHES_PER_TASK_UNIT
+            if isinstance(embedder, ConcatEmbedder)
+            else 1
+        )
+        positions, task_sizes, row_rank = _plan(sketches, unit, texts_per_task)
+        all_texts = da.concatenate(
+            [
+                da.from_delayed(delayed(_texts_array)(p), (n,), dtype=object)
+                for p, n in zip(parts, sizes, strict=True)
+            ]
+        )
+        ordered = all_texts[positions].rechunk((task_sizes,))
+        encoded = [
+            da.from_delayed(
+                delayed(_encode_task)(
+                    blob,
+                    token,
+                    block,
+                    role,
+                    cache_dir,
+                    device,
+                    dask_key_name=f"skfusion-encode-{job}-{i}",
+                ),
+                (n, width),
+                dtype=dtype,
+            )
+            for i, (block, n) in enumerate(
+                zip(ordered.to_delayed(), task_sizes, strict=True)
+            )
+        ]
+        codes = da.concatenate(encoded)[row_rank].rechunk((tuple(sizes), (width,)))
+    if out_dir is None:
+        # Persist while this call still holds the futures the graph depends on.
+        codes = client.persist(codes)
+        if progress:
+            from distributed import progress as progress_bar
+
+            progress_bar(codes)
+        return codes
+
+    names = [f"part-{i:05d}.npy" for i in range(len(parts))]
+    blocks = [np.zeros((0, width), dtype)] * len(parts)
+    if sum(sizes):
+        blocks = codes.to_delayed()[:, 0]
+    writes = [
+        delayed(write_shard)(
+            os.fspath(out_dir / name),
+            block,
+            delayed(_ids)(p, off),
+            dask_key_name=f"skfusion-write-{job}-{i}",
+        )
+        for i, (name, block, p, off) in enumerate(
+            zip(names, blocks, parts, offsets[:-1], strict=True)
+        )
+    ]
+    _run(client, client.compute(writes), progress)
+    client.run(_forget, token)
+    manifest = {
+        "n_rows": int(sum(sizes)),
+        "n_features": int(width),
+        "dtype": np.dtype(dtype).str,
+        "shards": [
+            {"codes": name, "ids": name + ".ids.json", "rows": n}
+            for name, n in zip(names, sizes, strict=True)
+        ],
+    }
+    payload = json.dumps(manifest, indent=1).encode()
+    _atomic_write(out_dir / _MANIFEST, lambda f: f.write(payload))
+    return out_dir
+
+
+def encode_on_cluster(
+    pipeline, files, out_dir, *, role=None, scheduler=None, n_workers=None, progress=True
+):
+    """Encode passage files into shards on a Dask scheduler or a new local cluster.
+
+    What ``skfusion encode --scheduler ADDRESS | --workers N`` runs: connects to
+    ``scheduler``, or starts ``LocalCluster(n_workers, threads_per_worker=1)`` for the
+    duration of the call, and runs :func:`transform` with ``out_dir``.
+
+    Parameters
+    ----------
+    pipeline : Pipeline or ConcatEmbedder
+        Fitted.
+    files : list of path-like
+        Passage files (see :func:`transform`).
+    out_dir : str or path-like
+        New or empty shard directory.
+    role : {"query", "document"} or None, default=None
+        See :func:`transform`.
+    scheduler : str, default=None
+        Address of a running scheduler, e.g. ``"tcp://10.0.0.5:8786"``.
+    n_workers : int, default=None
+        Size of the local cluster to start when ``scheduler`` is None.
+    progress : bool, default=True
+        Show Dask's progress bar.
+
+    Returns
+    -------
+    n_rows : int
+        Rows written.
+
+    Examples
+    --------
+    >>> from skfusion.distributed import encode_on_cluster
+    >>> encode_on_cluster(None, [], "out", n_workers=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: n_workers must be an integer >= 1 when no scheduler is given, got 0.
+    """
+    from distributed import Client, LocalCluster
+
+    if scheduler is None and (
+        not isinstance(n_workers, Integral) or isinstance(n_workers, bool) or n_workers < 1
+    ):
+        raise ValueError(
+            "n_workers must be an integer >= 1 when no scheduler is given, got "
+            f"{n_workers!r}."
+        )
+    with contextlib.ExitStack() as stack:
+        if scheduler is None:
+            cluster = stack.enter_context(
+                LocalCluster(
+                    n_workers=n_workers, threads_per_worker=1, dashboard_address=None
+                )
+            )
+            scheduler = cluster.scheduler_address
+        client = stack.enter_context(Client(scheduler, set_as_default=False))
+        out_dir = transform(
+            pipeline,
+            list(files),
+            out_dir=out_dir,
+            role=role,
+            client=client,
+            progress=progress,
+        )
+    return json.loads((Path(out_dir) / _MANIFEST).read_text())["n_rows"]

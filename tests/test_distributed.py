@@ -1,0 +1,289 @@
+"""skfusion.distributed on a real LocalCluster: two worker processes on 127.0.0.1.
+
+The reference everywhere is one process calling ``pipeline.transform`` on all texts with
+the same number of torch threads (1: conftest sets OMP_NUM_THREADS, and Dask's nanny sets
+it for its workers): the cluster's output must equal it bit for bit, in input order.
+"""
+
+import copy
+import gzip
+import json
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+dask = pytest.importorskip("dask")
+distributed = pytest.importorskip("distributed")
+
+import dask.bag as db  # noqa: E402
+import joblib  # noqa: E402
+from distributed import Client, LocalCluster, get_task_stream  # noqa: E402
+from sklearn.decomposition import TruncatedSVD  # noqa: E402
+from sklearn.exceptions import NotFittedError  # noqa: E402
+from sklearn.feature_extraction.text import TfidfVectorizer  # noqa: E402
+from sklearn.pipeline import make_pipeline  # noqa: E402
+
+from skfusion import ConcatEmbedder, PercentileQuantizer  # noqa: E402
+from skfusion.cli import main  # noqa: E402
+from skfusion.datasets import load_passages  # noqa: E402
+from skfusion.distributed import read_shards, transform  # noqa: E402
+from skfusion.evaluation import encode  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def client():
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster) as c,
+    ):
+        yield c
+
+
+@pytest.fixture(scope="module")
+def corpus(tiny_corpus):
+    # ~250 rows: varied lengths (many ties), 20 duplicates, the empty string.
+    rows = list(tiny_corpus)
+    shift7, shift3 = tiny_corpus[7:] + tiny_corpus[:7], tiny_corpus[3:] + tiny_corpus[:3]
+    rows += [f"{a} {b}" for a, b in zip(tiny_corpus, shift7, strict=True)]
+    rows += [f"{a} {b} {a}" for a, b in zip(tiny_corpus, shift3, strict=True)]
+    rows += [f"{a.upper()}" for a in tiny_corpus]
+    rows += rows[5:25]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def embedder(tiny_model_paths, corpus):
+    # batch_size=2: encoding tasks are whole model calls of 64 texts, so ~230 distinct
+    # texts make 4 tasks and the tiny models' rows depend on their batch mates.
+    lsa = make_pipeline(TfidfVectorizer(), TruncatedSVD(8, random_state=0))
+    return ConcatEmbedder(
+        [*tiny_model_paths, ("lsa", lsa)], batch_size=2, device="cpu",
+        show_progress_bar=False,
+    ).fit(corpus)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pipeline(embedder, corpus):
+    return make_pipeline(embedder, PercentileQuantizer(bits=4, random_state=0)).fit(corpus)
+
+
+def _encode_keys(stream):
+    return [t["key"] for t in stream.data if "skfusion-encode" in str(t["key"])]
+
+
+def test_bag_bitwise_equal_to_one_process_in_input_order(client, embedder, corpus):
+    reference = embedder.transform(corpus)
+    with get_task_stream(client) as stream:
+        codes = transform(
+            embedder, db.from_sequence(corpus, npartitions=3), texts_per_task=64,
+            progress=False,
+        )  # fmt: skip
+        out = codes.compute()
+    assert out.dtype == np.float32 and out.shape == reference.shape
+    assert out.tobytes() == reference.tobytes()
+    # The work was really split: several encoding tasks, on both workers.
+    assert len(set(_encode_keys(stream))) >= 4
+    workers = {t["worker"] for t in stream.data if "skfusion-encode" in str(t["key"])}
+    assert len(workers) == 2
+
+
+def test_dataframe_column_to_shards_with_ids(client, pipeline, corpus, tmp_path):
+    pd = pytest.importorskip("pandas")
+    dd = pytest.importorskip("dask.dataframe")
+    ids = [f"doc-{i}" for i in range(len(corpus))]
+    series = dd.from_pandas(pd.Series(corpus, index=ids), npartitions=4, sort=False)
+    out = transform(pipeline, series, out_dir=tmp_path / "shards", progress=False)
+    got_ids, codes = read_shards(out)
+    assert got_ids == ids
+    assert codes.dtype == np.uint8
+    assert codes.tobytes() == pipeline.transform(corpus).tobytes()
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["manifest.json"] + sorted(
+        f"part-{i:05d}.npy{ext}" for i in range(4) for ext in ("", ".ids.json")
+    )
+
+
+def test_jsonl_files_with_role(client, pipeline, corpus, tmp_path):
+    half = len(corpus) // 2
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl.gz"
+    lines = [
+        json.dumps({"_id": f"p{i}", "title": "T" if i % 3 == 0 else "", "text": t})
+        for i, t in enumerate(corpus)
+    ]
+    first.write_text("\n".join(lines[:half]) + "\n")
+    with gzip.open(second, "wt", encoding="utf-8") as f:
+        f.write("\n".join(lines[half:]) + "\n")
+    texts = load_passages(first) + load_passages(second)
+    out = transform(
+        pipeline, [first, second], out_dir=tmp_path / "out", role="document",
+        progress=False,
+    )  # fmt: skip
+    ids, codes = read_shards(out)
+    assert ids == [f"p{i}" for i in range(len(corpus))]
+    assert codes.tobytes() == encode(pipeline, texts, "document").tobytes()
+
+
+def _count_model_loads(dask_worker=None):
+    # Counts SentenceTransformer constructions in this worker process from now on.
+    from sentence_transformers import SentenceTransformer
+
+    import skfusion.distributed as mod
+
+    if not hasattr(mod, "_test_loads"):
+        original = SentenceTransformer.__init__
+
+        def counting(self, *args, **kwargs):
+            mod._test_loads += 1
+            original(self, *args, **kwargs)
+
+        SentenceTransformer.__init__ = counting
+    mod._test_loads = 0
+
+
+def _loads(dask_worker=None):
+    import skfusion.distributed as mod
+
+    return mod._test_loads
+
+
+def test_each_worker_loads_each_member_once(client, tiny_model_paths, corpus):
+    fresh = ConcatEmbedder(tiny_model_paths, batch_size=2, show_progress_bar=False)
+    fresh.fit(corpus[:2])
+    client.run(_count_model_loads)
+    with get_task_stream(client) as stream:
+        transform(fresh, db.from_sequence(corpus, npartitions=5), texts_per_task=64,
+                  progress=False).compute()  # fmt: skip
+    ran = [t["worker"] for t in stream.data if "skfusion-encode" in str(t["key"])]
+    assert len(ran) >= 4  # so some worker ran several encoding tasks
+    # Two by-reference members, loaded once by each worker that encoded, however many
+    # tasks it ran.
+    loads = client.run(_loads)
+    assert {w: loads[w] for w in set(ran)} == {w: 2 for w in set(ran)}
+    assert all(n == 0 for w, n in loads.items() if w not in ran)
+
+
+def test_worker_killed_mid_job_loses_and_duplicates_nothing(
+    client, pipeline, corpus, tmp_path
+):
+    # batch_size=1 -> tasks of 32 texts: ~8 tasks, each long enough to kill a worker
+    # while another task is still to run.
+    slow = copy.deepcopy(pipeline).set_params(concatembedder__batch_size=1)
+    rows = corpus * 2
+    ids = list(range(len(rows)))
+    reference = slow.transform(rows)
+    pids_before = client.run(os.getpid)
+    result, done = {}, threading.Event()
+
+    def job():
+        try:
+            result["out"] = transform(
+                slow, db.from_sequence(rows, npartitions=4), out_dir=tmp_path / "s",
+                texts_per_task=32, progress=False,
+            )  # fmt: skip
+        except BaseException as exc:  # reported by the assertion below
+            result["error"] = exc
+        finally:
+            done.set()
+
+    def encode_states(dask_scheduler=None):
+        return {
+            str(k): (ts.state, ts.processing_on.address if ts.processing_on else None)
+            for k, ts in dask_scheduler.tasks.items()
+            if "skfusion-encode" in str(k)
+        }
+
+    thread = threading.Thread(target=job, daemon=True)
+    thread.start()
+    victim = None
+    deadline = time.monotonic() + 120
+    while victim is None and not done.is_set() and time.monotonic() < deadline:
+        states = client.run_on_scheduler(encode_states)
+        finished = sum(s == "memory" for s, _ in states.values())
+        running = [w for s, w in states.values() if s == "processing" and w]
+        if finished >= 1 and running:
+            victim = running[0]
+        else:
+            time.sleep(0.02)
+    assert victim is not None, "the job ended before a worker could be killed"
+    os.kill(pids_before[victim], signal.SIGKILL)
+    assert not done.is_set(), "the kill came after the job had finished"
+    assert done.wait(180), "the job did not finish after the kill"
+    assert "error" not in result, result.get("error")
+    got_ids, codes = read_shards(result["out"])
+    assert got_ids == ids
+    assert codes.tobytes() == reference.tobytes()
+    assert not [p.name for p in result["out"].iterdir() if p.name.endswith(".tmp")]
+    # The killed process was replaced by a new one.
+    client.wait_for_workers(2, timeout=60)
+    assert pids_before[victim] not in client.run(os.getpid).values()
+
+
+def test_progress_bar_shows_and_can_be_silenced(client, embedder, corpus, tmp_path, capsys):
+    bag = db.from_sequence(corpus[:40], npartitions=2)
+    transform(embedder, bag, out_dir=tmp_path / "quiet", progress=False)
+    assert "Completed" not in capsys.readouterr().out
+    transform(embedder, bag, out_dir=tmp_path / "loud", progress=True)
+    assert "Completed" in capsys.readouterr().out
+
+
+def test_worker_local_caches(client, embedder, corpus, tmp_path):
+    bag = db.from_sequence(corpus, npartitions=2)
+    cache = tmp_path / "cache"
+    first = transform(embedder, bag, cache_dir=cache, texts_per_task=64, progress=False)
+    first = first.compute()
+    # One cache per worker, named after the worker.
+    assert sorted(p.name for p in cache.iterdir()) == ["0", "1"]
+    again = transform(embedder, bag, cache_dir=cache, texts_per_task=64, progress=False)
+    assert again.compute().tobytes() == first.tobytes()
+    assert first.tobytes() == embedder.transform(corpus).tobytes()
+    assert embedder.cache_dir is None  # the caller's pipeline is left as it was
+
+
+def test_bad_input_is_refused_with_the_fix(client, embedder, corpus, tmp_path):
+    dd = pytest.importorskip("dask.dataframe")
+    pd = pytest.importorskip("pandas")
+    frame = dd.from_pandas(pd.DataFrame({"text": corpus[:4]}), npartitions=1)
+    with pytest.raises(ValueError, match=r"pass its text column, e.g. df\['text'\]"):
+        transform(embedder, frame)
+    with pytest.raises(ValueError, match=r"texts\[0\].*is not an existing file"):
+        transform(embedder, [str(tmp_path / "missing.jsonl")])
+    with pytest.raises(ValueError, match="texts must be a dask.bag"):
+        transform(embedder, np.array(corpus[:3]))
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    with pytest.raises(ValueError, match="not an empty directory"):
+        transform(embedder, db.from_sequence(corpus[:3]), out_dir=tmp_path / "full")
+    with pytest.raises(NotFittedError):
+        transform(ConcatEmbedder(["x"]), db.from_sequence(corpus[:3]))
+    with pytest.raises(ValueError, match=r"input partition 0: texts\[1\] is None"):
+        transform(embedder, db.from_sequence(["a", None], npartitions=1), progress=False)
+
+
+def test_cli_encode_on_a_scheduler(client, pipeline, corpus, tmp_path, capsys):
+    model = tmp_path / "model.joblib"
+    joblib.dump(pipeline, model)
+    passages = tmp_path / "passages.jsonl"
+    lines = [json.dumps({"_id": f"p{i}", "text": t}) + "\n" for i, t in enumerate(corpus)]
+    passages.write_text("".join(lines))
+    out = tmp_path / "shards"
+    address = client.scheduler_info()["address"]
+    argv = ["encode", "--model", str(model), "--input", str(passages), "--out", str(out),
+            "--role", "document", "--scheduler", address, "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    assert f"encoded {len(corpus)} texts" in capsys.readouterr().out
+    ids, codes = read_shards(out)
+    assert ids == [f"p{i}" for i in range(len(corpus))]
+    texts = load_passages(passages)
+    assert codes.tobytes() == encode(pipeline, texts, "document").tobytes()
+    assert main([*argv[:-3], "--workers", "0"]) == 2
+    assert "n_workers must be an integer >= 1" in capsys.readouterr().err

@@ -20,7 +20,6 @@ dask = pytest.importorskip("dask")
 distributed = pytest.importorskip("distributed")
 
 import dask.bag as db  # noqa: E402
-import joblib  # noqa: E402
 from distributed import Client, LocalCluster, get_task_stream  # noqa: E402
 from sklearn.decomposition import TruncatedSVD  # noqa: E402
 from sklearn.exceptions import NotFittedError  # noqa: E402
@@ -32,6 +31,7 @@ from skfusion.cli import main  # noqa: E402
 from skfusion.datasets import load_passages  # noqa: E402
 from skfusion.distributed import read_shards, transform  # noqa: E402
 from skfusion.evaluation import encode  # noqa: E402
+from skfusion.persistence import dump  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -270,8 +270,8 @@ def test_bad_input_is_refused_with_the_fix(client, embedder, corpus, tmp_path):
 
 
 def test_cli_encode_on_a_scheduler(client, pipeline, corpus, tmp_path, capsys):
-    model = tmp_path / "model.joblib"
-    joblib.dump(pipeline, model)
+    model = tmp_path / "model.skops"
+    dump(pipeline, model)
     passages = tmp_path / "passages.jsonl"
     lines = [json.dumps({"_id": f"p{i}", "text": t}) + "\n" for i, t in enumerate(corpus)]
     passages.write_text("".join(lines))
@@ -285,5 +285,7 @@ def test_cli_encode_on_a_scheduler(client, pipeline, corpus, tmp_path, capsys):
     assert ids == [f"p{i}" for i in range(len(corpus))]
     texts = load_passages(passages)
     assert codes.tobytes() == encode(pipeline, texts, "document").tobytes()
-    assert main([*argv[:-3], "--workers", "0"]) == 2
-    assert "n_workers must be an integer >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main([*argv[:-3], "--workers", "0"])
+    assert exc.value.code == 2
+    assert "--workers: must be an integer >= 1" in capsys.readouterr().err

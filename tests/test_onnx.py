@@ -19,6 +19,12 @@ from skfusion import (
 )
 from skfusion.datasets import load_sample_passages
 from skfusion.onnx import to_onnx
+from skfusion.onnx.members import (
+    UnsupportedMemberError,
+    embed,
+    export_member,
+    export_members,
+)
 
 
 def _run(model, X, dtype="float32"):
@@ -164,3 +170,89 @@ def test_unsupported_settings_name_the_parameter(decoder):
         to_onnx(PercentileQuantizer())
     with pytest.raises(TypeError, match="first step"):
         to_onnx(make_pipeline(q, ConcatEmbedder(["x"])))
+
+
+# -- members ---------------------------------------------------------------------------
+
+
+def _cosines(a, b):
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.fixture(scope="module")
+def sample_texts(tiny_corpus):
+    texts = load_sample_passages(limit=60) + tiny_corpus
+    return [t for t in texts if t]  # an empty text has no direction to compare
+
+
+def test_transformer_member_matches_sentence_transformers(
+    tiny_model_paths, sample_texts, tmp_path
+):
+    from sentence_transformers import SentenceTransformer
+
+    st_model = SentenceTransformer(tiny_model_paths[0], device="cpu")
+    spec = export_member(st_model, tmp_path / "m", name="tiny")
+    assert spec["kind"] == "transformer" and spec["dim"] == 32
+    assert {"model.onnx", "tokenizer.json", "member.json"} <= {
+        p.name for p in (tmp_path / "m").iterdir()
+    }
+    got = embed(tmp_path / "m", sample_texts)
+    expected = st_model.encode(sample_texts, normalize_embeddings=False)
+    assert _cosines(got, expected).min() >= 0.9999
+    # the norm too: the graph is the model, not only its direction
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_prompted_member_prepends_its_prompt(tiny_prompted_model_path, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    st_model = SentenceTransformer(tiny_prompted_model_path, device="cpu")
+    export_member(st_model, tmp_path / "p")
+    texts = ["vim editor", "a web server"]
+    got = embed(tmp_path / "p", texts, prompt="query: ")
+    expected = st_model.encode_query(texts, normalize_embeddings=False)
+    assert _cosines(got, expected).min() >= 0.9999
+
+
+def test_static_member_matches_sentence_transformers(
+    tiny_model_paths, sample_texts, tmp_path
+):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import (
+        Normalize,
+        StaticEmbedding,
+    )
+
+    tok = SentenceTransformer(tiny_model_paths[0], device="cpu").tokenizer
+    vocab = tok.backend_tokenizer.get_vocab_size()
+    weights = np.random.default_rng(0).standard_normal((vocab, 16)).astype(np.float32)
+    static = StaticEmbedding(tok.backend_tokenizer, embedding_weights=weights)
+    st_model = SentenceTransformer(modules=[static, Normalize()], device="cpu")
+    spec = export_member(st_model, tmp_path / "s", name="static")
+    assert spec == {
+        "name": "static",
+        "kind": "static",
+        "dim": 16,
+        "max_length": None,
+        "add_special_tokens": False,
+    }
+    got = embed(tmp_path / "s", sample_texts + [""])
+    expected = st_model.encode(sample_texts + [""], normalize_embeddings=False)
+    assert _cosines(got[:-1], expected[:-1]).min() >= 0.9999
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)  # "" -> zeros
+
+
+def test_embedder_members_export_and_non_st_members_are_named(
+    tiny_model_paths, tiny_corpus, tmp_path
+):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    emb = ConcatEmbedder([("a", tiny_model_paths[0]), ("b", tiny_model_paths[1])])
+    specs = export_members(emb.fit(tiny_corpus), tmp_path)
+    assert [(s["name"], s["dim"], s["path"]) for s in specs] == [
+        ("a", 32, "0-a"),
+        ("b", 48, "1-b"),
+    ]
+    lexical = ConcatEmbedder([("a", tiny_model_paths[0]), ("words", TfidfVectorizer())])
+    with pytest.raises(UnsupportedMemberError, match="member 'words'"):
+        export_members(lexical.fit(tiny_corpus), tmp_path / "x")

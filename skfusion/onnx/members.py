@@ -23,6 +23,7 @@ __all__ = [
     "export_member",
     "export_members",
     "load_member",
+    "member_folder",
 ]
 
 # Opset of the member graphs; onnxruntime-web runs it too.
@@ -131,8 +132,8 @@ def export_member(model, folder, *, name="member", max_length=None):
     name : str, default="member"
         Member name, used in messages and recorded in ``member.json``.
     max_length : int, default=None
-        Token limit (truncation); ``None`` uses the model's ``max_seq_length``
-        (none for a static model).
+        Token limit (truncation); ``None`` uses the model's ``max_seq_length``. A
+        static model reads every token whatever this says, as in sentence-transformers.
 
     Returns
     -------
@@ -150,7 +151,9 @@ def export_member(model, folder, *, name="member", max_length=None):
     kind = _check_exportable(model, name)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if max_length is None and kind == "transformer":
+    if kind == "static":
+        max_length = None
+    elif max_length is None:
         max_length = int(model.max_seq_length)
     spec = {
         "name": name,
@@ -214,7 +217,7 @@ def export_members(embedder, folder, *, device="cpu"):
     models = [load_member(embedder, i, device=device) for i in range(len(embedder.models))]
     specs = []
     for i, (name, model) in enumerate(zip(embedder.member_names_, models, strict=True)):
-        sub = f"{i}-{_safe(name)}"
+        sub = member_folder(i, name)
         spec = export_member(model, Path(folder) / sub, name=name,
                              max_length=embedder.max_seq_length)  # fmt: skip
         spec["path"] = sub
@@ -222,8 +225,16 @@ def export_members(embedder, folder, *, device="cpu"):
     return specs
 
 
-def _safe(name):
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+def member_folder(index, name):
+    """Folder name of member ``index`` called ``name``: ``"<index>-<name>"``, made safe.
+
+    Examples
+    --------
+    >>> from skfusion.onnx.members import member_folder
+    >>> member_folder(0, "sentence-transformers/all-MiniLM-L6-v2")
+    '0-sentence-transformers_all-MiniLM-L6-v2'
+    """
+    return f"{index}-" + "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 def load_member(embedder, index, *, device="cpu"):

@@ -9,9 +9,13 @@ tokenizes. Nothing is fetched from the network when the page runs; serve the fol
 with any static server (``python -m http.server -d OUTDIR``) and open it.
 """
 
+import contextlib
+import functools
+import http.server
 import json
 import os
 import shutil
+import threading
 from importlib import resources
 from pathlib import Path
 
@@ -23,7 +27,14 @@ from ..evaluation import encode
 from ..lsh import RandomProjectionLSH
 from ..quantize import PercentileQuantizer
 
-__all__ = ["NPM_PACKAGES", "export_web", "find_node_modules", "pack_stream"]
+__all__ = [
+    "CHROMIUM_FLAGS",
+    "NPM_PACKAGES",
+    "export_web",
+    "find_node_modules",
+    "pack_stream",
+    "serve",
+]
 
 # npm packages the page needs: `npm install --ignore-scripts <these>`.
 NPM_PACKAGES = ("onnxruntime-web", "@huggingface/transformers")
@@ -35,6 +46,60 @@ _VENDOR = (
     ("@huggingface/transformers", "transformers.min.js"),
 )
 _SNIPPET_CHARS = 300
+# Headless Chromium that talks to nothing but the page's server (tests, benchmarks).
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    # ES modules and wasm need these types (wasm streaming compile checks it).
+    extensions_map = {
+        **http.server.SimpleHTTPRequestHandler.extensions_map,
+        ".js": "text/javascript",
+        ".mjs": "text/javascript",
+        ".wasm": "application/wasm",
+        ".json": "application/json",
+    }
+
+    def log_message(self, format, *args):  # quiet: one line per file is noise
+        pass
+
+
+@contextlib.contextmanager
+def serve(folder, host="127.0.0.1", port=0):
+    """Serve ``folder`` over HTTP in a background thread; stops when the block ends.
+
+    Parameters
+    ----------
+    folder : str or path-like
+        Written by :func:`export_web`.
+    host : str, default="127.0.0.1"
+    port : int, default=0
+        0 picks a free port.
+
+    Yields
+    ------
+    url : str
+        The page's address (``http://host:port/index.html``).
+    """
+    handler = functools.partial(_Handler, directory=os.fspath(folder))
+    server = http.server.ThreadingHTTPServer((host, port), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{host}:{server.server_address[1]}/index.html"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
 
 
 def find_node_modules(node_modules=None):

@@ -85,13 +85,16 @@ def _wrapper(model, kind):
             self.rest = torch.nn.ModuleList(modules[1:])
 
         def forward(self, input_ids, attention_mask):
-            # EmbeddingBag(mode="mean") over the unpadded tokens; empty bags give zeros.
-            mask = attention_mask.unsqueeze(-1).to(self.weight.dtype)
-            summed = (torch.nn.functional.embedding(input_ids, self.weight) * mask).sum(1)
-            features = {"sentence_embedding": summed / mask.sum(1).clamp(min=1.0)}
+            # EmbeddingBag(mode="mean") over the unpadded tokens (empty bags give
+            # zeros), summed in float32 and rounded to the weights' dtype (model2vec
+            # stores float16) as sentence-transformers returns it.
+            mask = attention_mask.unsqueeze(-1).float()
+            vectors = torch.nn.functional.embedding(input_ids, self.weight).float()
+            mean = (vectors * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            features = {"sentence_embedding": mean.to(self.weight.dtype)}
             for module in self.rest:
                 features = module(features)
-            return features["sentence_embedding"]
+            return features["sentence_embedding"].float()
 
     class _Transformer(torch.nn.Module):
         def __init__(self):
@@ -102,7 +105,7 @@ def _wrapper(model, kind):
             features = {"input_ids": input_ids, "attention_mask": attention_mask}
             for module in self.body:
                 features = module(features)
-            return features["sentence_embedding"]
+            return features["sentence_embedding"].float()
 
     return (_Static if kind == "static" else _Transformer)().eval()
 
@@ -132,8 +135,9 @@ def export_member(model, folder, *, name="member", max_length=None):
     name : str, default="member"
         Member name, used in messages and recorded in ``member.json``.
     max_length : int, default=None
-        Token limit (truncation); ``None`` uses the model's ``max_seq_length``. A
-        static model reads every token whatever this says, as in sentence-transformers.
+        Token limit (truncation) of a transformer model; ``None`` uses its
+        ``max_seq_length``. A static model keeps its tokenizer's own limit, as
+        sentence-transformers does.
 
     Returns
     -------
@@ -152,7 +156,10 @@ def export_member(model, folder, *, name="member", max_length=None):
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if kind == "static":
-        max_length = None
+        # StaticEmbedding ignores max_seq_length; its tokenizer truncates (model2vec
+        # saves a limit of 512 tokens in tokenizer.json).
+        truncation = list(model.children())[0].tokenizer.truncation
+        max_length = None if truncation is None else int(truncation["max_length"])
     elif max_length is None:
         max_length = int(model.max_seq_length)
     spec = {

@@ -21,6 +21,7 @@ from skfusion import (
     ConcatEmbedder,
     MatryoshkaDecoder,
     PercentileQuantizer,
+    RandomProjectionLSH,
 )
 from skfusion.cli import main
 from skfusion.datasets import load_sample
@@ -283,3 +284,51 @@ def test_the_page_matches_the_python_pipeline_in_chromium(demo_site, chromium):
         assert r["ids"] == [demo_site["ids"][i] for i in r["top"]]
     if os.environ.get("SKFUSION_WEB_SCREENSHOT"):
         shutil.copyfile(shot, os.environ["SKFUSION_WEB_SCREENSHOT"])
+
+
+def _page_results(browser, out, queries):
+    with serve(out) as url:
+        page = browser.new_page()
+        page.goto(url)
+        page.wait_for_function("window.skfusionReady !== undefined")
+        assert page.evaluate("window.skfusionReady"), page.evaluate("window.skfusionError")
+        results = [page.evaluate("q => window.skfusion.query(q)", q) for q in queries]
+        page.close()
+    return results
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        [("lsh", RandomProjectionLSH(64, random_state=0))],
+        [("lsh", RandomProjectionLSH(40, pack=False, random_state=0))],
+        [("dec", MatryoshkaDecoder(16, (8, 16), max_epochs=2, random_state=0))],
+        [("quant", AllocatedQuantizer(bit_budget=50, random_state=0))],
+    ],
+    ids=["lsh-packed", "lsh-unpacked", "decoder-floats", "allocated-unpacked"],
+)
+def test_every_head_kind_searches_in_chromium_as_in_python(
+    tmp_path, head, tiny_model_paths, tiny_corpus, node_modules, chromium
+):
+    docs = [t for t in tiny_corpus if t]
+    members = [("a", tiny_model_paths[0]), ("b", tiny_model_paths[1])]
+    pipe = Pipeline([("embed", ConcatEmbedder(members, weights=[1.0, 0.5])), *head])
+    pipe.fit(docs)
+    from skfusion.web import export_web
+
+    export_web(pipe, tmp_path, docs, node_modules=node_modules)
+    queries = ["web server", "image editor", "version control"]
+    results = _page_results(chromium, tmp_path, queries)
+    expected = encode(pipe, queries, "query")
+    got = np.array([r["codes"] for r in results]).astype(expected.dtype)
+    if expected.dtype.kind == "f":
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    else:
+        assert (got == expected).mean() >= 0.99
+    database = encode(pipe, docs, "document")
+    quantizer = pipe[-1] if isinstance(pipe[-1], AllocatedQuantizer) else None
+    _, top = search(expected, database, 10, quantizer=quantizer)
+    overlap = [
+        len(set(r["top"]) & set(t.tolist())) / 10 for r, t in zip(results, top, strict=True)
+    ]
+    assert np.mean(overlap) >= 0.9, overlap

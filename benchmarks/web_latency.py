@@ -1,6 +1,7 @@
 """The search page in headless Chromium against the same pipeline in Python.
 
-Usage: ``HF_HUB_OFFLINE=1 SKFUSION_NODE_MODULES=... python benchmarks/web_latency.py``.
+Usage (repository root): ``HF_HUB_OFFLINE=1 SKFUSION_NODE_MODULES=DIR PYTHONPATH=. python
+benchmarks/web_latency.py``.
 
 The demo-like model: MiniLM (offline all-MiniLM-L6-v2) + a model2vec static model
 distilled from it (benchmarks/distill_model2vec.py), a 256-d Matryoshka decoder and
@@ -72,11 +73,11 @@ def build(out):
     return pipe, data, fit_s, time.perf_counter() - t
 
 
-def _record(sizes, response):
-    try:
-        sizes[response.url] = len(response.body())
-    except Exception:  # a redirect or aborted response has no body
-        sizes.setdefault(response.url, 0)
+def _record(sizes, out, base, request):
+    """Bytes of the file behind each URL the page requests (what it downloads)."""
+    if request.url.startswith(base):
+        path = out / request.url[len(base) :].split("?")[0]
+        sizes[request.url] = path.stat().st_size if path.is_file() else 0
 
 
 def browser_run(out, queries):
@@ -90,7 +91,8 @@ def browser_run(out, queries):
             executable_path="/usr/bin/chromium", args=list(CHROMIUM_FLAGS)
         )
         page = browser.new_page()
-        page.on("response", lambda r: _record(sizes, r))
+        base = url.rsplit("/", 1)[0] + "/"
+        page.on("request", lambda r: _record(sizes, out, base, r))
         t = time.perf_counter()
         page.goto(url)
         page.wait_for_function("window.skfusionReady !== undefined")

@@ -36,8 +36,12 @@ __all__ = [
     "serve",
 ]
 
-# npm packages the page needs: `npm install --ignore-scripts <these>`.
-NPM_PACKAGES = ("onnxruntime-web", "@huggingface/transformers")
+# npm packages the page needs, the versions it is tested with (transformers 4.3.2
+# itself depends on this onnxruntime-web build): `npm install --ignore-scripts <these>`.
+NPM_PACKAGES = (
+    "onnxruntime-web@1.31.0-dev.20260914-8d85527a0",
+    "@huggingface/transformers@4.3.2",
+)
 # (package, file in its dist/) copied to OUTDIR/vendor/.
 _VENDOR = (
     ("onnxruntime-web", "ort.wasm.min.mjs"),

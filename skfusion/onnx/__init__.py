@@ -16,11 +16,13 @@ Needs the ``onnx`` extra: ``pip install "skfusion[onnx]"``.
 
 import copy
 import warnings
+from numbers import Integral
 
 import numpy as np
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
+from .._compat import HasMethods, Interval, StrOptions, validate_params
 from ..allocation import AllocatedQuantizer
 from ..decoder import MatryoshkaDecoder
 from ..lsh import RandomProjectionLSH
@@ -331,6 +333,15 @@ def head_steps(model):
     return steps
 
 
+@validate_params(
+    {
+        "model": [HasMethods(["transform"])],
+        "dtype": [StrOptions({"float32", "float64"})],
+        "target_opset": [Interval(Integral, OPSET, None, closed="left")],
+        "name": [str],
+    },
+    prefer_skip_nested_validation=True,
+)
 def to_onnx(model, *, dtype="float32", target_opset=OPSET, name="skfusion_head"):
     """Convert a fitted skfusion head (pipeline or step) to an ONNX model.
 
@@ -344,7 +355,8 @@ def to_onnx(model, *, dtype="float32", target_opset=OPSET, name="skfusion_head")
     dtype : {"float32", "float64"}, default="float32"
         Type of the graph's input ``X``.
     target_opset : int, default=18
-        ONNX opset of the default domain; at least 18.
+        ONNX opset of the default domain; at least 18 (the converters use BitwiseAnd
+        and ReduceSum with axes as an input).
     name : str, default="skfusion_head"
         Name of the graph.
 
@@ -365,16 +377,6 @@ def to_onnx(model, *, dtype="float32", target_opset=OPSET, name="skfusion_head")
     >>> bool((sess.run(None, {"X": X})[0] == q.transform(X)).all())
     True
     """
-    if dtype not in ("float32", "float64"):
-        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}.")
-    if isinstance(target_opset, bool) or not isinstance(target_opset, int):
-        raise ValueError(f"target_opset must be an int >= {OPSET}, got {target_opset!r}.")
-    if target_opset < OPSET:
-        raise ValueError(
-            f"target_opset={target_opset} is too old: the skfusion converters use "
-            f"BitwiseAnd and ReduceSum with axes inputs (opset {OPSET}); use "
-            f"target_opset>={OPSET}."
-        )
     _require("onnx")
     skl2onnx = _require("skl2onnx")
     from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType

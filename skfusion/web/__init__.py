@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.pipeline import Pipeline
 
+from .._compat import validate_params
 from ..allocation import AllocatedQuantizer
 from ..evaluation import encode
 from ..lsh import RandomProjectionLSH
@@ -234,6 +235,17 @@ def _head_spec(model, corpus_out):
     return spec, rows.view(np.uint8).reshape(len(rows), -1), None
 
 
+@validate_params(
+    {
+        "model": [Pipeline],
+        "outdir": [str, os.PathLike],
+        "texts": ["array-like"],
+        "ids": ["array-like", None],
+        "node_modules": [str, os.PathLike, None],
+        "title": [str],
+    },
+    prefer_skip_nested_validation=True,
+)
 def export_web(
     model, outdir, texts, *, ids=None, node_modules=None, title="skfusion search"
 ):

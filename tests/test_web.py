@@ -77,6 +77,19 @@ def chromium():
 # -- no browser --------------------------------------------------------------------
 
 
+def test_a_missing_browser_fails_under_ci_even_when_asked_to_skip(monkeypatch):
+    monkeypatch.setenv("SKFUSION_SKIP_BROWSER_TESTS", "1")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="apt-get install"):
+        _missing("chromium", "apt-get install -y chromium")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        _missing("chromium", "apt-get install -y chromium")
+    monkeypatch.delenv("SKFUSION_SKIP_BROWSER_TESTS")
+    with pytest.raises(pytest.fail.Exception, match="SKFUSION_SKIP_BROWSER_TESTS=1"):
+        _missing("chromium", "apt-get install -y chromium")
+
+
 @pytest.mark.parametrize("bits", [1, 2, 3, 5, 8])
 def test_pack_stream_writes_what_the_quantizers_pack(bits):
     codes = np.random.default_rng(bits).integers(0, 1 << bits, (7, 11), dtype=np.uint8)

@@ -351,6 +351,18 @@ def _demo(args):
     return 0
 
 
+def _export_web(args):
+    from .web import export_web
+
+    model = _load_model(args)
+    ids, texts = _read_texts(args.corpus, "--corpus")
+    if not texts:
+        raise CLIError(f"--corpus: {args.corpus} holds no texts.")
+    export_web(model, args.outdir, texts, ids=ids, node_modules=args.node_modules)
+    print(f"wrote {args.outdir}; serve it with: python -m http.server -d {args.outdir}")
+    return 0
+
+
 _TRUST_PICKLE_HELP = (
     "also load a pickle (joblib) --model file. UNSAFE: unpickling runs any code the file "
     "holds; use only for files you made yourself. Without it only .skops files load."
@@ -457,6 +469,16 @@ def build_parser():
 
     demo = add("demo", _demo, "the main job on the bundled sample and the offline MiniLM")
     demo.add_argument("--cache-dir", default=None, help="embedding cache folder")
+    web = add("export-web", _export_web, "a static search page running MODEL in a browser")
+    web.add_argument("model", help=".skops file from `skfusion fit`")
+    web.add_argument("outdir", help="folder to write (index.html, ONNX models, codes)")
+    web.add_argument("--corpus", required=True, help="documents .jsonl[.gz] or .txt")
+    web.add_argument(
+        "--node-modules",
+        help="npm folder with onnxruntime-web and @huggingface/transformers "
+        "(default: $SKFUSION_NODE_MODULES, then ./node_modules)",
+    )
+    web.set_defaults(trust_pickle=False)
     return parser
 
 

@@ -1,0 +1,261 @@
+"""ONNX export: onnxruntime output equals transform (head), and member embeddings."""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from sklearn.decomposition import PCA
+from sklearn.exceptions import NotFittedError
+from sklearn.pipeline import make_pipeline
+
+from skfusion import (
+    AllocatedQuantizer,
+    ConcatEmbedder,
+    MatryoshkaDecoder,
+    PercentileQuantizer,
+    RandomProjectionLSH,
+)
+from skfusion.datasets import load_sample_passages
+from skfusion.onnx import to_onnx
+from skfusion.onnx.members import (
+    UnsupportedMemberError,
+    embed,
+    export_member,
+    export_members,
+)
+
+
+def _run(model, X, dtype="float32"):
+    sess = ort.InferenceSession(to_onnx(model, dtype=dtype).SerializeToString())
+    return sess.run(None, {"X": np.asarray(X, dtype=dtype)})[0]
+
+
+def _assert_codes_equal(model, X, dtype="float32"):
+    X = np.asarray(X, dtype=dtype)
+    got, expected = _run(model, X, dtype), model.transform(X)
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
+
+
+def _data(n=300, d=24, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((n, d)) * np.linspace(3, 0.2, d)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def decoder():
+    return MatryoshkaDecoder(
+        n_components=12, stops=(4, 12), max_epochs=2, random_state=0
+    ).fit(_data())
+
+
+@pytest.fixture(scope="module")
+def sample_embeddings(tiny_model_paths):
+    """Embeddings of 300 passages of the bundled sample by two tiny local models."""
+    passages = load_sample_passages(limit=300)
+    return ConcatEmbedder(tiny_model_paths, batch_size=64).fit_transform(passages)
+
+
+@pytest.mark.parametrize("output_dim", [None, 4, 7])
+@pytest.mark.parametrize("whiten", [0.0, 0.25, 0.5])
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_decoder_matches_transform_in_every_setting(
+    decoder, output_dim, whiten, normalize, dtype
+):
+    dec = decoder.set_params(output_dim=output_dim, whiten=whiten, normalize=normalize)
+    X = _data(seed=1).astype(dtype)
+    got = _run(dec, X, dtype)
+    assert got.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(got, dec.transform(X), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("pack", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_percentile_codes_are_bitwise_equal(bits, pack, dtype):
+    X = _data(d=13)  # 13 * bits is rarely a whole number of bytes: padding is tested
+    q = PercentileQuantizer(bits=bits, pack=pack).fit(X)
+    _assert_codes_equal(q, _data(seed=2, d=13), dtype)
+
+
+@pytest.mark.parametrize("budget,max_bits", [(1, 1), (37, 3), (50, 4), (96, 8)])
+@pytest.mark.parametrize("pack", [False, True])
+@pytest.mark.parametrize("buckets", ["equal", "gaussian"])
+def test_allocated_codes_are_bitwise_equal(budget, max_bits, pack, buckets):
+    q = AllocatedQuantizer(
+        bit_budget=budget, max_bits=max_bits, pack=pack, buckets=buckets, max_features=20
+    ).fit(_data())
+    _assert_codes_equal(q, _data(seed=3))
+
+
+@pytest.mark.parametrize("n_bits,pack", [(64, True), (8, True), (13, False), (64, False)])
+@pytest.mark.parametrize("threshold", ["zero", "median"])
+def test_lsh_bits_are_bitwise_equal(n_bits, pack, threshold):
+    lsh = RandomProjectionLSH(n_bits, pack=pack, threshold=threshold, random_state=0)
+    _assert_codes_equal(lsh.fit(_data()), _data(seed=4))
+
+
+def test_the_sample_through_decoder_and_each_quantizer(sample_embeddings):
+    X = sample_embeddings
+    dec = MatryoshkaDecoder(n_components=32, stops=(16, 32), max_epochs=2, random_state=0)
+    H = dec.fit_transform(X)
+    np.testing.assert_allclose(_run(dec, X), H, rtol=1e-5, atol=1e-5)
+    for q in (
+        PercentileQuantizer(bits=2, pack=True),
+        AllocatedQuantizer(bit_budget=48, pack=True),
+        RandomProjectionLSH(64, random_state=0),
+    ):
+        _assert_codes_equal(q.fit(H), H)
+    # The whole head in one graph: the decoder's floats differ in the last bits
+    # between runtimes, so a value on a break-point may flip its code.
+    pipe = make_pipeline(dec, PercentileQuantizer(bits=2)).fit(X)
+    assert (_run(pipe, X) == pipe.transform(X)).mean() >= 0.995
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    X=arrays(
+        np.float32,
+        st.tuples(st.integers(1, 20), st.just(24)),
+        elements=st.floats(-1e3, 1e3, width=32, allow_subnormal=False),
+    ),
+    bits=st.integers(1, 8),
+)
+def test_codes_equal_on_generated_inputs(decoder, X, bits):
+    fitted = _data()
+    _assert_codes_equal(PercentileQuantizer(bits=bits, pack=True).fit(fitted), X)
+    _assert_codes_equal(AllocatedQuantizer(bit_budget=30).fit(fitted), X)
+    # a projection exactly on a threshold could round either way between runtimes;
+    # generated rows (no subnormals) land there with probability ~0
+    _assert_codes_equal(RandomProjectionLSH(64, random_state=0).fit(fitted), X)
+    dec = decoder.set_params(output_dim=None, whiten=0.25, normalize=True)
+    np.testing.assert_allclose(_run(dec, X), dec.transform(X), rtol=1e-5, atol=1e-5)
+
+
+def test_pipeline_with_an_embedder_exports_its_head(tiny_model_paths, tiny_corpus):
+    pipe = make_pipeline(
+        ConcatEmbedder(tiny_model_paths),
+        PCA(8),
+        PercentileQuantizer(bits=3),
+    ).fit(tiny_corpus)
+    Z = pipe[0].transform(tiny_corpus)
+    got = _run(pipe, Z)
+    assert got.shape == (len(Z), 8) and got.dtype == np.uint8
+    # skl2onnx's PCA rounds differently from numpy: a break-point value may flip.
+    assert (got == pipe[1:].transform(Z)).mean() >= 0.99
+
+
+def test_onnx_model_loads_with_the_skl2onnx_entry_point():
+    from skl2onnx import to_onnx as skl_to_onnx
+
+    q = PercentileQuantizer(bits=2).fit(_data())
+    proto = skl_to_onnx(q, _data()[:1], target_opset={"": 18})
+    sess = ort.InferenceSession(proto.SerializeToString())
+    np.testing.assert_array_equal(sess.run(None, {"X": _data()})[0], q.transform(_data()))
+
+
+def test_unsupported_settings_name_the_parameter(decoder):
+    q = PercentileQuantizer().fit(_data())
+    with pytest.raises(ValueError, match="dtype"):
+        to_onnx(q, dtype="float16")
+    with pytest.raises(ValueError, match="target_opset"):
+        to_onnx(q, target_opset=13)
+    with pytest.raises(ValueError, match="output_dim"):
+        to_onnx(decoder.set_params(output_dim=99))
+    decoder.set_params(output_dim=None)
+    lsh = RandomProjectionLSH(16, random_state=0).fit(_data())
+    with pytest.raises(ValueError, match="n_bits"):
+        to_onnx(lsh.set_params(n_bits=12))
+    with pytest.raises(NotFittedError):
+        to_onnx(PercentileQuantizer())
+    with pytest.raises(TypeError, match="first step"):
+        to_onnx(make_pipeline(q, ConcatEmbedder(["x"])))
+
+
+# -- members ---------------------------------------------------------------------------
+
+
+def _cosines(a, b):
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.fixture(scope="module")
+def sample_texts(tiny_corpus):
+    texts = load_sample_passages(limit=60) + tiny_corpus
+    return [t for t in texts if t]  # an empty text has no direction to compare
+
+
+def test_transformer_member_matches_sentence_transformers(
+    tiny_model_paths, sample_texts, tmp_path
+):
+    from sentence_transformers import SentenceTransformer
+
+    st_model = SentenceTransformer(tiny_model_paths[0], device="cpu")
+    spec = export_member(st_model, tmp_path / "m", name="tiny")
+    assert spec["kind"] == "transformer" and spec["dim"] == 32
+    assert {"model.onnx", "tokenizer.json", "member.json"} <= {
+        p.name for p in (tmp_path / "m").iterdir()
+    }
+    got = embed(tmp_path / "m", sample_texts)
+    expected = st_model.encode(sample_texts, normalize_embeddings=False)
+    assert _cosines(got, expected).min() >= 0.9999
+    # the norm too: the graph is the model, not only its direction
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_prompted_member_prepends_its_prompt(tiny_prompted_model_path, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    st_model = SentenceTransformer(tiny_prompted_model_path, device="cpu")
+    export_member(st_model, tmp_path / "p")
+    texts = ["vim editor", "a web server"]
+    got = embed(tmp_path / "p", texts, prompt="query: ")
+    expected = st_model.encode_query(texts, normalize_embeddings=False)
+    assert _cosines(got, expected).min() >= 0.9999
+
+
+def test_static_member_matches_sentence_transformers(
+    tiny_model_paths, sample_texts, tmp_path
+):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import (
+        Normalize,
+        StaticEmbedding,
+    )
+
+    tok = SentenceTransformer(tiny_model_paths[0], device="cpu").tokenizer
+    vocab = tok.backend_tokenizer.get_vocab_size()
+    weights = np.random.default_rng(0).standard_normal((vocab, 16)).astype(np.float32)
+    static = StaticEmbedding(tok.backend_tokenizer, embedding_weights=weights)
+    st_model = SentenceTransformer(modules=[static, Normalize()], device="cpu")
+    spec = export_member(st_model, tmp_path / "s", name="static")
+    assert spec == {
+        "name": "static",
+        "kind": "static",
+        "dim": 16,
+        "max_length": None,
+        "add_special_tokens": False,
+    }
+    got = embed(tmp_path / "s", sample_texts + [""])
+    expected = st_model.encode(sample_texts + [""], normalize_embeddings=False)
+    assert _cosines(got[:-1], expected[:-1]).min() >= 0.9999
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)  # "" -> zeros
+
+
+def test_embedder_members_export_and_non_st_members_are_named(
+    tiny_model_paths, tiny_corpus, tmp_path
+):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    emb = ConcatEmbedder([("a", tiny_model_paths[0]), ("b", tiny_model_paths[1])])
+    specs = export_members(emb.fit(tiny_corpus), tmp_path)
+    assert [(s["name"], s["dim"], s["path"]) for s in specs] == [
+        ("a", 32, "0-a"),
+        ("b", 48, "1-b"),
+    ]
+    lexical = ConcatEmbedder([("a", tiny_model_paths[0]), ("words", TfidfVectorizer())])
+    with pytest.raises(UnsupportedMemberError, match="member 'words'"):
+        export_members(lexical.fit(tiny_corpus), tmp_path / "x")

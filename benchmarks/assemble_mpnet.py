@@ -28,7 +28,8 @@ def part_files() -> list[Path]:
         try:
             dist = distribution(name)
         except PackageNotFoundError:
-            raise SystemExit(f"{name} is not installed: pip install {' '.join(PARTS)}")
+            msg = f"{name} is not installed: pip install {' '.join(PARTS)}"
+            raise SystemExit(msg) from None
         pieces = [f for f in dist.files or () if ".zip." in f.name]
         if len(pieces) != 1:
             raise SystemExit(f"{name}: expected one zip piece, found {pieces}")

@@ -130,8 +130,10 @@ def load_all(n_corpus=None, with_mpnet=True):
     """L2-normalised member arrays on one common corpus, plus ids and qrels."""
     texts = em.load_texts(n_train=10_000)
     order = em.corpus_order(texts)
-    big = ("e5", "mpnet") if with_mpnet else ("e5",)
-    done = [len(em.load(m, "corpus_prio")) for m in big]
+    big = [
+        m for m in (("e5", "mpnet") if with_mpnet else ("e5",)) if _has(m, "corpus_prio")
+    ]
+    done = [len(em.load(m, "corpus_prio")) for m in big] or [len(order)]
     n = min(done) if n_corpus is None else n_corpus
     if n > min(done):
         raise SystemExit(f"--corpus {n}: only {min(done)} documents encoded by all models")
@@ -139,18 +141,15 @@ def load_all(n_corpus=None, with_mpnet=True):
     members = {}
     minilm_corpus = em.load("minilm", "corpus", len(texts["corpus"]))
     for m in ("minilm", *big):
+        corpus = minilm_corpus[keep] if m == "minilm" else em.load(m, "corpus_prio", n)
         members[m] = {
-            "corpus": minilm_corpus[keep]
-            if m == "minilm"
-            else em.load(m, "corpus_prio", n),
+            "corpus": corpus,
             "queries": em.load(m, "queries"),
             "train": em.load(m, "train"),
         }
         for s in ("pq_queries", "pq_docs"):
-            try:
+            if _has(m, s):
                 members[m][s] = em.load(m, s)
-            except FileNotFoundError:
-                pass
     cheap = _cheap_members(texts)
     for m, arrays in cheap.items():
         members[m] = {s: a[keep] if s == "corpus" else a for s, a in arrays.items()}
@@ -166,6 +165,10 @@ def load_all(n_corpus=None, with_mpnet=True):
         "full_corpus_ids": texts["corpus_ids"],
         "full_minilm_corpus": full_minilm,
     }
+
+
+def _has(model, split):
+    return any((em.CACHE / model / split).glob("[0-9]*.npy"))
 
 
 # --------------------------------------------------------------------- evaluation
@@ -268,10 +271,10 @@ def pseudo_sims(b, names):
 
 
 # ---------------------------------------------------------------------- sections
-def members_section(b, with_mpnet):
+def members_section(b):
     mem = b.d["members"]
     out = {}
-    for m in (*SMALL, "mpnet") if with_mpnet else SMALL:
+    for m in [m for m in (*SMALL, "mpnet") if m in mem]:
         nd = b.both(mem[m]["queries"], mem[m]["corpus"])
         out[m] = b.add(
             "members", LABEL[m], "float32", "float", 4 * mem[m]["corpus"].shape[1], nd
@@ -293,11 +296,12 @@ def members_section(b, with_mpnet):
     return out
 
 
-def concat_section(b, with_mpnet):
+def concat_section(b):
     """Every concatenation of small members (+ mpnet extras): uniform, dev, label-free."""
     mem = b.d["members"]
-    sets = [c for r in range(2, len(SMALL) + 1) for c in itertools.combinations(SMALL, r)]
-    if with_mpnet:
+    small = [m for m in SMALL if m in mem]
+    sets = [c for r in range(2, len(small) + 1) for c in itertools.combinations(small, r)]
+    if "mpnet" in mem:
         sets += [("e5", "mpnet"), ("minilm", "e5", "mpnet")]
     dev = b.rows["dev"]
     dev_qids = [b.d["query_ids"][i] for i in dev]
@@ -400,6 +404,17 @@ def bases(system_key, Z, decoders=None):
         dec.set_params(normalize=False, output_dim=None, whiten=0.0)
         out[label] = {None: {s: dec.transform(Z[s]).astype(np.float32) for s in SPLITS}}
         out[label]["fit_seconds"] = getattr(dec, "fit_seconds_", None)
+        if label == "default decoder":
+            # Investigation: the same fit, outputs whitened at transform time
+            # (``whiten``, no refit), exponent chosen on dev like whitened PCA's.
+            out["default decoder + whiten"] = {
+                w: {
+                    s: dec.set_params(whiten=w).transform(Z[s]).astype(np.float32)
+                    for s in SPLITS
+                }
+                for w in (0.0, *WHITEN)
+            }
+            dec.set_params(whiten=0.0)
     return out
 
 
@@ -834,8 +849,8 @@ def main(argv=None):
     data = load_all(args.corpus, with_mpnet)
     b = Bench(data)
     mem = data["members"]
-    members_section(b, with_mpnet)
-    concats, n_pairs = concat_section(b, with_mpnet)
+    members_section(b)
+    concats, n_pairs = concat_section(b)
     pairs = {
         k: v
         for k, v in concats.items()
@@ -851,7 +866,7 @@ def main(argv=None):
     own = {}
     key = "-".join(names) + "-" + "_".join(f"{x:g}" for x in w) + f"-n{n_train}"
     own[pair] = compression_section(b, pair, Z, bases(key, Z))
-    if with_mpnet:
+    if "mpnet" in mem:
         M = dict(mem["mpnet"])
         n_mp = len(M["train"])
         own["mpnet"] = compression_section(b, "mpnet", M, bases(f"mpnet-n{n_mp}", M))
@@ -864,7 +879,7 @@ def main(argv=None):
         "n_corpus": data["n_corpus"],
         "n_train": {
             "pair": n_train,
-            **({"mpnet": len(mem["mpnet"]["train"])} if with_mpnet else {}),
+            **({"mpnet": len(mem["mpnet"]["train"])} if "mpnet" in mem else {}),
         },
         "n_pseudo_pairs": n_pairs,
         "pair": pair,

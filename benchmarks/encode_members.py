@@ -7,7 +7,8 @@ Each (model, split) is written in chunks of ``CHUNK`` rows to
 ``benchmarks/.cache/members/<model>/<split>/NNNNN.npy``; a killed run resumes at the
 first missing chunk. The work is ordered so the most useful arrays finish first.
 
-Usage: ``OMP_NUM_THREADS=2 python benchmarks/encode_members.py [N_TRAIN]``; the log
+Usage: ``OMP_NUM_THREADS=2 python benchmarks/encode_members.py [N_TRAIN [MODELS]]``
+(``MODELS``: comma-separated subset of minilm,e5,mpnet, for parallel jobs); the log
 line per chunk gives texts/s. ``load(model, split)`` reads a finished array back.
 """
 
@@ -158,8 +159,9 @@ def plan(n_train: int):
     """(model, split, stop) in priority order.
 
     MiniLM encodes the corpus in file order ("corpus"); e5 and mpnet in
-    :func:`corpus_order` ("corpus_prio"), growing in steps so that a common prefix
-    exists for every model whenever the job is stopped.
+    :func:`corpus_order` ("corpus_prio"), mpnet growing in steps so that a common
+    prefix exists for every model whenever the job is stopped. Two jobs may run
+    side by side on different models (``main(models=...)``).
     """
     small = min(1000, n_train)
     return [
@@ -169,19 +171,19 @@ def plan(n_train: int):
         ("minilm", "pq_queries", 500),
         ("minilm", "pq_docs", 500),
         ("e5", "queries", None),
-        ("e5", "corpus_prio", 3000),
         ("e5", "train", small),
         ("e5", "pq_queries", 500),
         ("e5", "pq_docs", 500),
+        ("e5", "corpus_prio", None),
         ("mpnet", "queries", None),
+        ("mpnet", "corpus_prio", 2000),
+        ("mpnet", "train", 500),
         ("mpnet", "corpus_prio", 3000),
         ("mpnet", "train", small),
-        ("e5", "corpus_prio", 6000),
         ("mpnet", "corpus_prio", 6000),
         ("minilm", "train", min(2000, n_train)),
         ("e5", "train", min(2000, n_train)),
         ("mpnet", "train", min(2000, n_train)),
-        ("e5", "corpus_prio", None),
         ("mpnet", "corpus_prio", None),
         ("minilm", "pq_queries", None),
         ("minilm", "pq_docs", None),
@@ -193,7 +195,8 @@ def plan(n_train: int):
     ]
 
 
-def main(n_train: int = 4000):
+def main(n_train: int = 4000, models=MODELS):
+    """Run the plan for ``models`` only (a second job can take another model)."""
     import torch
 
     torch.set_num_threads(2)  # a benchmark script: two cores on this machine
@@ -212,6 +215,8 @@ def main(n_train: int = 4000):
     )
     encoders = {}
     for model, split, stop in plan(n_train):
+        if model not in models:
+            continue
         encode_split(model, split, texts[split], encoders, stop)
     print("done", flush=True)
 
@@ -219,4 +224,7 @@ def main(n_train: int = 4000):
 if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(Path(__file__).parent))
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 4000)
+    main(
+        int(sys.argv[1]) if len(sys.argv) > 1 else 4000,
+        tuple(sys.argv[2].split(",")) if len(sys.argv) > 2 else MODELS,
+    )

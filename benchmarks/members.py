@@ -430,12 +430,19 @@ def compression_section(b, system, Z, base_sets):
     for base, variants in base_sets.items():
         fit_s = variants.get("fit_seconds")
         variants = {w: H for w, H in variants.items() if w != "fit_seconds"}
-        for width in FLOAT_WIDTHS:
+        chosen = {}
+        max_width = min(H["train"].shape[1] for H in variants.values())
+        for width in [w for w in FLOAT_WIDTHS if w <= max_width] or [max_width]:
             cands = []
             for w, H in variants.items():
                 params, fn = _float_candidate(b, H, width)
                 cands.append(({**params, "whiten": w}, fn))
-            b.tune("compress", system, f"{base} {width}-d", "float", 4 * width, cands)
+            row = b.tune("compress", system, f"{base} {width}-d", "float", 4 * width, cands)
+            chosen[width] = row["whiten"]
+        # Codes use the whitening exponent chosen on dev at the middle float width
+        # (bounds the search).
+        w = list(chosen.values())[len(chosen) // 2]
+        variants = {w: variants[w]}
         for ratio in RATIOS:
             nbytes = full / ratio
             sym_c, asym_c = [], []

@@ -245,7 +245,11 @@ class Bench:
 
 
 def concat(members, names, weights, split):
-    return np.hstack([w * members[m][split] for m, w in zip(names, weights, strict=True)])
+    """``hstack(w_i * member_i)`` of one split (train: the rows every member has)."""
+    n = min(len(members[m][split]) for m in names)
+    return np.hstack(
+        [w * members[m][split][:n] for m, w in zip(names, weights, strict=True)]
+    )
 
 
 def _topk_ndcg(sims, qids, doc_ids, qrels, k=10):
@@ -951,10 +955,7 @@ def main(argv=None):
     pair = max(pairs, key=lambda k: pairs[k]["dev_row"]["ndcg_dev"])
     names, w = pairs[pair]["names"], pairs[pair]["dev"]
     n_train = min(len(mem[m]["train"]) for m in names)
-    Z = {
-        s: concat(mem, names, w, s)[:n_train] if s == "train" else concat(mem, names, w, s)
-        for s in SPLITS
-    }
+    Z = {s: concat(mem, names, w, s) for s in SPLITS}
     key = "-".join(names) + "-" + "_".join(f"{x:g}" for x in w) + f"-n{n_train}"
     own = {pair: compression_section(b, pair, Z, bases(key, Z))}
     rob_sets = {k: v for k, v in concats.items() if set(v["names"]) >= set(names)}

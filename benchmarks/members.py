@@ -374,9 +374,9 @@ def concat_section(b):
 
 
 def _shapes(nbytes, max_width):
-    """(width, bits) candidates storing ``nbytes`` per row; bits=32 is float32."""
+    """(width, bits) candidates storing ``nbytes`` per row; bits 32 / 16 are floats."""
     out = []
-    for bits in (32, 8, 4, 2, 1):
+    for bits in (32, 16, 8, 4, 2, 1):
         width = nbytes * 8 / bits
         if width == int(width) and 1 <= width <= max_width:
             out.append((int(width), bits))
@@ -406,10 +406,11 @@ def _code_candidates(b, H, width, bits):
     return sym_c, asym_c
 
 
-def _float_candidate(b, H, width):
-    return {"width": width, "bits": 32}, lambda s: b.ndcg(
-        s, H["queries"][:, :width], H["corpus"][:, :width]
-    )
+def _float_candidate(b, H, width, bits=32):
+    """Cosine search of the first ``width`` outputs stored as float32 or float16."""
+    dtype = np.float32 if bits == 32 else np.float16
+    Q, C = (H[s][:, :width].astype(dtype).astype(np.float32) for s in ("queries", "corpus"))
+    return {"width": width, "bits": bits}, lambda s: b.ndcg(s, Q, C)
 
 
 def fit_decoder(key, train, **params):
@@ -487,8 +488,8 @@ def compression_section(b, system, Z, base_sets):
             sym_c, asym_c = [], []
             for w, H in variants.items():
                 for width, bits in _shapes(nbytes, H["train"].shape[1]):
-                    if bits == 32:
-                        params, fn = _float_candidate(b, H, width)
+                    if bits >= 16:
+                        params, fn = _float_candidate(b, H, width, bits)
                         sym_c.append(({**params, "whiten": w}, fn))
                         asym_c.append(({**params, "whiten": w}, fn))
                         continue

@@ -618,7 +618,7 @@ def speed_section(n_texts=200):
         out[f"{name}_passages_per_cpu_s"] = n_texts / (time.process_time() - cpu)
     out["load_average_after"] = os.getloadavg()[0]
     # Rates the encoding job logged over the whole run (other jobs shared the cores).
-    log = (em.CACHE / "encode.log").read_text().splitlines()
+    log = (em.CACHE.parent / "encode.log").read_text().splitlines()
     for name, split in (
         ("minilm", "corpus"),
         ("e5", "corpus_prio"),
@@ -978,15 +978,20 @@ def main(argv=None):
         "label_free": label_free_summary(concats),
     }
     out["robustness"] = robustness_section(b, rob_sets)
+    out["answers"] = answers(out)
+    write(out, t0)
     if not args.no_speed:
         out["speed"] = speed_section()
-    out["answers"] = answers(out)
+        write(out, t0)
+    print("\n".join(out["answers"]))
+
+
+def write(out, t0):
     out["seconds"] = time.perf_counter() - t0
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "members.json").write_text(json.dumps(out, indent=1, default=_json))
     (RESULTS / "members.md").write_text(markdown(out))
     plot(out, RESULTS / "members.png")
-    print("\n".join(out["answers"]))
 
 
 def _json(x):

@@ -19,22 +19,33 @@ concatenation) and the chosen weights are then evaluated on the concatenation wi
 same grid on :class:`skfusion.scoring.PseudoQueryScorer` pairs made from train passages
 (first sentence -> rest of the passage), no labels.
 
-Compression (of the best pair of small members and of mpnet): PCA, whitened PCA
-(``variance ** -w``, ``w`` on dev) and skfusion's default ``MatryoshkaDecoder``, each
-fitted on the train passages, at 4x, 16x, 48x and 96x of the system's own float32
-size: at every stop the candidate shapes (float width, or width x bits of
+Compression (of the best pair of small members, chosen on dev): PCA, whitened PCA
+(``variance ** -w``, ``w`` on dev), skfusion's default ``MatryoshkaDecoder`` and, as an
+investigation, the same decoder with its transform-time ``whiten`` chosen on dev, each
+fitted on the train passages, at 4x, 16x, 48x and 96x of the pair's own float32 size:
+at every stop the candidate shapes (float32 / float16 width, or width x bits of
 ``PercentileQuantizer`` codes) and the code weighting (``spread_weights`` beta) are
 chosen on dev, separately for symmetric codes and asymmetric search (float queries);
-``RandomProjectionLSH`` at the same bytes.
+``RandomProjectionLSH`` at the same bytes. Robustness (paper claim C1 vs C2): recovery
+of each concatenation's own float32 score under LSH-1024 and 2-bit codes, for every
+concatenation that contains the pair.
 
-Corpus: on these two shared cores the larger models may not encode all 10,000
-documents in time, so e5 and mpnet encode the corpus in a fixed priority order (all
-judged documents first, then the rest shuffled). Every system is evaluated on the same
-corpus: the largest prefix of that order that every model has finished (``n_corpus``
-in the JSON); the markdown says when it is smaller than the full corpus, and gives
-MiniLM on both corpora so the effect of the smaller corpus is visible.
+Corpus: on these two shared cores the larger models could not encode all 10,000
+documents in time, so e5 encodes the corpus in a fixed priority order (all judged
+documents first, then the rest shuffled) and every system is evaluated on the prefix
+e5 finished (``n_corpus`` in the JSON; MiniLM is also shown on the full corpus, to show
+how much easier the smaller corpus is). all-mpnet-base-v2 was encoded only for a
+smaller benchmark (``encode_members.mpnet_subset``: the first test queries against
+their relevant documents plus random distractors, all rows of the main corpus); every
+system is scored there too (column "mpnet subset"), with the settings chosen on dev.
+mpnet's own compression needs train passages that were not encoded, so it is not run.
 
-    python benchmarks/members.py [--corpus N] [--no-mpnet]
+    python benchmarks/assemble_mpnet.py                 # once
+    OMP_NUM_THREADS=2 python benchmarks/encode_members.py  # resumable; stop it any time
+    python benchmarks/members.py [--corpus N] [--no-speed]
+
+The last step takes about 10 minutes on the shared cores (decoder fits are cached
+under ``benchmarks/.cache/members/fits``).
 
 Writes ``benchmarks/results/members.{json,md,png}``.
 """

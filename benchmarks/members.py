@@ -748,8 +748,8 @@ def markdown(out):
             " (all 10,000)."
             if out["n_corpus"] == 10_000
             else f" of 10,000: every judged document plus {out['n_corpus'] - 1500:,} "
-            "random distractors, the prefix every model finished encoding on 2 shared "
-            "cores (scores are higher than on the full corpus; MiniLM is shown on both)."
+            "random distractors, the prefix e5 finished encoding on 2 shared cores "
+            "(scores are higher than on the full corpus; MiniLM is shown on both)."
         ),
         f"Train passages for PCA / decoders: {out['n_train']}. Texts cut to 200 words. "
         "Weights: explicit grid on dev (first member 1, others in "

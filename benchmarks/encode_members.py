@@ -72,7 +72,7 @@ def mpnet_subset(
 ):
     """(query rows, corpus rows) of the smaller benchmark where mpnet is compared.
 
-    all-mpnet-base-v2 runs about 8x slower than MiniLM here, too slow for the whole
+    all-mpnet-base-v2, the slowest of the three models here, is too slow for the whole
     corpus on these shared cores: it is compared on the first ``n_queries`` test
     queries against their relevant documents plus the first ``n_distractors``
     documents of :func:`corpus_order` that no query judges. Every row of that corpus

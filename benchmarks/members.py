@@ -728,7 +728,7 @@ def _mp_note(out):
     if not sub:
         return "all-mpnet-base-v2 was not encoded in this run."
     return (
-        f"all-mpnet-base-v2 (about 8x MiniLM's cost) was encoded only for a smaller "
+        f"all-mpnet-base-v2 (the slowest model here) was encoded only for a smaller "
         f"benchmark, column *mpnet subset*: the first {sub['n_queries']} test queries "
         f"against a {sub['n_corpus']:,}-document corpus (their relevant documents plus "
         "random distractors); every other system is scored there too, with the "

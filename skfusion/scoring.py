@@ -230,3 +230,166 @@ def bytes_per_vector_scorer(estimator, X, y=None):
     """
     texts = _as_texts(X, "bytes_per_vector_scorer")[:2]
     return int(bytes_per_vector(estimator, encode(estimator, texts, "document")))
+
+
+import re  # noqa: E402
+
+# Appended with PseudoQueryScorer (kept out of the list above to ease a parallel edit).
+__all__ += ["PseudoQueryScorer"]
+
+# The end of a sentence: ".", "!" or "?" followed by white space.
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+class PseudoQueryScorer:
+    """Label-free retrieval scorer: each passage's first sentence must find the rest.
+
+    Unlabelled passages already contain query-document pairs: a passage's first
+    sentence usually names and summarises its subject (a package synopsis, a title, a
+    topic sentence) and the rest of the passage is about the same thing. For the
+    held-out passages ``X`` this scorer splits every passage into a pseudo-query (its
+    first sentence) and a pseudo-document (the remaining sentences), and scores the
+    fitted pipeline exactly as :class:`RetrievalScorer` scores a labelled split: the
+    pseudo-queries are encoded with the query prompt, the pseudo-documents with the
+    document prompt, compared with the similarity the output implies, and each query
+    has one relevant document, its own passage's rest. So ``GridSearchCV`` can choose
+    member weights (and decoder / code settings) with no labelled queries at all.
+
+    Parameters
+    ----------
+    metric : str, default="ndcg@10"
+        ``"ndcg@K"``, ``"recall@K"`` or ``"mrr@K"``.
+    min_words : int, default=5
+        A passage is used only when its rest has at least this many words (a passage
+        of one sentence has no rest and is skipped).
+    max_passages : int, default=2000
+        Use at most this many pairs (the first ones), which bounds the cost of the
+        exact search.
+    **search_params
+        Passed to :func:`skfusion.search.search` (e.g. ``metric="asymmetric"``).
+
+    See Also
+    --------
+    RetrievalScorer : The labelled counterpart (a fixed dev split with qrels).
+    NeighbourhoodScorer : Label-free, but measures agreement with a reference
+        representation, so it cannot choose the weights of that reference.
+
+    Notes
+    -----
+    Sentences end at ``.``, ``!`` or ``?`` followed by white space. Pairs whose
+    pseudo-query or pseudo-document repeats an earlier pair's are dropped, so that
+    every query has exactly one correct answer among the documents. The score favours
+    representations that match a summary sentence to its elaboration, which is close
+    to, but not the same as, matching a user's query to a document: use it to *rank*
+    candidate settings, not as an estimate of the labelled score. Like
+    :class:`RetrievalScorer` it encodes texts through the estimator; give a
+    :class:`~skfusion.ConcatEmbedder` a ``cache_dir`` so that changing weights or
+    compression does not run the models again.
+
+    Examples
+    --------
+    >>> from sklearn.decomposition import TruncatedSVD
+    >>> from sklearn.feature_extraction.text import TfidfVectorizer
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from skfusion.datasets import load_sample_passages
+    >>> from skfusion.scoring import PseudoQueryScorer
+    >>> passages = load_sample_passages(limit=400)
+    >>> scorer = PseudoQueryScorer()
+    >>> pairs = scorer.make_pairs(passages)
+    >>> len(pairs.query_texts) == len(pairs.corpus_texts) > 100
+    True
+    >>> pipe = make_pipeline(TfidfVectorizer(), TruncatedSVD(32, random_state=0))
+    >>> score = scorer(pipe.fit(passages), passages)
+    >>> 0.0 < score < 1.0
+    True
+    """
+
+    def __init__(
+        self, metric="ndcg@10", *, min_words=5, max_passages=2000, **search_params
+    ):
+        from .metrics import evaluate
+
+        try:
+            evaluate({}, {}, [metric])
+        except ValueError as exc:
+            raise ValueError(f"metric={metric!r} is not valid: {exc}") from None
+        for name, value, low in (
+            ("min_words", min_words, 1),
+            ("max_passages", max_passages, 2),
+        ):
+            if (
+                not isinstance(value, (int, np.integer))
+                or isinstance(value, bool)
+                or value < low
+            ):
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
+        self.metric = metric
+        self.min_words = int(min_words)
+        self.max_passages = int(max_passages)
+        self.search_params = search_params
+
+    def make_pairs(self, X):
+        """The pseudo-query / pseudo-document pairs of ``X`` as a labelled data set.
+
+        Parameters
+        ----------
+        X : list of str
+            Passages.
+
+        Returns
+        -------
+        pairs : RetrievalDataset
+            Query ``"q<i>"`` is the first sentence of passage ``i`` and its only
+            relevant document is ``"d<i>"``, the rest of that passage.
+        """
+        from pathlib import Path
+
+        from .datasets import RetrievalDataset
+
+        texts = _as_texts(X, "PseudoQueryScorer")
+        ids, queries, docs, seen = [], [], [], set()
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(
+                    f"PseudoQueryScorer scores passages of str; item {i} is "
+                    f"{type(text).__name__}."
+                )
+            head, *rest = _SENTENCE_END.split(text.strip(), maxsplit=1)
+            rest = rest[0] if rest else ""
+            if not head or len(rest.split()) < self.min_words:
+                continue
+            if head in seen or rest in seen:
+                continue
+            seen.update((head, rest))
+            ids.append(str(i))
+            queries.append(head)
+            docs.append(rest)
+            if len(ids) == self.max_passages:
+                break
+        return RetrievalDataset(
+            corpus_ids=[f"d{i}" for i in ids],
+            corpus_texts=docs,
+            query_ids=[f"q{i}" for i in ids],
+            query_texts=queries,
+            qrels={f"q{i}": {f"d{i}": 1} for i in ids},
+            split="pseudo-queries",
+            path=Path("."),
+        )
+
+    def __call__(self, estimator, X, y=None):
+        pairs = self.make_pairs(X)
+        k = int(str(self.metric).partition("@")[2])
+        if len(pairs.query_ids) <= k:
+            raise ValueError(
+                f"PseudoQueryScorer({self.metric!r}) needs more than {k} passages of at "
+                f"least two sentences (rest >= {self.min_words} words); the "
+                f"{len(_as_texts(X, 'PseudoQueryScorer'))} held-out passages gave "
+                f"{len(pairs.query_ids)}. Pass more passages or use fewer CV folds."
+            )
+        return RetrievalScorer(pairs, self.metric, **self.search_params)(estimator)
+
+    def __repr__(self):
+        return (
+            f"PseudoQueryScorer(metric={self.metric!r}, min_words={self.min_words}, "
+            f"max_passages={self.max_passages})"
+        )

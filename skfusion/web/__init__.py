@@ -113,8 +113,9 @@ def find_node_modules(node_modules=None):
     Parameters
     ----------
     node_modules : str or path-like, default=None
-        Where to look; ``None`` tries ``$SKFUSION_NODE_MODULES`` then
-        ``./node_modules``.
+        Where to look; ``None`` tries ``$SKFUSION_NODE_MODULES``, ``./node_modules``,
+        then ``~/.cache/skfusion/npm/node_modules`` (where
+        ``scripts/install-browser-deps.sh`` installs them).
 
     Returns
     -------
@@ -128,7 +129,11 @@ def find_node_modules(node_modules=None):
     candidates = (
         [node_modules]
         if node_modules is not None
-        else [os.environ.get("SKFUSION_NODE_MODULES"), "node_modules"]
+        else [
+            os.environ.get("SKFUSION_NODE_MODULES"),
+            "node_modules",
+            Path.home() / ".cache" / "skfusion" / "npm" / "node_modules",
+        ]
     )
     tried = []
     for folder in candidates:

@@ -239,7 +239,6 @@ def bytes_per_vector_scorer(estimator, X, y=None):
     return int(bytes_per_vector(estimator, encode(estimator, texts, "document")))
 
 
-
 # The end of a sentence: ".", "!" or "?" followed by white space.
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 

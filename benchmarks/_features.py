@@ -8,11 +8,12 @@ and all queries, plus dev/test qrels. Arrays are cached under ``benchmarks/.cach
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 from skfusion.datasets import load_beir, load_passages
-from skfusion.metrics import ndcg_at_k, run_from_topk
+from skfusion.evaluation import evaluate_embeddings
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "debian-packages"
 CACHE = Path(__file__).parent / ".cache"
@@ -84,21 +85,24 @@ def _member_embeddings(name, texts, n_train):
     return {s: _l2(lex.transform(texts[s])) for s in splits}
 
 
-def ndcg10(queries, corpus, feats, split, *, normalize=True, k=10):
-    """nDCG@10 of exact cosine (or inner-product) search for one qrels split."""
+def split_data(feats, split):
+    """Rows of ``split``'s queries and a dataset view for ``evaluate_embeddings``."""
     qrels = feats["qrels"][split]
     pos = {q: i for i, q in enumerate(feats["query_ids"])}
-    rows = [pos[q] for q in qrels]
-    q = np.asarray(queries, dtype=np.float32)[rows]
-    d = np.asarray(corpus, dtype=np.float32)
-    if normalize:
-        q, d = _l2(q), _l2(d)
-    sims = q @ d.T
-    idx = np.argpartition(-sims, k, axis=1)[:, :k]
-    part = np.take_along_axis(sims, idx, 1)
-    order = np.argsort(-part, axis=1, kind="stable")
-    idx = np.take_along_axis(idx, order, 1)
-    run = run_from_topk(
-        list(qrels), feats["corpus_ids"], np.take_along_axis(part, order, 1), idx
+    qids = list(qrels)
+    data = SimpleNamespace(query_ids=qids, corpus_ids=feats["corpus_ids"], qrels=qrels)
+    return [pos[q] for q in qids], data
+
+
+def ndcg10(queries, corpus, feats, split, *, normalize=True, k=10):
+    """nDCG@10 of exact cosine (or inner-product) search for one qrels split."""
+    rows, data = split_data(feats, split)
+    name = f"ndcg@{k}"
+    scores = evaluate_embeddings(
+        np.asarray(queries, dtype=np.float32)[rows],
+        np.asarray(corpus, dtype=np.float32),
+        data,
+        metrics=[name],
+        metric="cosine" if normalize else "ip",
     )
-    return ndcg_at_k(run, qrels, k)
+    return scores[name]

@@ -31,22 +31,18 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _bench import write_results
-from _features import load_features  # noqa: E402
+from _features import load_features, split_data  # noqa: E402
 
-from skfusion.metrics import ndcg_at_k, run_from_topk  # noqa: E402
+from skfusion.evaluation import evaluate_embeddings  # noqa: E402
 from skfusion.quantize import PercentileQuantizer  # noqa: E402
-from skfusion.search import search, spread_weights  # noqa: E402
+from skfusion.search import spread_weights  # noqa: E402
 
 BETAS = (0.0, 0.5, 1.0)
 
 
 def evaluate(feats, split, queries, database, **kw):
-    qrels = feats["qrels"][split]
-    pos = {q: i for i, q in enumerate(feats["query_ids"])}
-    qids = list(qrels)
-    rows = [pos[q] for q in qids]
-    scores, idx = search(queries[rows], database, 10, **kw)
-    return ndcg_at_k(run_from_topk(qids, feats["corpus_ids"], scores, idx), qrels, 10)
+    rows, data = split_data(feats, split)
+    return evaluate_embeddings(queries[rows], database, data, **kw)["ndcg@10"]
 
 
 def main(argv=None):

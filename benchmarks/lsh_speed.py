@@ -53,7 +53,7 @@ def main(argv=None):
         pass
     times = {}
     for name, fn in tqdm(methods.items(), disable=args.quiet, desc="methods"):
-        times[name] = best_time(fn, args.repeats)
+        times[name] = best_time(fn, args.repeats)[0]
     base = times["skfusion RandomProjectionLSH"]
     flops = 2.0 * args.rows * args.dim * args.bits
     out = {

@@ -46,15 +46,15 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _features import CACHE, DATA, load_features, load_texts  # noqa: E402
+from _features import CACHE, DATA, load_features, load_texts, split_data  # noqa: E402
 
 from skfusion.allocation import AllocatedQuantizer  # noqa: E402
 from skfusion.datasets import load_beir  # noqa: E402
+from skfusion.evaluation import evaluate_embeddings  # noqa: E402
 from skfusion.lsh import RandomProjectionLSH  # noqa: E402
-from skfusion.metrics import _per_query, run_from_topk  # noqa: E402
 from skfusion.quantize import PercentileQuantizer  # noqa: E402
 from skfusion.scoring import RetrievalScorer  # noqa: E402
-from skfusion.search import search, spread_weights  # noqa: E402
+from skfusion.search import spread_weights  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 QCACHE = CACHE / "quality"
@@ -95,18 +95,17 @@ class Bench:
 
     def __init__(self, feats):
         self.f = feats
-        pos = {q: i for i, q in enumerate(feats["query_ids"])}
-        self.qrows = {s: [pos[q] for q in feats["qrels"][s]] for s in SPLITS}
+        self.splits = {s: split_data(feats, s) for s in SPLITS}
         self.ref = self.both(feats["queries"], feats["corpus"])
         self.rows = []
 
     def ndcg(self, split, queries, database, **kw):
         """nDCG@10 of ``search`` with the rows of ``split``'s queries."""
-        qrels = self.f["qrels"][split]
+        rows, data = self.splits[split]
         kw.setdefault("metric", "cosine" if _is_float(database) else "auto")
-        scores, idx = search(np.asarray(queries)[self.qrows[split]], database, 10, **kw)
-        run = run_from_topk(list(qrels), self.f["corpus_ids"], scores, idx)
-        return _Score(_per_query(run, qrels, 10, "ndcg"))
+        q = np.asarray(queries)[rows]
+        per_query = evaluate_embeddings(q, database, data, per_query=True, **kw)
+        return _Score(list(per_query["ndcg@10"]))
 
     def both(self, queries, database, **kw):
         return {s: self.ndcg(s, queries, database, **kw) for s in SPLITS}

@@ -14,15 +14,11 @@ from numbers import Integral, Real
 
 import numpy as np
 from scipy.stats import norm
-from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
-from sklearn.utils.validation import check_is_fitted
 
-from ._compat import Interval, StrOptions, _fit_context, validate_data
-from .quantize import _calibration_rows, _percentile_codes
+from ._compat import Interval, StrOptions, _fit_context, validate_params
+from .codes import BaseQuantizer
 
 __all__ = ["AllocatedQuantizer", "allocate_bits"]
-
-_BLOCK_ROWS = 1 << 14
 
 
 def _gaussian_lloyd_max(bits, n_iter=300):
@@ -37,6 +33,15 @@ def _gaussian_lloyd_max(bits, n_iter=300):
     return 0.5 * (levels[:-1] + levels[1:]), levels
 
 
+@validate_params(
+    {
+        "variances": ["array-like"],
+        "bit_budget": [Interval(Integral, 1, None, closed="left")],
+        "max_bits": [Interval(Integral, 1, 8, closed="both")],
+        "allocation_power": [Interval(Real, 0, None, closed="neither")],
+    },
+    prefer_skip_nested_validation=True,
+)
 def allocate_bits(variances, bit_budget, *, max_bits=3, allocation_power=1.0):
     """Bits per dimension by greedy reverse water-filling on the variances.
 
@@ -74,28 +79,22 @@ def allocate_bits(variances, bit_budget, *, max_bits=3, allocation_power=1.0):
     var = np.asarray(variances, dtype=np.float64)
     if var.ndim != 1 or not np.isfinite(var).all() or (var < 0).any():
         raise ValueError("variances must be a 1-D array of finite non-negative numbers.")
-    if isinstance(max_bits, bool) or not isinstance(max_bits, Integral):
-        raise ValueError(f"max_bits must be an integer in 1..8, got {max_bits!r}.")
-    if not 1 <= max_bits <= 8:
-        raise ValueError(f"max_bits must be an integer in 1..8, got {max_bits!r}.")
     capacity = var.size * int(max_bits)
-    if isinstance(bit_budget, bool) or not isinstance(bit_budget, Integral):
-        raise ValueError(f"bit_budget must be a positive integer, got {bit_budget!r}.")
-    if not 1 <= bit_budget <= capacity:
+    if bit_budget > capacity:
         raise ValueError(
             f"bit_budget={bit_budget} must lie in 1..n_features * max_bits = {capacity} "
             f"(n_features={var.size}, max_bits={max_bits}); lower bit_budget, raise "
             "max_bits or keep more dimensions."
         )
-    if not np.isfinite(allocation_power) or allocation_power <= 0:
-        raise ValueError(f"allocation_power must be positive, got {allocation_power!r}.")
+    if not np.isfinite(allocation_power):
+        raise ValueError(f"allocation_power must be finite, got {allocation_power!r}.")
     gains = np.power(var, allocation_power)[:, None] * 4.0 ** -np.arange(max_bits)
     # Stable order on (-gain) with dimension-major ties: lower index first.
     top = np.argsort(-gains, axis=None, kind="stable")[: int(bit_budget)]
     return np.bincount(top // max_bits, minlength=var.size).astype(np.int64)
 
 
-class AllocatedQuantizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+class AllocatedQuantizer(BaseQuantizer):
     """Percentile codes with per-dimension bit widths allocated by variance.
 
     ``fit`` measures each dimension's variance on the calibration rows, splits
@@ -134,7 +133,8 @@ class AllocatedQuantizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
         percentile codes do), 1 restores its spread. A hyper-parameter for grid search.
     subsample : int or None, default=100_000
         Calibrate on at most this many rows (drawn with ``random_state``); ``None``
-        uses every row.
+        uses every row. A ``numpy.memmap`` or a dask array is sampled before it is
+        validated, so only the drawn rows are ever read.
     pack : bool, default=False
         If True, ``transform`` returns packed rows of ``ceil(n_bits_ / 8)`` bytes.
     random_state : int, RandomState instance or None, default=None
@@ -146,6 +146,8 @@ class AllocatedQuantizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
         Bits of every dimension (0 to ``max_bits``), summing to ``n_bits_``.
     n_bits_ : int
         Bits per vector, ``bit_budget``.
+    bytes_per_vector_ : int
+        Bytes of one packed row, ``ceil(n_bits_ / 8)``.
     thresholds_ : ndarray of shape (n_features_in_, 2**max_bits - 1), dtype float64
         Percentile break-points of every dimension, padded with ``+inf`` (never
         exceeded) past its ``2**bits_[j] - 1`` used ones.
@@ -177,14 +179,8 @@ class AllocatedQuantizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
     ``max_features`` with ``max_bits=2`` gives plain two-bit codes of the leading
     dimensions, so one grid covers both.
 
-    Measured on debian-packages (``benchmarks/results/quality.md``; nDCG@10 on test
-    as a fraction of the float32 1,024-d concatenation, settings chosen on dev), on
-    the default :class:`~skfusion.decoder.MatryoshkaDecoder` output: at 341 bits
-    (96x) symmetric search reaches 96.1% with ``buckets="gaussian", max_bits=2,
-    max_features=171, spread=0.25`` (equal-mass percentile codes of the same shape:
-    95.0%), asymmetric 98.1% (variance allocation, ``buckets="gaussian"``); at 682
-    bits (48x) 99.7% symmetric and 100.8% asymmetric. ``normalize=True`` in search
-    (cosine over code values) is part of these numbers.
+    The settings that reach the compression targets on debian-packages, and their
+    nDCG@10, are in ``benchmarks/results/quality.md`` (measured numbers live there).
 
     Examples
     --------
@@ -234,12 +230,6 @@ class AllocatedQuantizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
         self.pack = pack
         self.random_state = random_state
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        # Output is uint8 codes whatever the input float dtype.
-        tags.transformer_tags.preserves_dtype = []
-        return tags
-
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Allocate the bits and learn each dimension's percentile break-points.
@@ -256,8 +246,11 @@ class AllocatedQuantizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
         self : AllocatedQuantizer
             The fitted quantizer.
         """
-        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=True)
-        n, d = X.shape
+        n_buckets = 1 << self.max_bits
+        X64 = self._calibration_rows(
+            X, n_buckets, f"AllocatedQuantizer(max_bits={self.max_bits})", "max_bits"
+        )
+        d = X64.shape[1]
         d_coded = d if self.max_features is None else min(d, self.max_features)
         capacity = d_coded * self.max_bits
         if self.bit_budget > capacity:
@@ -267,15 +260,6 @@ class AllocatedQuantizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
                 f"max_bits={self.max_bits}); lower bit_budget, raise max_bits or "
                 "max_features."
             )
-        n_buckets = 1 << self.max_bits
-        X64 = _calibration_rows(
-            X,
-            n_buckets,
-            self.subsample,
-            self.random_state,
-            f"AllocatedQuantizer(max_bits={self.max_bits})",
-            "max_bits",
-        )
         std = X64.std(axis=0)
         bits = np.zeros(d, dtype=np.int64)
         bits[:d_coded] = allocate_bits(
@@ -299,120 +283,21 @@ class AllocatedQuantizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
                 mass = norm.cdf(t)
             thr[cols, : nb - 1] = np.percentile(X64[:, cols], 100.0 * mass, axis=0).T
             values[cols, :nb] = levels
-        coded = bits > 0
-        scale = np.where(coded, np.power(np.maximum(std, 1e-300), self.spread), 0.0)
-        scale /= scale[coded].mean()
-        self.bits_ = bits
-        self.n_bits_ = int(bits.sum())
         self.thresholds_ = thr
-        self.code_values_ = (values * scale[:, None]).astype(np.float32)
         self.std_ = std.astype(np.float32)
-        self.bucket_values_ = self._bucket_means(X64)
-        self._n_features_out = -(-self.n_bits_ // 8) if self.pack else d
+        self._set_code_layout(bits, values * self._spread_scale(std, bits > 0)[:, None])
+        # Unused codes never occur; a dimension without bits reconstructs as its mean.
+        self.bucket_values_ = self._bucket_means(X64, np.zeros((d, n_buckets)))
         return self
 
-    def _bucket_means(self, X64):
-        n, d = X64.shape
-        nb = 1 << self.max_bits
-        codes = _percentile_codes(X64, self.thresholds_)
-        flat = (codes.astype(np.int64) + np.arange(d) * nb).ravel()
-        counts = np.bincount(flat, minlength=d * nb).reshape(d, nb)
-        sums = np.bincount(flat, weights=X64.ravel(), minlength=d * nb).reshape(d, nb)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            means = np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
-        return means.astype(np.float32)
+    def _spread_scale(self, std, coded):
+        """``std ** spread`` over the coded dimensions, mean 1, 0 elsewhere.
 
-    def transform(self, X):
-        """Quantize rows into codes with the allocated widths.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features_in_)
-            Finite float rows.
-
-        Returns
-        -------
-        codes : ndarray of dtype uint8
-            Shape (n_samples, n_features_in_), code ``< 2**bits_[j]`` in column ``j``;
-            with ``pack=True``, shape (n_samples, ceil(n_bits_ / 8)).
+        Computed in the log domain (shifted so the largest is 1) so that no ``spread``
+        overflows to inf (``std ** 300``) and turns the code values into NaN.
         """
-        check_is_fitted(self)
-        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
-        codes = _percentile_codes(X, self.thresholds_)
-        return self._pack(codes) if self.pack else codes
-
-    def _pack(self, codes):
-        """Bit stream: dimension by dimension, ``bits_[j]`` bits each, MSB first."""
-        n = codes.shape[0]
-        out = np.empty((n, -(-self.n_bits_ // 8)), dtype=np.uint8)
-        cols, shifts = self._bit_layout()
-        for s in range(0, n, _BLOCK_ROWS):
-            stream = (codes[s : s + _BLOCK_ROWS, cols] >> shifts) & np.uint8(1)
-            out[s : s + _BLOCK_ROWS] = np.packbits(stream, axis=1)
-        return out
-
-    def _bit_layout(self):
-        """Source column and right shift of every bit in the stream."""
-        cols = np.repeat(np.arange(self.bits_.size), self.bits_)
-        starts = np.cumsum(self.bits_) - self.bits_
-        pos = np.arange(self.n_bits_) - starts[cols]
-        return cols, (self.bits_[cols] - 1 - pos).astype(np.uint8)
-
-    def _unpack(self, packed):
-        n = packed.shape[0]
-        cols, shifts = self._bit_layout()
-        codes = np.zeros((n, self.bits_.size), dtype=np.uint8)
-        for s in range(0, n, _BLOCK_ROWS):
-            stream = np.unpackbits(packed[s : s + _BLOCK_ROWS], axis=1, count=self.n_bits_)
-            block = codes[s : s + _BLOCK_ROWS]
-            vals = stream << shifts
-            # Within one shift every column appears once, so fancy-index OR is safe.
-            for b in range(int(self.bits_.max())):
-                sel = shifts == b
-                block[:, cols[sel]] |= vals[:, sel]
-        return codes
-
-    def _as_codes(self, X):
-        """Validate codes (packed or not) and return them unpacked, uint8."""
-        X = np.asarray(X)
-        d = self.n_features_in_
-        packed_width = -(-self.n_bits_ // 8)
-        if X.ndim != 2:
-            raise ValueError(f"codes must be a 2-D array, got shape {X.shape}.")
-        if not np.issubdtype(X.dtype, np.integer):
-            raise TypeError(
-                f"codes must be integers (uint8 from transform), got dtype {X.dtype}; "
-                "pass the output of AllocatedQuantizer.transform."
-            )
-        if X.shape[1] not in (d, packed_width):
-            raise ValueError(
-                f"codes have {X.shape[1]} columns; this quantizer expects {d} "
-                f"(unpacked) or {packed_width} (packed, {self.n_bits_} bits)."
-            )
-        if X.shape[1] == packed_width and (packed_width != d or self.pack):
-            if X.dtype != np.uint8:
-                raise TypeError(f"packed codes must be uint8, got {X.dtype}.")
-            return self._unpack(X)
-        if X.size and ((X < 0).any() or (X >= (1 << self.bits_)).any()):
-            raise ValueError(
-                "codes must lie in 0..2**bits_[j] - 1 in every column j; pass the "
-                "output of this quantizer's transform."
-            )
-        return X.astype(np.uint8, copy=False)
-
-    def inverse_transform(self, X):
-        """Reconstruct float32 rows: each code becomes its bucket's mean.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features_in_) or (n_samples, \
-ceil(n_bits_ / 8)), integer dtype
-            Unpacked or packed codes (told apart by width; ``pack`` decides a tie).
-
-        Returns
-        -------
-        X_rec : ndarray of shape (n_samples, n_features_in_), dtype float32
-        """
-        check_is_fitted(self)
-        codes = self._as_codes(X)
-        return self.bucket_values_[np.arange(self.n_features_in_), codes]
+        log_std = np.log(np.maximum(std[coded], np.finfo(np.float64).tiny))
+        log_scale = self.spread * log_std
+        scale = np.zeros(std.shape)
+        scale[coded] = np.exp(log_scale - log_scale.max())
+        return scale / scale[coded].mean()

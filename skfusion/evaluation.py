@@ -3,8 +3,10 @@
 The one place that knows how to run a skfusion pipeline as a retriever: queries go through
 the embedder with its query prompt, documents with its document prompt, the remaining
 steps transform both, and :func:`skfusion.search.search` compares them with the similarity
-the output implies (cosine for floats, Hamming for packed bits, code similarity for
-percentile codes). The CLI, the demo, the GridSearchCV scorers and the benchmarks use it.
+the output implies: cosine for floats; for codes, whatever the final code transformer
+(:class:`~skfusion.codes.BaseCodeTransformer`) says. :func:`evaluate_embeddings` scores
+already computed query and document rows. The CLI, the demo, the GridSearchCV scorers and
+the benchmarks use it.
 """
 
 import math
@@ -12,17 +14,70 @@ import math
 import numpy as np
 from sklearn.pipeline import Pipeline
 
-from .metrics import evaluate, run_from_topk
+from .codes import BaseCodeTransformer
+from .metrics import evaluate, per_query_scores, run_from_topk
+from .search import search
 
-__all__ = ["bytes_per_vector", "encode", "evaluate_retrieval"]
+__all__ = [
+    "bytes_per_vector",
+    "code_step",
+    "encode",
+    "evaluate_embeddings",
+    "evaluate_retrieval",
+    "split_pipeline",
+]
 
 
-def _split(pipeline):
-    """(embedder, rest) where rest is the list of steps after the text embedder."""
+def split_pipeline(pipeline):
+    """The text embedder of a pipeline and the steps after it.
+
+    Parameters
+    ----------
+    pipeline : Pipeline or estimator
+        A ``Pipeline`` (``None`` / ``"passthrough"`` steps are skipped) or one step.
+
+    Returns
+    -------
+    embedder : estimator
+        The first step (the pipeline itself when it is not a ``Pipeline``).
+    rest : list of estimators
+        The steps after it.
+
+    Examples
+    --------
+    >>> from sklearn.decomposition import TruncatedSVD
+    >>> from sklearn.feature_extraction.text import TfidfVectorizer
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from skfusion.evaluation import split_pipeline
+    >>> split_pipeline(make_pipeline(TfidfVectorizer(), TruncatedSVD(3)))
+    (TfidfVectorizer(), [TruncatedSVD(n_components=3)])
+    """
     if isinstance(pipeline, Pipeline):
         steps = [est for _, est in pipeline.steps if est not in (None, "passthrough")]
         return steps[0], steps[1:]
     return pipeline, []
+
+
+def code_step(pipeline):
+    """The final step when it emits codes (a ``BaseCodeTransformer``), else None.
+
+    Parameters
+    ----------
+    pipeline : Pipeline or estimator
+
+    Returns
+    -------
+    step : BaseCodeTransformer or None
+        Pass it to :func:`skfusion.search.search` as ``quantizer``.
+    """
+    _, rest = split_pipeline(pipeline)
+    last = rest[-1] if rest else pipeline
+    return last if isinstance(last, BaseCodeTransformer) else None
+
+
+# Kept for branches written against the old private names (cli.py); use the public ones.
+_split = split_pipeline
+_final_quantizer = code_step
 
 
 def encode(pipeline, texts, role="document"):
@@ -38,7 +93,7 @@ def encode(pipeline, texts, role="document"):
     """
     if role not in ("query", "document"):
         raise ValueError(f"role must be 'query' or 'document', got {role!r}.")
-    embedder, rest = _split(pipeline)
+    embedder, rest = split_pipeline(pipeline)
     method = "encode_queries" if role == "query" else "encode_documents"
     out = (
         getattr(embedder, method)(texts)
@@ -50,32 +105,99 @@ def encode(pipeline, texts, role="document"):
     return out
 
 
-def _final_quantizer(pipeline):
-    from .allocation import AllocatedQuantizer
-    from .quantize import PercentileQuantizer
-
-    _, rest = _split(pipeline)
-    last = rest[-1] if rest else None
-    return last if isinstance(last, (PercentileQuantizer, AllocatedQuantizer)) else None
-
-
 def bytes_per_vector(pipeline, output):
     """Storage bytes of one output row: codes counted bit-packed.
 
-    Float rows cost ``itemsize * width``; percentile codes ``ceil(width * bits / 8)``
-    (what ``pack=True`` stores); packed LSH bits their byte width.
+    Float rows cost ``itemsize * width``; the output of a code transformer its
+    ``bytes_per_vector_`` (what ``pack=True`` stores); unpacked bool bits
+    ``ceil(width / 8)``.
+
+    Parameters
+    ----------
+    pipeline : Pipeline or estimator
+        The fitted pipeline that made ``output``.
+    output : ndarray of shape (n_samples, width)
+        Some of its output rows.
+
+    Returns
+    -------
+    n_bytes : int
     """
     output = np.asarray(output)
+    step = code_step(pipeline)
+    if step is not None:
+        return int(step.bytes_per_vector_)
     if output.dtype == bool:  # unpacked sign bits
         return math.ceil(output.shape[1] / 8)
-    quantizer = _final_quantizer(pipeline)
-    if quantizer is not None and not quantizer.pack:
-        # AllocatedQuantizer spends n_bits_ per row in total; PercentileQuantizer bits each.
-        n_bits = getattr(quantizer, "n_bits_", None)
-        if n_bits is None:
-            n_bits = output.shape[1] * quantizer.bits
-        return math.ceil(n_bits / 8)
     return output.shape[1] * output.dtype.itemsize
+
+
+def evaluate_embeddings(
+    query_embeddings,
+    corpus_embeddings,
+    dataset,
+    *,
+    metrics=("ndcg@10",),
+    k=None,
+    per_query=False,
+    **search_params,
+):
+    """Retrieval metrics of already encoded queries and documents.
+
+    Searches with :func:`skfusion.search.search` (ties go to the lower document index)
+    and scores the ranking with :mod:`skfusion.metrics`: one evaluation for the CLI, the
+    scorers and the benchmarks.
+
+    Parameters
+    ----------
+    query_embeddings : array-like of shape (n_queries, width)
+        One row per ``dataset.query_ids`` entry, in that order.
+    corpus_embeddings : array-like of shape (n_documents, width)
+        One row per ``dataset.corpus_ids`` entry (may be a memmap).
+    dataset : RetrievalDataset
+        Anything with ``query_ids``, ``corpus_ids`` and ``qrels``.
+    metrics : iterable of str, default=("ndcg@10",)
+        ``"ndcg@K"``, ``"recall@K"``, ``"mrr@K"``.
+    k : int, default=None
+        Depth of the search; defaults to the largest K in ``metrics``.
+    per_query : bool, default=False
+        If True, each metric maps to an array of per-query values (the queries of
+        ``qrels`` with a relevant document, in qrels order) instead of their mean.
+    **search_params
+        Passed to :func:`skfusion.search.search` (``metric``, ``quantizer``,
+        ``weights``, ``normalize``...).
+
+    Returns
+    -------
+    scores : dict of str to float (or ndarray)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from types import SimpleNamespace
+    >>> from skfusion.evaluation import evaluate_embeddings
+    >>> data = SimpleNamespace(query_ids=["q"], corpus_ids=["a", "b", "c"],
+    ...                        qrels={"q": {"b": 1}})
+    >>> docs = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    >>> evaluate_embeddings(np.array([[1.0, 0.0]]), docs, data, metrics=["mrr@10"])
+    {'mrr@10': 0.5}
+    """
+    metrics = list(metrics)
+    if k is None:
+        k = max(int(m.partition("@")[2]) for m in metrics)
+    n_docs = len(dataset.corpus_ids)
+    if len(corpus_embeddings) != n_docs:
+        raise ValueError(
+            f"corpus_embeddings has {len(corpus_embeddings)} rows but the dataset has "
+            f"{n_docs} documents."
+        )
+    scores, indices = search(
+        query_embeddings, corpus_embeddings, k=min(k, n_docs), **search_params
+    )
+    run = run_from_topk(dataset.query_ids, dataset.corpus_ids, scores, indices)
+    if per_query:
+        return {m: np.asarray(per_query_scores(run, dataset.qrels, m)) for m in metrics}
+    return evaluate(run, dataset.qrels, metrics)
 
 
 def evaluate_retrieval(
@@ -109,19 +231,13 @@ def evaluate_retrieval(
     scores : dict
         Each metric, plus ``"bytes_per_vector"``.
     """
-    from .search import search
-
-    if k is None:
-        k = max(int(m.partition("@")[2]) for m in metrics)
     docs = (
         encode(pipeline, dataset.corpus_texts, "document")
         if corpus_embeddings is None
         else corpus_embeddings
     )
     queries = encode(pipeline, dataset.query_texts, "query")
-    search_params.setdefault("quantizer", _final_quantizer(pipeline))
-    scores, indices = search(queries, docs, k=min(k, len(docs)), **search_params)
-    run = run_from_topk(dataset.query_ids, dataset.corpus_ids, scores, indices)
-    out = evaluate(run, dataset.qrels, metrics)
+    search_params.setdefault("quantizer", code_step(pipeline))
+    out = evaluate_embeddings(queries, docs, dataset, metrics=metrics, k=k, **search_params)
     out["bytes_per_vector"] = bytes_per_vector(pipeline, docs)
     return out

@@ -9,26 +9,22 @@ SimHash). Bits are packed eight per byte for storage and Hamming search.
 from numbers import Integral
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_is_fitted
 
 from ._compat import Interval, StrOptions, _fit_context, validate_data
+from .codes import BaseCodeTransformer
 
 __all__ = ["RandomProjectionLSH"]
 
-# Projected values per block (16 MiB of float32): bounds memory whatever n_samples.
-_BLOCK_VALUES = 1 << 22
 
-
-class RandomProjectionLSH(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+class RandomProjectionLSH(BaseCodeTransformer):
     """Sign bits of a seeded Gaussian random projection (SimHash), packed or not.
 
     Parameters
     ----------
     n_bits : int, default=1024
-        Number of random directions, i.e. bits per row. Must be a multiple of 8 when
-        ``pack=True``.
+        Number of random directions, i.e. bits per row. Packed rows take
+        ``ceil(n_bits / 8)`` bytes (the last byte zero-padded).
     random_state : int, RandomState instance or None, default=None
         Draws the projection; an int gives the same bits on every fit.
     pack : bool, default=True
@@ -48,6 +44,15 @@ class RandomProjectionLSH(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
     thresholds_ : ndarray of shape (n_bits,), dtype float32
         Per-bit offsets: zeros for ``threshold="zero"``, the fitted medians for
         ``threshold="median"``.
+    bits_ : ndarray of shape (n_bits,), dtype int64
+        Bits of every code (all 1).
+    n_bits_ : int
+        Bits per vector, as fitted.
+    bytes_per_vector_ : int
+        Bytes of one packed row, ``ceil(n_bits_ / 8)``.
+    code_values_ : ndarray of shape (n_bits, 2), dtype float32
+        -1 and +1: the inner product of two sign vectors is
+        ``n_bits_ - 2 * Hamming distance``.
     n_features_in_ : int
         Number of features seen during :meth:`fit`.
     feature_names_in_ : ndarray of shape (n_features_in_,)
@@ -61,8 +66,8 @@ class RandomProjectionLSH(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
 
     Notes
     -----
-    ``transform`` works in row blocks of about 16 MiB of projected values, so memory
-    does not grow with ``n_samples`` beyond the output. float64 input is projected in
+    ``transform`` works in row blocks, so memory does not grow with ``n_samples``
+    beyond the output. float64 input is projected in
     float64 (with the float32 directions up-cast), float32 input in float32; bits of
     values extremely close to a threshold may therefore differ between the two.
     ``thresholds_`` are float32, so for float64 input a value is compared against the
@@ -80,6 +85,10 @@ class RandomProjectionLSH(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
     (5, 64)
     """
 
+    symmetric_metric = "hamming"
+    code_metrics = ("hamming", "codes")
+    _unpacked_dtype = bool
+
     _parameter_constraints = {
         "n_bits": [Interval(Integral, 1, None, closed="left")],
         "random_state": ["random_state"],
@@ -92,12 +101,6 @@ class RandomProjectionLSH(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         self.random_state = random_state
         self.pack = pack
         self.threshold = threshold
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        # Output is packed uint8 (or bool) bits whatever the input float dtype.
-        tags.transformer_tags.preserves_dtype = []
-        return tags
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -115,11 +118,6 @@ class RandomProjectionLSH(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         self : RandomProjectionLSH
             The fitted hasher.
         """
-        if self.pack and self.n_bits % 8:
-            raise ValueError(
-                f"n_bits must be a multiple of 8 when pack=True, got n_bits="
-                f"{self.n_bits}; use n_bits={8 * -(-self.n_bits // 8)} or pack=False."
-            )
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=True)
         rng = check_random_state(self.random_state)
         self.projection_ = rng.standard_normal((X.shape[1], self.n_bits)).astype(np.float32)
@@ -128,41 +126,14 @@ class RandomProjectionLSH(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
             self.thresholds_ = np.median(proj, axis=0).astype(np.float32)
         else:
             self.thresholds_ = np.zeros(self.n_bits, dtype=np.float32)
-        self._n_features_out = self.n_bits // 8 if self.pack else self.n_bits
+        self._set_code_layout(np.ones(self.n_bits), np.tile([-1.0, 1.0], (self.n_bits, 1)))
         return self
 
-    def transform(self, X):
-        """Hash rows into sign bits.
+    def _block_rows(self, n_features):
+        # About 16 MiB of projected float32 values per block: large enough for an
+        # efficient matrix product, bounded whatever n_samples.
+        return max(1, (1 << 22) // max(self.n_bits_, 1))
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Finite float rows with the fitted width.
-
-        Returns
-        -------
-        bits : ndarray
-            (n_samples, n_bits / 8) uint8 when ``pack=True``, else (n_samples,
-            n_bits) bool; bit ``k`` is ``X @ projection_[:, k] > thresholds_[k]``.
-        """
-        check_is_fitted(self)
-        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
-        if self.pack and self.n_bits % 8:
-            raise ValueError(
-                f"n_bits must be a multiple of 8 when pack=True, got {self.n_bits}."
-            )
-        n = X.shape[0]
+    def _encode(self, X):
         proj = self.projection_.astype(X.dtype, copy=False)
-        thr = self.thresholds_.astype(X.dtype, copy=False)
-        width = self.n_bits // 8 if self.pack else self.n_bits
-        out = np.empty((n, width), dtype=np.uint8 if self.pack else bool)
-        step = max(1, _BLOCK_VALUES // self.n_bits)
-        buf = np.empty((min(step, n), self.n_bits), dtype=bool)
-        for start in range(0, n, step):
-            block = X[start : start + step] @ proj
-            bits = np.greater(block, thr, out=buf[: block.shape[0]])
-            if self.pack:
-                out[start : start + step] = np.packbits(bits, axis=1)
-            else:
-                out[start : start + step] = bits
-        return out
+        return X @ proj > self.thresholds_.astype(X.dtype, copy=False)

@@ -17,6 +17,7 @@ __all__ = [
     "evaluate",
     "mrr_at_k",
     "ndcg_at_k",
+    "per_query_scores",
     "recall_at_k",
     "run_from_topk",
 ]
@@ -61,6 +62,41 @@ def _per_query(run: Run, qrels: Qrels, k: int, metric: str) -> list[float]:
     return values
 
 
+def _parse(spec):
+    name, _, k = str(spec).partition("@")
+    if name not in ("ndcg", "recall", "mrr") or not k.isdigit():
+        raise ValueError(f"Unknown metric {spec!r}: use 'ndcg@K', 'recall@K' or 'mrr@K'.")
+    return name, int(k)
+
+
+def per_query_scores(run: Run, qrels: Qrels, metric: str = "ndcg@10") -> list[float]:
+    """One ``"name@k"`` metric per query (for bootstrap intervals or paired tests).
+
+    Parameters
+    ----------
+    run : mapping of str to mapping of str to float
+        ``{query_id: {doc_id: score}}``.
+    qrels : mapping of str to mapping of str to int
+        ``{query_id: {doc_id: grade}}``.
+    metric : str, default="ndcg@10"
+        ``"ndcg@K"``, ``"recall@K"`` or ``"mrr@K"``.
+
+    Returns
+    -------
+    values : list of float
+        One value per query of ``qrels`` that has a relevant document, in qrels order;
+        their mean is what :func:`evaluate` reports.
+
+    Examples
+    --------
+    >>> per_query_scores({"q": {"a": 2.0, "b": 1.0}, "p": {"a": 1.0}},
+    ...                  {"q": {"b": 1}, "p": {"a": 1}}, "mrr@10")
+    [0.5, 1.0]
+    """
+    name, k = _parse(metric)
+    return _per_query(run, qrels, k, name)
+
+
 def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else 0.0
 
@@ -101,12 +137,8 @@ def evaluate(
     """
     out = {}
     for spec in metrics:
-        name, _, k = str(spec).partition("@")
-        if name not in _METRICS or not k.isdigit():
-            raise ValueError(
-                f"Unknown metric {spec!r}: use 'ndcg@K', 'recall@K' or 'mrr@K'."
-            )
-        out[spec] = _METRICS[name](run, qrels, int(k))
+        name, k = _parse(spec)
+        out[spec] = _METRICS[name](run, qrels, k)
     return out
 
 

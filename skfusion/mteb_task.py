@@ -2,9 +2,10 @@
 
 :class:`MTEBEncoder` turns a fitted pipeline (or any object with ``transform`` on a list
 of texts) into an MTEB encoder: MTEB's ``prompt_type`` selects the embedder's query or
-document prompt, and the output is compared with the similarity it implies (cosine for
-floats, a Hamming-equivalent inner product for sign bits, centred-code inner product for
-percentile codes), never with cosine on raw ``uint8`` by accident.
+document prompt, and the output is compared with the similarity it implies: cosine for
+floats; for the output of a code transformer (:class:`~skfusion.codes.BaseCodeTransformer`:
+percentile or allocated codes, LSH bits) the inner product of its ``code_vectors``, the
+estimator's own symmetric code similarity; never cosine on raw ``uint8`` by accident.
 :func:`beir_retrieval_task` builds an MTEB retrieval task from a local BEIR folder (the
 built-in loader of mteb 2.x only reads the Hugging Face hub), and :func:`run_mteb` calls
 ``mteb.evaluate`` with the settings that make offline runs reproducible.
@@ -17,50 +18,12 @@ import re
 from pathlib import Path
 
 import numpy as np
-from sklearn.pipeline import Pipeline
+
+from .evaluation import code_step, encode, split_pipeline
 
 __all__ = ["MTEBEncoder", "beir_retrieval_task", "run_mteb"]
 
 _SIMILARITIES = ("auto", "cosine", "dot", "hamming", "codes")
-
-
-def _final_step(pipeline):
-    if isinstance(pipeline, Pipeline):
-        steps = [est for _, est in pipeline.steps if est not in (None, "passthrough")]
-        return steps[-1] if steps else None
-    return pipeline
-
-
-def _is_percentile_quantizer(step):
-    # Duck-typed so that any quantizer with per-dimension thresholds and ``bits`` works.
-    return hasattr(step, "thresholds_") and hasattr(step, "bits")
-
-
-def _is_lsh(step):
-    return hasattr(step, "n_bits") and not _is_percentile_quantizer(step)
-
-
-class _Temporarily:
-    """Set estimator parameters for the duration of a ``with`` block, then restore them.
-
-    Changing ``prompt_name`` or ``pack`` does not touch anything fitted, so a fitted
-    pipeline can encode queries and documents without being cloned and refitted. Not
-    thread-safe: do not share one pipeline between concurrent MTEB runs.
-    """
-
-    def __init__(self, estimator, params):
-        self.estimator, self.params, self.saved = estimator, params, {}
-
-    def __enter__(self):
-        if self.params:
-            current = self.estimator.get_params(deep=True)
-            self.saved = {k: current[k] for k in self.params}
-            self.estimator.set_params(**self.params)
-        return self.estimator
-
-    def __exit__(self, *exc):
-        if self.saved:
-            self.estimator.set_params(**self.saved)
 
 
 class MTEBEncoder:
@@ -75,14 +38,15 @@ class MTEBEncoder:
         MTEB model name, ``"organisation/name"``. MTEB files results under it: give each
         pipeline you evaluate its own name (see Notes).
     similarity : {"auto", "cosine", "dot", "hamming", "codes"}, default="auto"
-        How outputs are compared. ``"auto"`` reads it from the last step: percentile
-        codes (a step with ``thresholds_`` and ``bits``) -> ``"codes"``; sign bits (a step
-        with ``n_bits``) -> ``"hamming"``; float output -> ``"cosine"``. Any other
-        integer or boolean output raises instead of being compared as floats.
-        ``"hamming"`` takes boolean bits or ``np.packbits`` rows and compares the +/-1
-        vectors with an inner product, which equals ``n_bits - 2 * Hamming distance``.
-        ``"codes"`` compares percentile codes centred at ``(2**bits - 1) / 2`` with an
-        inner product (the symmetric code similarity of :func:`skfusion.search.search`).
+        How outputs are compared. ``"auto"`` asks the last step: a code transformer
+        names its ``symmetric_metric`` (``"codes"`` for ``PercentileQuantizer`` and
+        ``AllocatedQuantizer``, ``"hamming"`` for ``RandomProjectionLSH``); float output
+        -> ``"cosine"``. Any other integer or boolean output raises instead of being
+        compared as floats. ``"hamming"`` takes boolean bits or ``np.packbits`` rows and
+        compares the +/-1 vectors with an inner product, which equals
+        ``n_bits - 2 * Hamming distance``. ``"codes"`` compares the code transformer's
+        ``code_vectors`` (each code replaced by its ``code_values_`` entry) with an
+        inner product: the symmetric code similarity of :func:`skfusion.search.search`.
     weights : array-like of shape (n_dims,), default=None
         Per-dimension non-negative weights of the code similarity (``"codes"`` only),
         e.g. ``std_j ** beta``; the inner product becomes ``sum_j w_j q_j d_j``.
@@ -105,8 +69,7 @@ class MTEBEncoder:
     MTEB's ``prompt_type`` (``query``/``document``) selects the embedder's
     ``encode_queries`` / ``encode_documents`` (``ConcatEmbedder`` has both: each member
     gets its own query or document prompt); an embedder without them encodes both the
-    same way. A quantizer with ``pack=True`` is switched to ``pack=False`` while
-    encoding, and restored after.
+    same way. Packed and unpacked codes are both read through the code transformer.
 
     MTEB caches results by model name and revision and silently reuses them: evaluate
     with :func:`run_mteb` (no cache, always recompute) or pass ``cache=None`` and
@@ -167,18 +130,15 @@ class MTEBEncoder:
         self._meta = None
 
     def _resolve(self, similarity):
-        last = _final_step(self.pipeline)
+        step = code_step(self.pipeline)
         if similarity == "auto":
-            if _is_percentile_quantizer(last):
-                return "codes"
-            if _is_lsh(last):
-                return "hamming"
-            return "cosine"
-        if similarity == "codes" and not _is_percentile_quantizer(last):
+            return "cosine" if step is None else step.symmetric_metric
+        if similarity == "codes" and (step is None or "codes" not in step.code_metrics):
+            last = split_pipeline(self.pipeline)[1][-1:] or [self.pipeline]
             raise ValueError(
-                "similarity='codes' needs a fitted percentile quantizer (a last step with "
-                "thresholds_ and bits) to know the code range; the last step is "
-                f"{type(last).__name__}."
+                "similarity='codes' needs a fitted code transformer (PercentileQuantizer, "
+                "AllocatedQuantizer, ...) as the last step to know what each code stands "
+                f"for; the last step is {type(last[0]).__name__}."
             )
         return similarity
 
@@ -233,18 +193,11 @@ class MTEBEncoder:
         -------
         embeddings : ndarray of shape (n_texts, n_dims), float32
         """
-        from .evaluation import encode
-
         if prompt_type not in (None, "query", "document"):
             raise ValueError(
                 f"prompt_type must be 'query', 'document' or None, got {prompt_type!r}."
             )
-        last = _final_step(self.pipeline)
-        unpack = {}
-        if _is_percentile_quantizer(last) and last.get_params().get("pack", False):
-            unpack = {"pack": False}
-        with _Temporarily(last, unpack):
-            out = encode(self.pipeline, list(texts), prompt_type or "document")
+        out = encode(self.pipeline, list(texts), prompt_type or "document")
         return self._to_float(np.asarray(out))
 
     def _to_float(self, out):
@@ -257,6 +210,10 @@ class MTEBEncoder:
                     "similarity='codes' for percentile codes."
                 )
             return out.astype(np.float32, copy=False)
+        step = code_step(self.pipeline)
+        if kind == "hamming" and step is not None and "hamming" in step.code_metrics:
+            # +/-1 code values: <q, d> = n_bits - 2 * Hamming(q, d).
+            return step.code_vectors(out)
         if kind == "hamming":
             if out.dtype == np.uint8:
                 out = np.unpackbits(out, axis=1)
@@ -267,10 +224,7 @@ class MTEBEncoder:
                 )
             # +/-1 vectors: <q, d> = n_bits - 2 * Hamming(q, d).
             return out.astype(np.float32) * 2.0 - 1.0
-        bits = int(_final_step(self.pipeline).bits)
-        if out.dtype != np.uint8:
-            raise ValueError(f"similarity='codes' needs uint8 codes, got {out.dtype}.")
-        centred = out.astype(np.float32) - (2**bits - 1) / 2.0
+        centred = step.code_vectors(out)
         if self.weights is not None:
             if self.weights.shape[0] != centred.shape[1]:
                 raise ValueError(

@@ -18,7 +18,7 @@ form ``GridSearchCV(scoring=...)`` accepts, alone or in a dict for multi-metric 
 import numpy as np
 from scipy import sparse
 
-from .evaluation import _final_quantizer, _split, bytes_per_vector, encode
+from .evaluation import bytes_per_vector, code_step, encode, split_pipeline
 from .evaluation import evaluate_retrieval as _evaluate_retrieval
 
 __all__ = ["NeighbourhoodScorer", "RetrievalScorer", "bytes_per_vector_scorer"]
@@ -38,8 +38,8 @@ class NeighbourhoodScorer:
 
     For the held-out passages ``X``, find each passage's ``k`` nearest other passages
     twice: with the reference representation (cosine) and with the pipeline's output
-    (the similarity it implies: cosine for floats, Hamming for bits, code similarity
-    for percentile codes, via :func:`skfusion.search.search`). The score is the mean
+    (the similarity it implies: cosine for floats; for codes, the metric its code
+    transformer names, via :func:`skfusion.search.search`). The score is the mean
     fraction of reference neighbours found again, in [0, 1].
 
     Parameters
@@ -101,7 +101,7 @@ class NeighbourhoodScorer:
 
     def _reference(self, estimator, texts):
         if isinstance(self.reference, str):
-            embedder, _ = _split(estimator)
+            embedder, _ = split_pipeline(estimator)
             return encode(embedder, texts, "document")
         if hasattr(self.reference, "transform"):
             return encode(self.reference, texts, "document")
@@ -127,7 +127,7 @@ class NeighbourhoodScorer:
         out = encode(estimator, texts, "document")
         out = out.toarray() if sparse.issparse(out) else np.asarray(out)
         _, ref_idx = search(ref, ref, k=self.k + 1, metric="cosine")
-        _, out_idx = search(out, out, k=self.k + 1, quantizer=_final_quantizer(estimator))
+        _, out_idx = search(out, out, k=self.k + 1, quantizer=code_step(estimator))
         kept = 0
         for i in range(n):
             a = [j for j in ref_idx[i] if j != i][: self.k]

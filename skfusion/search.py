@@ -1,22 +1,34 @@
-"""Exact top-k search over float embeddings, packed bits and percentile codes.
+"""Exact top-k search over float embeddings, packed bits and codes.
 
 :func:`search` returns the ``k`` best database rows for every query, best first, ties
-broken by the lower database index, in memory bounded by ``batch_size`` whatever the
-database size. It handles float rows (cosine or inner product), packed sign bits
-(Hamming, e.g. from :class:`~skfusion.lsh.RandomProjectionLSH`) and uint8 codes from a
-fitted :class:`~skfusion.quantize.PercentileQuantizer`, symmetric (codes against codes)
-or asymmetric (float queries against codes). faiss, when installed, computes the
-candidate lists where it is faster; every result is then re-scored exactly, so both
-paths return identical scores and indices.
+broken by the lower database index on every path, in memory bounded by ``batch_size``
+whatever the database size. It handles float rows (cosine or inner product), packed sign
+bits (Hamming, e.g. from :class:`~skfusion.lsh.RandomProjectionLSH`) and the codes of a
+fitted code transformer (:class:`~skfusion.codes.BaseCodeTransformer`: the quantizers
+and the LSH), symmetric (codes against codes) or asymmetric (float queries against
+codes); the estimator says which metrics its codes support and what each code stands
+for. faiss, when installed, computes the candidate lists where it is faster; every
+result is then re-scored exactly, so both paths return identical scores and indices.
+
+The parts, each usable alone: :func:`_resolve_metric` (which metric a pair of inputs
+and an estimator imply), :func:`_hamming_search` (exact Hamming top-k),
+:class:`_VectorSpace` + :func:`_candidates` (float32 candidate lists for float and code
+metrics) and :func:`_rescore` (exact float64 re-scoring of the candidates).
 """
 
-from numbers import Integral
+from numbers import Integral, Real
 
 import numpy as np
+from scipy import sparse
+from sklearn.utils.validation import check_is_fitted
+
+from ._compat import Interval, StrOptions, validate_params
+from .codes import BaseCodeTransformer, BaseQuantizer
 
 __all__ = ["search", "spread_weights"]
 
 _METRICS = ("auto", "cosine", "ip", "hamming", "codes", "asymmetric", "reconstruct")
+_CODE_METRICS = ("codes", "asymmetric", "reconstruct")
 # Score-matrix entries per block (16 MiB of float32 scores).
 _BLOCK_SCORES = 1 << 22
 
@@ -29,12 +41,23 @@ def _faiss():
     return faiss
 
 
-def _check_2d(name, X):
+def _check_rows(name, X):
+    """A dense 2-D array with at least one row (a memmap stays a memmap)."""
+    if sparse.issparse(X):
+        raise TypeError(
+            f"{name} must be a dense array, got a sparse {type(X).__name__}: search "
+            "compares dense rows. Pass X.toarray() or a dense embedding (e.g. reduce "
+            "TF-IDF with TruncatedSVD first)."
+        )
     X = np.asarray(X)
     if X.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array, got shape {X.shape}.")
     if X.shape[0] == 0:
         raise ValueError(f"{name} has no rows.")
+    if not (_is_float(X) or np.issubdtype(X.dtype, np.integer) or X.dtype == np.bool_):
+        raise TypeError(
+            f"{name} must hold float rows, uint8 codes or bool bits, got dtype {X.dtype}."
+        )
     return X
 
 
@@ -48,6 +71,10 @@ def _check_finite(name, X):
 
 
 def _resolve_metric(metric, queries, database, quantizer):
+    """The metric to use for these inputs; the estimator says what its codes support.
+
+    ``quantizer`` is a fitted :class:`~skfusion.codes.BaseCodeTransformer` or None.
+    """
     qf, df = _is_float(queries), _is_float(database)
     qb = queries.dtype in (np.uint8, np.bool_)
     db = database.dtype in (np.uint8, np.bool_)
@@ -55,8 +82,8 @@ def _resolve_metric(metric, queries, database, quantizer):
         if qf and df:
             return "cosine"
         if qb and db:
-            return "codes" if quantizer is not None else "hamming"
-        if qf and db and quantizer is not None:
+            return "hamming" if quantizer is None else quantizer.symmetric_metric
+        if qf and db and quantizer is not None and "asymmetric" in quantizer.code_metrics:
             return "asymmetric"
         raise TypeError(
             f"metric='auto' cannot pair queries of dtype {queries.dtype} with a "
@@ -68,6 +95,12 @@ def _resolve_metric(metric, queries, database, quantizer):
                 else "; pass float rows for both, or uint8 codes / packed bits for both."
             )
         )
+    if quantizer is not None and metric not in ("cosine", "ip"):
+        if metric not in quantizer.code_metrics:
+            raise ValueError(
+                f"metric={metric!r} does not apply to the codes of "
+                f"{type(quantizer).__name__}, which support {quantizer.code_metrics}."
+            )
     if metric in ("cosine", "ip") and not (qf and df):
         raise TypeError(
             f"metric={metric!r} needs float queries and database, got "
@@ -78,17 +111,17 @@ def _resolve_metric(metric, queries, database, quantizer):
             f"metric='hamming' needs packed uint8 (or bool) bits for queries and "
             f"database, got {queries.dtype} and {database.dtype}."
         )
-    if metric in ("codes", "asymmetric", "reconstruct"):
+    if metric in _CODE_METRICS:
         if quantizer is None:
             raise ValueError(
                 f"metric={metric!r} needs the fitted quantizer that made the "
                 "codes: pass quantizer=..."
             )
-        if not db or database.dtype == np.bool_:
+        if not db:
             raise TypeError(
                 f"metric={metric!r} needs a uint8 code database, got {database.dtype}."
             )
-        if metric == "codes" and queries.dtype != np.uint8:
+        if metric == "codes" and not qb:
             raise TypeError(
                 f"metric='codes' compares codes with codes: queries must be uint8 "
                 f"codes, got {queries.dtype}; use metric='asymmetric' for float queries."
@@ -118,56 +151,72 @@ def _merge(best_s, best_i, s, i, k):
     return _select(np.concatenate([best_s, s], 1), np.concatenate([best_i, i], 1), k)
 
 
-def _top_block(S, k):
-    """Up to ``k`` highest entries per row of ``S`` (any order, ties arbitrary)."""
+def _top_block(S, k, ties=True):
+    """The ``k`` best entries of each row of ``S``, in no particular order.
+
+    With ``ties=True`` the best by (score desc, index asc): ``argpartition`` alone
+    picks arbitrary entries among those tied with the ``k``-th score, so rows where it
+    left out a tied entry are redone with the lowest indices, which makes the result
+    independent of how the database was cut into blocks. ``ties=False`` skips that pass
+    (for candidate lists whose boundary ties are re-checked exactly anyway).
+    """
     n = S.shape[1]
     if n <= k:
         return S, np.broadcast_to(np.arange(n), S.shape)
     part = np.argpartition(S, n - k, axis=1)[:, n - k :]
-    return np.take_along_axis(S, part, 1), part
+    vals = np.take_along_axis(S, part, 1)
+    if not ties:
+        return vals, part
+    kth = vals.min(axis=1, keepdims=True)
+    dropped = (S == kth).sum(axis=1) > (vals == kth).sum(axis=1)
+    rows = np.flatnonzero(dropped)
+    if rows.size:
+        sub, t = S[rows], kth[rows]
+        need = k - (sub > t).sum(axis=1)  # tied entries each such row keeps
+        r, c = np.nonzero(sub == t)  # row-major: each row's tied columns, ascending
+        rank = np.arange(r.size) - np.searchsorted(r, np.arange(rows.size))[r]
+        lowest = rank < need[r]  # each row's `need` lowest tied columns
+        above = np.nonzero(sub > t)
+        owner = np.concatenate([above[0], r[lowest]])
+        cols = np.concatenate([above[1], c[lowest]])
+        cols = cols[np.argsort(owner, kind="stable")].reshape(rows.size, k)
+        part[rows] = cols
+        vals[rows] = np.take_along_axis(sub, cols, 1)
+    return vals, part
 
 
-class _FloatSpace:
-    """Turns queries and database rows into float32 vectors whose dot is the score."""
+class _VectorSpace:
+    """Turns queries and database rows into float32 vectors whose dot is the score.
+
+    Float metrics use the rows themselves; code metrics ask the estimator: the
+    symmetric and asymmetric metrics compare its ``code_vectors`` (each code replaced
+    by its ``code_values_`` entry), "reconstruct" its ``inverse_transform``.
+    """
 
     def __init__(self, metric, queries, database, quantizer, weights, normalize=False):
         self.metric = metric
         self.database = database
         self.quantizer = quantizer
-        self.normalize = normalize and metric not in ("cosine", "hamming")
-        d = database.shape[1] if metric in ("cosine", "ip") else None
-        # Per-dimension code values (AllocatedQuantizer) replace the centred codes.
-        self.table = None
-        self.centre = np.float32(0.0)
-        if metric in ("codes", "asymmetric", "reconstruct"):
-            d = quantizer.n_features_in_
-            self.table = getattr(quantizer, "code_values_", None)
-            if self.table is None:
-                self.centre = np.float32(((1 << quantizer.bits) - 1) / 2)
-        self.d = d
+        self.normalize = normalize and metric != "cosine"
         self.weights = weights
-        # Unweighted centred codes are multiples of 1/2 whose dot products stay below
-        # 2**22: float32 products and sums are then exact, no rounding slack needed.
-        self.exact32 = (
-            metric == "codes"
-            and weights is None
-            and self.table is None
-            and not self.normalize
-            and d * float(self.centre) ** 2 * 4 < 2**22
-        )
+        self.exact32 = False
+        if metric in _CODE_METRICS:
+            table = quantizer.code_values_
+            top = float(np.abs(table).max()) if table.size else 0.0
+            # Half-integer code values (centred codes) whose dot products stay below
+            # 2**22 make float32 products and sums exact: no rounding slack needed.
+            self.exact32 = (
+                metric == "codes"
+                and weights is None
+                and not self.normalize
+                and bool(np.all(table * 2 == np.round(table * 2)))
+                and table.shape[0] * top**2 * 4 < 2**22
+            )
         self.Q = self._queries(queries)
-
-    def _codes(self, rows):
-        return self.quantizer._as_codes(rows)
-
-    def _code_values(self, codes):
-        if self.table is not None:
-            return self.table[np.arange(self.d), codes]
-        return codes.astype(np.float32) - self.centre
 
     def _queries(self, queries):
         if self.metric == "codes":
-            Q = self._code_values(self._codes(queries))
+            Q = self.quantizer.code_vectors(queries)
         else:
             Q = np.array(queries, dtype=np.float32)
             if self.metric == "cosine":
@@ -188,11 +237,10 @@ class _FloatSpace:
             if self.metric == "cosine" or self.normalize:
                 return _l2(D)
             return np.ascontiguousarray(D)
-        codes = self._codes(rows)
         if self.metric == "reconstruct":
-            D = self.quantizer.bucket_values_[np.arange(self.d), codes]
+            D = self.quantizer.inverse_transform(rows)
         else:
-            D = self._code_values(codes)
+            D = self.quantizer.code_vectors(rows)
         return _l2(D) if self.normalize else D
 
 
@@ -201,7 +249,61 @@ def _l2(X):
     return np.ascontiguousarray(X / np.maximum(norms, np.float32(1e-30))[:, None])
 
 
+def _candidates(space, Qb, n_db, k2, db_step, faiss, ties):
+    """Best ``k2`` database rows of every query by float32 score.
+
+    With ``ties=True`` (numpy only) equal scores at the boundary go to the lower index.
+    Returns the float32 scores, the indices (both best first) and the largest
+    absolute database value seen (for the rounding bound of :func:`_rescore`).
+    """
+    m = Qb.shape[0]
+    cand_s = np.full((m, 0), -np.inf, dtype=np.float32)
+    cand_i = np.zeros((m, 0), dtype=np.int64)
+    dmax = 0.0
+    for ds in range(0, n_db, db_step):
+        D = space.rows(slice(ds, ds + db_step))
+        dmax = max(dmax, float(np.abs(D).max()))
+        if faiss is not None:
+            s, i = faiss.knn(Qb, D, min(k2, D.shape[0]), faiss.METRIC_INNER_PRODUCT)
+            i = i.astype(np.int64)
+        else:
+            S = Qb @ D.T
+            if cand_s.shape[1] == k2:
+                # Prune: only entries above the current k2-th best can enter.
+                keep = (S > cand_s[:, -1:]).any(axis=1)
+                if not keep.any():
+                    continue
+            s, i = _top_block(S, k2, ties=ties)
+        cand_s, cand_i = _merge(cand_s, cand_i, s, i + ds, k2)
+    return cand_s, cand_i, dmax
+
+
+def _rescore(space, Qb, cand_s, cand_i, dmax, n_db, k, batch_size, tie_exact=False):
+    """Exact float64 top-``k`` from float32 candidates.
+
+    A row outside the candidates has a float32 score at most the last candidate's, so
+    its exact score is at most that plus the float32 error bound; a query whose k-th
+    exact score is within that bound (ties included) is re-scored over the whole
+    database. ``tie_exact=True`` says the float32 scores are exact and the candidates
+    took boundary ties by lower index: then no row outside them can enter the top
+    ``k``, and nothing is re-scored.
+    """
+    m, k2 = cand_i.shape
+    Q64 = Qb.astype(np.float64)
+    D64 = space.rows(cand_i.ravel()).astype(np.float64).reshape(m, k2, -1)
+    best_s, best_i = _select(_exact_dot(Q64[:, None, :], D64), cand_i, k)
+    if k2 < n_db and not tie_exact:
+        tol = 0.0
+        if not space.exact32:
+            tol = 4.0 * Qb.shape[1] * 2.0**-24 * np.abs(Qb).sum(axis=1) * dmax
+        risky = np.flatnonzero(cand_s[:, -1] + tol >= best_s[:, -1] - tol)
+        for r in risky:
+            best_s[r], best_i[r] = _exact_row(space, Q64[r], n_db, k, batch_size)
+    return best_s, best_i
+
+
 def _float_search(space, n_db, k, batch_size, faiss):
+    """Exact top-``k`` of every query for the float and code metrics."""
     Q = space.Q
     m_all = Q.shape[0]
     k2 = min(n_db, k + max(k, 16))
@@ -216,41 +318,12 @@ def _float_search(space, n_db, k, batch_size, faiss):
     out_i = np.empty((m_all, k), dtype=np.int64)
     for qs in range(0, m_all, q_step):
         Qb = Q[qs : qs + q_step]
-        m = Qb.shape[0]
-        cand_s = np.full((m, 0), -np.inf, dtype=np.float32)
-        cand_i = np.zeros((m, 0), dtype=np.int64)
-        dmax = 0.0
-        for ds in range(0, n_db, db_step):
-            D = space.rows(slice(ds, ds + db_step))
-            dmax = max(dmax, float(np.abs(D).max()))
-            if faiss is not None:
-                s, i = faiss.knn(Qb, D, min(k2, D.shape[0]), faiss.METRIC_INNER_PRODUCT)
-                i = i.astype(np.int64)
-            else:
-                S = Qb @ D.T
-                if cand_s.shape[1] == k2:
-                    # Prune: only entries above the current k2-th best can enter.
-                    keep = (S > cand_s[:, -1:]).any(axis=1)
-                    if not keep.any():
-                        continue
-                s, i = _top_block(S, k2)
-            cand_s, cand_i = _merge(cand_s, cand_i, s, i + ds, k2)
-        # Exact float64 re-scoring of the candidates.
-        Q64 = Qb.astype(np.float64)
-        D64 = space.rows(cand_i.ravel()).astype(np.float64).reshape(m, k2, -1)
-        exact = _exact_dot(Q64[:, None, :], D64)
-        best_s, best_i = _select(exact, cand_i, k)
-        if k2 < n_db:
-            # A row outside the candidates has float32 score <= the k2-th candidate's,
-            # so its exact score is at most that plus the float32 error bound.
-            d = Q.shape[1]
-            tol = 4.0 * d * 2.0**-24 * np.abs(Qb).sum(axis=1) * dmax
-            if space.exact32:
-                tol = 0.0
-            risky = np.flatnonzero(cand_s[:, -1] + tol >= best_s[:, -1] - tol)
-            for r in risky:
-                best_s[r], best_i[r] = _exact_row(space, Q64[r], n_db, k, batch_size)
-        out_s[qs : qs + m], out_i[qs : qs + m] = best_s, best_i
+        # Exact float32 scores (centred codes) with lower-index ties need no
+        # exact fallback; otherwise near-ties at the boundary are re-scored exactly.
+        tie_exact = space.exact32 and faiss is None
+        cand_s, cand_i, dmax = _candidates(space, Qb, n_db, k2, db_step, faiss, tie_exact)
+        best = _rescore(space, Qb, cand_s, cand_i, dmax, n_db, k, batch_size, tie_exact)
+        out_s[qs : qs + Qb.shape[0]], out_i[qs : qs + Qb.shape[0]] = best
     return out_s, out_i
 
 
@@ -261,7 +334,7 @@ def _exact_row(space, q64, n_db, k, batch_size):
     for ds in range(0, n_db, batch_size):
         D64 = space.rows(slice(ds, ds + batch_size)).astype(np.float64)
         s = _exact_dot(q64[None, :], D64)[None, :]
-        top_s, top_i = _top_block(s, k)
+        top_s, top_i = _top_block(s, k, ties=True)
         best_s, best_i = _merge(best_s, best_i, top_s, top_i + ds, k)
     return best_s[0], best_i[0]
 
@@ -334,6 +407,79 @@ def _hamming_faiss(Q, database, k, batch_size, faiss):
     return best_d, best_i
 
 
+def _hamming_search(queries, database, k, *, quantizer, batch_size, faiss):
+    """Exact Hamming top-k: (agreeing bits, indices), ties to the lower index.
+
+    bool rows are packed first; with a code transformer, rows must have its packed
+    width and the score counts its ``n_bits_`` (not the zero padding).
+    """
+    n_bits = queries.shape[1]
+    if queries.dtype == np.bool_ or database.dtype == np.bool_:
+        if queries.dtype != database.dtype:
+            raise TypeError(
+                "queries and database must both be packed uint8 or both bool bits."
+            )
+        queries, database = np.packbits(queries, axis=1), np.packbits(database, axis=1)
+    else:
+        n_bits = 8 * queries.shape[1]
+    if queries.shape[1] != database.shape[1]:
+        raise ValueError(
+            f"queries have {queries.shape[1]} bytes per row but the database has "
+            f"{database.shape[1]}; both must come from the same hasher."
+        )
+    if quantizer is not None:
+        if queries.shape[1] != quantizer.bytes_per_vector_:
+            raise ValueError(
+                f"rows have {queries.shape[1]} bytes but {type(quantizer).__name__} "
+                f"packs {quantizer.n_bits_} bits into {quantizer.bytes_per_vector_}."
+            )
+        n_bits = quantizer.n_bits_
+    if faiss is not None:
+        dist, idx = _hamming_faiss(queries, database, k, batch_size, faiss)
+    else:
+        dist, idx = _hamming_numpy(queries, database, k, batch_size)
+    return n_bits - dist, idx
+
+
+def _check_weights(weights, width):
+    if weights is None:
+        return None
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.shape != (width,):
+        raise ValueError(f"weights must have shape ({width},), got {weights.shape}.")
+    if not np.isfinite(weights).all() or (weights < 0).any():
+        raise ValueError("weights must be finite and non-negative.")
+    return weights.astype(np.float32)
+
+
+def _check_widths(metric, queries, database, quantizer):
+    """Width of the compared vectors; codes are validated by their estimator."""
+    if metric in ("cosine", "ip"):
+        width = database.shape[1]
+        if queries.shape[1] != width:
+            raise ValueError(
+                f"queries have {queries.shape[1]} columns but the database has {width}."
+            )
+        return width
+    quantizer.to_codes(database[:1])  # width / dtype check with a clear message
+    width = quantizer.bits_.size
+    if metric == "codes":
+        quantizer.to_codes(queries[:1])
+    elif queries.shape[1] != width:
+        raise ValueError(
+            f"float queries have {queries.shape[1]} columns but the quantizer was "
+            f"fitted on {width}."
+        )
+    return width
+
+
+@validate_params(
+    {
+        "quantizer": [BaseQuantizer],
+        "beta": [Interval(Real, None, None, closed="neither")],
+    },
+    prefer_skip_nested_validation=True,
+)
 def spread_weights(quantizer, beta=0.5):
     """Per-dimension weights ``std_j ** beta`` (mean 1) for searching percentile codes.
 
@@ -345,7 +491,7 @@ def spread_weights(quantizer, beta=0.5):
 
     Parameters
     ----------
-    quantizer : PercentileQuantizer
+    quantizer : PercentileQuantizer or AllocatedQuantizer
         A fitted quantizer (its ``std_``).
     beta : float, default=0.5
         Exponent; finite.
@@ -354,18 +500,39 @@ def spread_weights(quantizer, beta=0.5):
     -------
     weights : ndarray of shape (n_features_in_,), dtype float32
         Normalised to mean 1; dimensions with zero spread get weight 0.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skfusion.quantize import PercentileQuantizer
+    >>> from skfusion.search import spread_weights
+    >>> X = np.random.default_rng(0).standard_normal((500, 3)) * [1.0, 4.0, 0.0]
+    >>> spread_weights(PercentileQuantizer().fit(X), beta=1.0).round(2)
+    array([0.6, 2.4, 0. ], dtype=float32)
     """
-    std = getattr(quantizer, "std_", None)
-    if std is None:
-        raise ValueError("quantizer must be a fitted PercentileQuantizer (no std_).")
+    check_is_fitted(quantizer)
     if not np.isfinite(beta):
         raise ValueError(f"beta must be finite, got {beta!r}.")
-    std = np.asarray(std, dtype=np.float64)
+    std = np.asarray(quantizer.std_, dtype=np.float64)
     w = np.where(std > 0, np.power(np.maximum(std, 1e-300), beta), 0.0)
     mean = w.mean()
     return (w / mean if mean > 0 else w).astype(np.float32)
 
 
+@validate_params(
+    {
+        "queries": ["array-like", "sparse matrix"],
+        "database": ["array-like", "sparse matrix"],
+        "k": [Interval(Integral, 1, None, closed="left")],
+        "metric": [StrOptions(set(_METRICS))],
+        "quantizer": [BaseCodeTransformer, None],
+        "weights": ["array-like", None],
+        "normalize": ["boolean"],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "use_faiss": [StrOptions({"auto"}), "boolean"],
+    },
+    prefer_skip_nested_validation=True,
+)
 def search(
     queries,
     database,
@@ -397,20 +564,22 @@ def search(
         - "hamming": packed bits; the score is the number of agreeing bits
           (``n_bits - Hamming distance``), so fewest differing bits ranks first.
           bool rows are packed first.
-        - "codes": symmetric search of uint8 codes against uint8 codes (packed or not,
-          as made by ``quantizer``): inner product of the centred codes
-          ``code - (2**bits - 1) / 2``.
-        - "asymmetric": float queries against the database's centred codes (inner
+        - "codes": symmetric search of codes against codes (packed or not, as made by
+          ``quantizer``): inner product of their code values
+          (``quantizer.code_vectors``; for percentile codes the centred code
+          ``code - (2**bits - 1) / 2``).
+        - "asymmetric": float queries against the database's code values (inner
           product); the queries are not quantized.
         - "reconstruct": float queries against the codes' ``inverse_transform``
           (bucket means), inner product.
         - "auto": "cosine" for float/float, "hamming" for uint8/uint8 without a
-          quantizer, "codes" with one, "asymmetric" for float queries against uint8
-          codes with a quantizer.
-    quantizer : PercentileQuantizer or AllocatedQuantizer, default=None
-        The fitted quantizer that made the codes (needed by the code metrics). With an
-        :class:`~skfusion.allocation.AllocatedQuantizer` a code stands for its
-        ``code_values_`` entry instead of the centred code.
+          quantizer, the quantizer's ``symmetric_metric`` with one, "asymmetric" for
+          float queries against codes of a quantizer that supports it.
+    quantizer : BaseCodeTransformer, default=None
+        The fitted estimator that made the codes (``PercentileQuantizer``,
+        ``AllocatedQuantizer`` or ``RandomProjectionLSH``); needed by the code metrics.
+        It decides what its codes support (``code_metrics``), the metric "auto" picks
+        (``symmetric_metric``) and what a code stands for (``code_values_``).
     weights : array-like of shape (width,), default=None
         Non-negative per-dimension weights ``w``: the score becomes
         ``sum_j w_j q_j d_j`` (for cosine, of the normalised rows). See
@@ -419,15 +588,15 @@ def search(
         Rank by cosine: L2-normalise the (weighted) query vectors and the database
         vectors the metric compares (centred codes, code values, bucket means or float
         rows for "ip") before the dot product. Codes of different rows have different
-        norms, so this changes the ranking (on debian-packages it is worth about one
-        point of nDCG@10 for 1-3-bit codes). Not supported with "hamming"; "cosine"
+        norms, so this changes the ranking. Not supported with "hamming"; "cosine"
         always normalises.
     batch_size : int, default=16384
         Database rows per block; at most ``4M / batch_size`` queries are scored at a
         time, so the score matrix never exceeds about 16 MiB.
     use_faiss : {"auto", True, False}, default="auto"
         Use faiss to build candidate lists: "auto" uses ``faiss.knn_hamming`` for
-        "hamming" when faiss is installed (about 2.5x faster than numpy) and numpy for
+        "hamming" when faiss is installed (faster than numpy, see
+        ``benchmarks/results/search_speed.md``) and numpy for
         float scores (as fast as ``faiss.knn`` here); True uses faiss for every metric
         (error if missing); False never. Results are identical either way.
 
@@ -454,14 +623,10 @@ def search(
     integers and exact on both paths; faiss keeps ``k + max(k, 32)`` candidates and
     queries whose k-th distance is shared beyond them are redone by numpy.
 
-    Which code metric wins, measured on debian-packages (PCA-341 of the 1,024-d
-    three-member concatenation, 2 bits, 48x smaller than float32; nDCG@10 on test as a
-    fraction of float PCA-341 cosine; ``benchmarks/results/code_similarity.md``):
-    "asymmetric" 100.2% unweighted (weights hurt: the float queries already carry each
-    dimension's spread); "reconstruct" 95.3%; "codes" 96.5% unweighted, 98.1% with
-    ``spread_weights(q, 0.5)`` and 98.6% with ``beta=1``. Use "asymmetric" when queries
-    are embedded at search time (the usual case) and "codes" with ``beta`` about 1 when
-    queries must be stored or sent quantized too.
+    Which code metric wins on debian-packages, with and without
+    :func:`spread_weights`, is measured in ``benchmarks/results/code_similarity.md``:
+    "asymmetric" when queries are embedded at search time (the usual case), "codes"
+    with ``beta`` about 1 when queries must be stored or sent quantized too.
 
     Examples
     --------
@@ -475,80 +640,30 @@ def search(
     >>> search(bits[:1], bits, k=3, metric="hamming")
     (array([[8, 7, 0]]), array([[0, 1, 2]]))
     """
-    if metric not in _METRICS:
-        raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}.")
-    if isinstance(k, bool) or not isinstance(k, Integral) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, Integral):
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    if normalize not in (True, False):
-        raise ValueError(f"normalize must be True or False, got {normalize!r}.")
-    if use_faiss not in ("auto", True, False):
-        raise ValueError(f"use_faiss must be 'auto', True or False, got {use_faiss!r}.")
+    for name, value in (("k", k), ("batch_size", batch_size)):
+        if isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
     faiss = None if use_faiss is False else _faiss()
     if use_faiss is True and faiss is None:
         raise ImportError("use_faiss=True but faiss is not installed (faiss-cpu).")
-    queries = _check_2d("queries", queries)
-    database = _check_2d("database", database)
+    queries = _check_rows("queries", queries)
+    database = _check_rows("database", database)
+    if quantizer is not None:
+        check_is_fitted(quantizer)
     metric = _resolve_metric(metric, queries, database, quantizer)
     k = min(int(k), database.shape[0])
     if _is_float(queries):
         _check_finite("queries", queries)
-
     if metric == "hamming":
         if weights is not None:
             raise ValueError("weights are not supported with metric='hamming'.")
         if normalize:
             raise ValueError("normalize=True is not supported with metric='hamming'.")
-        n_bits = queries.shape[1]
-        if queries.dtype == np.bool_ or database.dtype == np.bool_:
-            if queries.dtype != database.dtype:
-                raise TypeError(
-                    "queries and database must both be packed uint8 or both bool bits."
-                )
-            queries, database = (
-                np.packbits(queries, axis=1),
-                np.packbits(database, axis=1),
-            )
-        else:
-            n_bits = 8 * queries.shape[1]
-        if queries.shape[1] != database.shape[1]:
-            raise ValueError(
-                f"queries have {queries.shape[1]} bytes per row but the database has "
-                f"{database.shape[1]}; both must come from the same hasher."
-            )
-        if faiss is not None:
-            dist, idx = _hamming_faiss(queries, database, k, batch_size, faiss)
-        else:
-            dist, idx = _hamming_numpy(queries, database, k, batch_size)
-        return n_bits - dist, idx
-
-    if metric in ("cosine", "ip"):
-        width = database.shape[1]
-        if queries.shape[1] != width:
-            raise ValueError(
-                f"queries have {queries.shape[1]} columns but the database has {width}."
-            )
-    else:
-        quantizer._as_codes(database[:1])  # width / dtype check with a clear message
-        width = quantizer.n_features_in_
-        if metric == "codes":
-            quantizer._as_codes(queries[:1])
-        elif queries.shape[1] != width:
-            raise ValueError(
-                f"float queries have {queries.shape[1]} columns but the quantizer was "
-                f"fitted on {width}."
-            )
-    if weights is not None:
-        weights = np.asarray(weights, dtype=np.float64)
-        if weights.shape != (width,):
-            raise ValueError(f"weights must have shape ({width},), got {weights.shape}.")
-        if not np.isfinite(weights).all() or (weights < 0).any():
-            raise ValueError("weights must be finite and non-negative.")
-        weights = weights.astype(np.float32)
-    space = _FloatSpace(metric, queries, database, quantizer, weights, normalize)
+        return _hamming_search(
+            queries, database, k, quantizer=quantizer, batch_size=batch_size, faiss=faiss
+        )
+    weights = _check_weights(weights, _check_widths(metric, queries, database, quantizer))
+    space = _VectorSpace(metric, queries, database, quantizer, weights, normalize)
     # For float scores numpy's BLAS product is as fast as faiss.knn here (see
     # benchmarks/results/search_speed.md): faiss only when asked for explicitly.
     faiss = faiss if use_faiss is True else None

@@ -91,7 +91,7 @@ def test_pack_is_exactly_the_budget_and_round_trips(budget):
     codes = q.transform(X)
     packed = q.set_params(pack=True).transform(X)
     assert packed.shape == (300, -(-budget // 8))
-    np.testing.assert_array_equal(q._as_codes(packed), codes)
+    np.testing.assert_array_equal(q.to_codes(packed), codes)
     np.testing.assert_array_equal(q.inverse_transform(packed), q.inverse_transform(codes))
 
 
@@ -101,7 +101,7 @@ def test_packed_bit_stream_layout():
     q = AllocatedQuantizer(bit_budget=6, max_bits=3).fit(X)
     assert list(q.bits_) == [3, 2, 1]
     codes = np.array([[5, 2, 1]], dtype=np.uint8)  # 101 10 1 -> 10110100
-    stream = q._pack(codes)
+    stream = q.to_packed(codes)
     np.testing.assert_array_equal(stream, [[0b10110100]])
 
 
@@ -171,11 +171,11 @@ def test_search_scores_code_values(metric, normalize):
     db = q.transform(X[:800])
     queries = X[800:850] if metric == "asymmetric" else q.transform(X[800:850])
     scores, idx = search(queries, db, 5, metric=metric, quantizer=q, normalize=normalize)
-    D = q.code_values_[np.arange(8), q._as_codes(db)].astype(np.float64)
+    D = q.code_values_[np.arange(8), q.to_codes(db)].astype(np.float64)
     Q = (
         X[800:850].astype(np.float64)
         if metric == "asymmetric"
-        else q.code_values_[np.arange(8), q._as_codes(queries)].astype(np.float64)
+        else q.code_values_[np.arange(8), q.to_codes(queries)].astype(np.float64)
     )
     if normalize:
         D /= np.linalg.norm(D, axis=1, keepdims=True)
@@ -261,3 +261,17 @@ def test_clone_and_joblib_roundtrip_in_fresh_process(tmp_path):
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert bytes.fromhex(out) == q.transform(X).tobytes()
+
+
+@pytest.mark.parametrize("spread", [1000.0, -1000.0, 1e6])
+def test_extreme_spread_gives_finite_code_values_and_scores(spread):
+    # Issue 9 item 5: a large |spread| overflowed std ** spread into NaN code values.
+    from skfusion.search import search
+
+    X = _data(400)
+    q = AllocatedQuantizer(bit_budget=12, spread=spread).fit(X)
+    assert np.isfinite(q.code_values_).all()
+    assert q.code_values_.any()
+    for queries in (X[:5], q.transform(X[:5])):
+        s, _ = search(queries, q.transform(X), 5, quantizer=q)
+        assert np.isfinite(s).all()

@@ -57,3 +57,25 @@ def test_role_must_be_query_or_document(data):
     pipe = Pipeline([_embedder()]).fit(passages)
     with pytest.raises(ValueError, match="role"):
         encode(pipe, dataset.query_texts[:2], role="passage")
+
+
+def test_evaluate_embeddings_is_what_evaluate_retrieval_reports(data):
+    from skfusion.evaluation import evaluate_embeddings
+
+    dataset, passages = data
+    pipe = Pipeline([_embedder(), ("quant", AllocatedQuantizer(40, max_bits=2))])
+    pipe.fit(passages)
+    metrics = ("ndcg@10", "recall@20", "mrr@10")
+    docs = encode(pipe, dataset.corpus_texts, "document")
+    queries = encode(pipe, dataset.query_texts, "query")
+    got = evaluate_embeddings(queries, docs, dataset, metrics=metrics, quantizer=pipe[-1])
+    ref = evaluate_retrieval(pipe, dataset, metrics=metrics)
+    assert got == {m: ref[m] for m in metrics}
+    per_query = evaluate_embeddings(
+        queries, docs, dataset, metrics=metrics, per_query=True, quantizer=pipe[-1]
+    )
+    for m in metrics:
+        assert per_query[m].shape == (len(dataset.qrels),)
+        assert per_query[m].mean() == pytest.approx(got[m])
+    with pytest.raises(ValueError, match="corpus_embeddings has 3 rows"):
+        evaluate_embeddings(queries, docs[:3], dataset, quantizer=pipe[-1])

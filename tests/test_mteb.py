@@ -184,7 +184,7 @@ def test_encoder_argument_errors(svd_pipe):
         MTEBEncoder(svd_pipe, name="noslash")
     with pytest.raises(ValueError, match="similarity must be one of"):
         MTEBEncoder(svd_pipe, similarity="euclidean")
-    with pytest.raises(ValueError, match="needs a fitted percentile quantizer"):
+    with pytest.raises(ValueError, match="needs a fitted code transformer"):
         MTEBEncoder(svd_pipe, similarity="codes")
     with pytest.raises(ValueError, match="weights apply to the code similarity only"):
         MTEBEncoder(svd_pipe, weights=[1.0, 2.0])
@@ -304,3 +304,23 @@ def test_concat_embedder_members_get_their_query_and_document_prompts(
         _run(data.query_ids, data.corpus_ids, enc.similarity(q, d)), data.qrels, METRICS
     )
     _assert_same(_mteb_scores(enc, tiny_beir), ours)
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_allocated_quantizer_codes_use_their_code_values(tiny_beir, svd_pipe, pack):
+    # Issue 9 item 6: main classed AllocatedQuantizer output as "cosine" and raised.
+    from skfusion.allocation import AllocatedQuantizer
+    from skfusion.mteb_task import MTEBEncoder
+
+    quant = AllocatedQuantizer(bit_budget=40, max_bits=3, pack=pack).fit(
+        svd_pipe.transform(load_sample_passages(limit=400))
+    )
+    pipe = make_pipeline(*[s for _, s in svd_pipe.steps], quant)
+    enc = MTEBEncoder(pipe, name="test/allocated")
+    assert enc.similarity_name == "codes"
+    data = load_beir(tiny_beir, split="dev")
+    queries, docs = pipe.transform(data.query_texts), pipe.transform(data.corpus_texts)
+    vectors = enc.encode_texts(data.corpus_texts, "document")
+    np.testing.assert_array_equal(vectors, quant.code_vectors(docs))
+    run = _search_run(data, queries, docs, metric="codes", quantizer=quant)
+    _assert_same(_mteb_scores(enc, tiny_beir), evaluate(run, data.qrels, METRICS))

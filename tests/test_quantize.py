@@ -243,3 +243,100 @@ def test_pack_unpack_is_identity(bits, shape, data):
     packed = pack_codes(codes, bits)
     assert packed.shape == (shape[0], -(-shape[1] * bits // 8))
     np.testing.assert_array_equal(unpack_codes(packed, bits, shape[1]), codes)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: PercentileQuantizer(bits=2),
+        lambda: PercentileQuantizer(bits=3),
+        lambda: __import__("skfusion").AllocatedQuantizer(bit_budget=13),
+    ],
+)
+def test_pack_changed_after_fit_is_honoured_everywhere(make):
+    # Issue 9 item 5: main crashed (broadcast error) or kept the fit-time width.
+    pd = pytest.importorskip("pandas")
+    X = _data()
+    q = make().fit(X)
+    codes = q.transform(X)
+    packed = q.set_params(pack=True).transform(X)
+    assert packed.shape == (X.shape[0], q.bytes_per_vector_)
+    np.testing.assert_array_equal(q.to_codes(packed), codes)
+    assert len(q.get_feature_names_out()) == packed.shape[1]
+    df = q.set_output(transform="pandas").transform(X)
+    assert isinstance(df, pd.DataFrame) and list(df.columns) == list(
+        q.get_feature_names_out()
+    )
+    np.testing.assert_array_equal(df.to_numpy(), packed)
+    q.set_output(transform="default").set_params(pack=False)
+    assert len(q.get_feature_names_out()) == X.shape[1]
+    with pytest.raises(ValueError, match="'pack' parameter"):
+        q.set_params(pack="yes").transform(X)
+
+
+def test_fit_parameters_changed_after_fit_wait_for_the_next_fit():
+    X = _data()
+    q = PercentileQuantizer(bits=2).fit(X)
+    codes = q.transform(X)
+    q.set_params(bits=3, pack=True)  # bits takes effect at the next fit only
+    packed = q.transform(X)
+    assert (
+        packed.shape[1] == len(q.get_feature_names_out()) == pack_codes(codes, 2).shape[1]
+    )
+    np.testing.assert_array_equal(packed, pack_codes(codes, 2))
+    assert q.fit(X).transform(X).shape[1] == -(-X.shape[1] * 3 // 8)
+
+
+def test_subsample_smaller_than_the_buckets_is_rejected():
+    with pytest.raises(ValueError, match="subsample=2.*at least 4"):
+        PercentileQuantizer(subsample=2, bits=2).fit(_data())
+
+
+def _unsampled_row(n, subsample, random_state):
+    """A row the seeded calibration draw leaves out (the draw documented in fit)."""
+    drawn = np.random.RandomState(random_state).choice(n, size=subsample, replace=False)
+    return int(np.setdiff1d(np.arange(n), drawn)[0])
+
+
+def test_memmap_calibrates_on_the_seeded_sample_without_reading_it_whole(tmp_path):
+    # Issue 12: main validated (read) every row before drawing the sample.
+    import tracemalloc
+
+    from skfusion import AllocatedQuantizer
+
+    rng = np.random.default_rng(0)
+    n, d = 40_000, 256  # 41 MB of float32
+    X = np.lib.format.open_memmap(tmp_path / "x.npy", "w+", np.float32, (n, d))
+    for s in range(0, n, 10_000):
+        X[s : s + 10_000] = rng.standard_normal((10_000, d))
+    # A NaN in a row outside the sample: only a quantizer that reads every row sees it.
+    X[_unsampled_row(n, 1000, 3), 0] = np.nan
+    X.flush()
+    X = np.load(tmp_path / "x.npy", mmap_mode="r")
+    for make in (
+        lambda: PercentileQuantizer(bits=2, subsample=1000, random_state=3),
+        lambda: AllocatedQuantizer(bit_budget=300, subsample=1000, random_state=3),
+    ):
+        tracemalloc.start()
+        q = make().fit(X)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < X.nbytes / 5, peak
+        ref = make().fit(np.nan_to_num(np.array(X)))  # same rows, read in memory
+        np.testing.assert_array_equal(q.thresholds_, ref.thresholds_)
+        np.testing.assert_array_equal(q.bucket_values_, ref.bucket_values_)
+    # A NaN inside the sample is still refused.
+    with pytest.raises(ValueError, match="NaN"):
+        PercentileQuantizer(subsample=None).fit(X)
+
+
+def test_dask_array_calibrates_on_the_seeded_sample():
+    da = pytest.importorskip("dask.array")
+    X = _data(3000, 6).astype(np.float64)
+    Xn = X.copy()
+    Xn[_unsampled_row(3000, 700, 1), 2] = np.nan  # never read
+    dX = da.from_array(Xn, chunks=(500, 6))
+    q = PercentileQuantizer(bits=2, subsample=700, random_state=1).fit(dX)
+    ref = PercentileQuantizer(bits=2, subsample=700, random_state=1).fit(X)
+    np.testing.assert_array_equal(q.thresholds_, ref.thresholds_)
+    assert q.n_features_in_ == 6

@@ -221,7 +221,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="columns"):
         search(Q, codes[:, :3], quantizer=q)
     for k in (0, -1, 2.5, True):
-        with pytest.raises(ValueError, match="k must"):
+        with pytest.raises(ValueError, match="'k' parameter|k must"):
             search(Q, D, k)
     with pytest.raises(ValueError, match="metric"):
         search(Q, D, metric="l2")
@@ -273,3 +273,152 @@ def test_memmap_database_gives_the_same_result(tmp_path):
     b = search(Q, D, 10, batch_size=256)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("use_faiss", PATHS)
+@pytest.mark.parametrize("metric", ["cosine", "ip"])
+@pytest.mark.parametrize("batch_size", [1, 3, 16, 39, 16384])
+def test_equal_scores_are_ordered_by_lower_index_whatever_the_batch(
+    use_faiss, metric, batch_size
+):
+    # Issue 9 item 2: main gave [[37, 38, 39]], and [[13, 14, 15]] with batch_size=16.
+    _faiss_or_skip(use_faiss)
+    D = np.ones((40, 4), "f4")
+    _, idx = search(
+        D[:1], D, k=3, metric=metric, batch_size=batch_size, use_faiss=use_faiss
+    )
+    np.testing.assert_array_equal(idx, [[0, 1, 2]])
+
+
+@pytest.mark.parametrize("use_faiss", PATHS)
+def test_one_bit_code_rankings_do_not_depend_on_batch_size_or_backend(use_faiss):
+    _faiss_or_skip(use_faiss)
+    Q, D = _data(n_db=600, n_q=50, d=16)
+    q = PercentileQuantizer(bits=1).fit(D)
+    cq, cd = q.transform(Q), q.transform(D)
+    centred = (cd.astype(np.float64) - 0.5) * 2
+    ref_s, ref_i = _brute(((cq.astype(np.float64) - 0.5) * 2) @ centred.T / 4, 10)
+    for batch_size in (7, 16, 100, 16384):
+        s, i = search(cq, cd, 10, quantizer=q, batch_size=batch_size, use_faiss=use_faiss)
+        np.testing.assert_array_equal(i, ref_i, err_msg=f"batch_size={batch_size}")
+        np.testing.assert_array_equal(s, ref_s)
+        s, i = search(Q, cd, 10, quantizer=q, batch_size=batch_size, use_faiss=use_faiss)
+        np.testing.assert_array_equal(
+            i, _brute(Q.astype(np.float64) @ centred.T / 2, 10)[1]
+        )
+
+
+def test_top_block_keeps_the_lowest_tied_indices():
+    from skfusion.search import _top_block
+
+    S = np.array([[1.0, 3.0, 3.0, 2.0, 3.0, 3.0], [0.0, 0.0, 0.0, 0.0, 5.0, 0.0]])
+    vals, idx = _top_block(S, 3)
+    order = np.argsort(idx, axis=1)
+    np.testing.assert_array_equal(np.take_along_axis(idx, order, 1), [[1, 2, 4], [0, 1, 4]])
+    np.testing.assert_array_equal(
+        np.take_along_axis(vals, order, 1), [[3, 3, 3], [0, 0, 5]]
+    )
+
+
+def test_resolve_metric_asks_the_estimator():
+    from skfusion.allocation import AllocatedQuantizer
+    from skfusion.search import _resolve_metric
+
+    Q, D = _data(n_db=100, d=8)
+    lsh = RandomProjectionLSH(16, random_state=0).fit(D)
+    alloc = AllocatedQuantizer(bit_budget=12).fit(D)
+    bits, codes = lsh.transform(D), alloc.transform(D)
+    assert _resolve_metric("auto", Q, D, None) == "cosine"
+    assert _resolve_metric("auto", bits, bits, None) == "hamming"
+    assert _resolve_metric("auto", bits, bits, lsh) == "hamming"
+    assert _resolve_metric("auto", codes, codes, alloc) == "codes"
+    assert _resolve_metric("auto", Q, codes, alloc) == "asymmetric"
+    with pytest.raises(ValueError, match="does not apply"):
+        _resolve_metric("asymmetric", Q, bits, lsh)
+
+
+def test_rescore_gives_the_exact_order_from_float32_candidates():
+    from skfusion.search import _candidates, _rescore, _VectorSpace
+
+    Q, D = _data(n_db=300, n_q=5, d=8)
+    space = _VectorSpace("ip", Q, D, None, None)
+    cand_s, cand_i, dmax = _candidates(space, space.Q, 300, 20, 64, None, ties=False)
+    s, i = _rescore(space, space.Q, cand_s, cand_i, dmax, 300, 7, 64)
+    ref_s, ref_i = _brute(Q.astype(np.float64) @ D.T.astype(np.float64), 7)
+    np.testing.assert_array_equal(i, ref_i)
+    np.testing.assert_allclose(s, ref_s, rtol=1e-12)
+
+
+def test_sparse_input_gets_a_clear_error():
+    from scipy import sparse
+
+    Q, D = _data(n_db=50, d=8)
+    with pytest.raises(TypeError, match="sparse.*toarray"):
+        search(sparse.csr_matrix(Q), D)
+    with pytest.raises(TypeError, match="database must be a dense array"):
+        search(Q, sparse.csr_matrix(D))
+
+
+def test_unfitted_quantizer_raises_not_fitted():
+    from sklearn.exceptions import NotFittedError
+
+    Q, D = _data(n_db=50, d=8)
+    codes = PercentileQuantizer().fit(D).transform(D)
+    with pytest.raises(NotFittedError):
+        search(codes, codes, quantizer=PercentileQuantizer())
+    with pytest.raises(NotFittedError):
+        spread_weights(PercentileQuantizer())
+
+
+def test_public_functions_validate_their_parameters():
+    from skfusion.allocation import allocate_bits
+    from skfusion.quantize import pack_codes, unpack_codes
+
+    Q, D = _data(n_db=50, d=8)
+    with pytest.raises(ValueError, match="'quantizer' parameter"):
+        search(Q, D, quantizer="percentile")
+    with pytest.raises(ValueError, match="'use_faiss' parameter"):
+        search(Q, D, use_faiss="yes")
+    with pytest.raises(ValueError, match="'bits' parameter"):
+        pack_codes(np.zeros((1, 2), np.uint8), 9)
+    with pytest.raises(ValueError, match="'n_features' parameter"):
+        unpack_codes(np.zeros((1, 2), np.uint8), 2, -1)
+    with pytest.raises(ValueError, match="'max_bits' parameter"):
+        allocate_bits([1.0, 2.0], 2, max_bits=0)
+    with pytest.raises(ValueError, match="'quantizer' parameter"):
+        spread_weights(object())
+    with pytest.raises(ValueError, match="'quantizer' parameter"):
+        spread_weights(RandomProjectionLSH(8).fit(D))  # sign bits have no spread
+
+
+def test_lsh_codes_search_by_hamming_with_or_without_the_hasher():
+    Q, D = _data(n_db=200, d=8)
+    lsh = RandomProjectionLSH(12, random_state=0).fit(D)  # 12 bits: 2 bytes, padded
+    bq, bd = lsh.transform(Q), lsh.transform(D)
+    s, i = search(bq, bd, 5, quantizer=lsh)
+    s0, i0 = search(bq, bd, 5)
+    np.testing.assert_array_equal(i, i0)
+    np.testing.assert_array_equal(s, s0 - 4)  # the 4 padding bits always agree
+    assert s.max() <= 12
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    n_db=st.integers(2, 70),
+    d=st.integers(1, 6),
+    k=st.integers(1, 80),
+    batch_size=st.integers(1, 40),
+)
+def test_heavily_tied_scores_match_brute_force(seed, n_db, d, k, batch_size):
+    rng = np.random.default_rng(seed)
+    Q = rng.integers(0, 2, (5, d)).astype(np.float32)
+    D = rng.integers(0, 2, (n_db, d)).astype(np.float32)
+    kk = min(k, n_db)
+    s, i = search(Q, D, k, metric="ip", batch_size=batch_size)
+    np.testing.assert_array_equal(i, _brute(Q.astype(np.float64) @ D.T, kk)[1])
+    q = PercentileQuantizer(bits=1).fit(rng.standard_normal((n_db, d)))
+    cq, cd = q.transform(rng.standard_normal((5, d))), q.transform(D * 2 - 1)
+    s, i = search(cq, cd, k, quantizer=q, batch_size=batch_size)
+    ref = (cq.astype(np.float64) - 0.5) @ (cd.astype(np.float64) - 0.5).T
+    np.testing.assert_array_equal(i, _brute(ref, kk)[1])

@@ -720,7 +720,6 @@ def build_faiss_index(
             index.hnsw.efSearch = ef_search
         else:
             index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(d), d, nlist)
-            index.own_fields = True
             index.nprobe = nprobe
         X = np.ascontiguousarray(X)
     elif np.issubdtype(X.dtype, np.floating):
@@ -735,7 +734,6 @@ def build_faiss_index(
             index.hnsw.efSearch = ef_search
         else:
             index = faiss.IndexIVFFlat(faiss.IndexFlatIP(width), width, nlist, ip)
-            index.own_fields = True
             index.nprobe = nprobe
         X = np.ascontiguousarray(X, dtype=np.float32)
     else:

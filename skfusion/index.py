@@ -462,6 +462,29 @@ default="auto"
         )
         return idx
 
+    def shortlist_search(self, queries, k=10):
+        """The first stage alone: the ``k`` best rows by the in-RAM codes.
+
+        Parameters
+        ----------
+        queries : array-like of shape (n_queries, n_features_in_) or texts
+            Float vectors, or texts when the index has an ``encoder``.
+        k : int, default=10
+            Candidates per query (at most ``n_vectors_``).
+
+        Returns
+        -------
+        indices : ndarray of shape (n_queries, k), dtype int64
+            Best first by ``shortlist_metric_`` (ties by lower index for the exact
+            shortlist; -1 pads rows an HNSW search could not fill).
+        """
+        check_is_fitted(self, "codes_")
+        if isinstance(k, bool) or not isinstance(k, Integral) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}.")
+        if self.n_vectors_ == 0:
+            raise ValueError("The index is empty: add vectors before searching.")
+        return self._shortlist(self._vectors(queries, "queries"), min(k, self.n_vectors_))
+
     def _rescore_vectors(self, rows):
         if self.rescore_ is None:
             D = np.asarray(rows, dtype=np.float32)

@@ -282,3 +282,14 @@ def test_faiss_builder_refuses_multibit_codes_and_bad_input(data):
         build_faiss_index(db, "lsh")
     with pytest.raises(FileNotFoundError):
         load_faiss_index("/nonexistent/x.faiss")
+
+
+def test_shortlist_search_is_the_first_stage(data):
+    calib, db = data
+    q = AllocatedQuantizer(bit_budget=32)
+    index = CodeIndex(q, "float32").fit(calib).add(db)
+    idx = index.shortlist_search(calib[:20], 7)
+    _, ref = search(
+        calib[:20], index.codes_, 7, metric="asymmetric", quantizer=index.shortlist_
+    )
+    np.testing.assert_array_equal(idx, ref)

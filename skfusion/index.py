@@ -451,16 +451,51 @@ default="auto"
                 self._faiss_index = build_faiss_index(self.codes_, kind="hnsw")
             _, idx = self._faiss_index.search(np.ascontiguousarray(queries), k2)
             return idx.astype(np.int64)
-        _, idx = search(
-            queries,
-            self.codes_,
-            k2,
-            metric=self.shortlist_metric_,
-            quantizer=self.shortlist_,
-            weights=self.shortlist_weights_,
-            batch_size=self.batch_size,
-        )
-        return idx
+        if self.shortlist_metric_ == "hamming":
+            _, idx = search(
+                queries,
+                self.codes_,
+                k2,
+                metric="hamming",
+                quantizer=self.shortlist_,
+                batch_size=self.batch_size,
+            )
+            return idx
+        return self._code_shortlist(queries, k2)
+
+    def _code_shortlist(self, queries, k2):
+        """Best ``k2`` rows by float32 code similarity, best first.
+
+        :func:`skfusion.search.search` re-scores every candidate exactly in float64
+        (``2 * k2 * width`` values per query); a shortlist only needs the candidate
+        set, which the rescoring orders exactly, so float32 block products suffice.
+        """
+        est, metric = self.shortlist_, self.shortlist_metric_
+        Qv = est.code_vectors(queries) if metric == "codes" else queries
+        if self.shortlist_weights_ is not None:
+            Qv = Qv * self.shortlist_weights_
+        Qv = np.ascontiguousarray(Qv, dtype=np.float32)
+        m, width = Qv.shape
+        best_s = np.full((m, 0), -np.inf, dtype=np.float32)
+        best_i = np.zeros((m, 0), dtype=np.int64)
+        step = max(1, min(_BLOCK_VALUES // width, 4 * _BLOCK_VALUES // m))
+        for start in range(0, self.n_vectors_, step):
+            block = self.codes_[start : start + step]
+            D = (
+                est.inverse_transform(block)
+                if metric == "reconstruct"
+                else est.code_vectors(block)
+            )
+            S = Qv @ D.T
+            idx = np.broadcast_to(np.arange(start, start + S.shape[1]), S.shape)
+            best_s = np.concatenate([best_s, S], axis=1)
+            best_i = np.concatenate([best_i, idx], axis=1)
+            if best_s.shape[1] > k2:
+                part = np.argpartition(-best_s, k2 - 1, axis=1)[:, :k2]
+                best_s = np.take_along_axis(best_s, part, 1)
+                best_i = np.take_along_axis(best_i, part, 1)
+        order = np.lexsort((best_i, -best_s), axis=-1)
+        return np.take_along_axis(best_i, order, 1)
 
     def shortlist_search(self, queries, k=10):
         """The first stage alone: the ``k`` best rows by the in-RAM codes.

@@ -230,7 +230,7 @@ default="auto"
         encoder = pipeline[:-1] if len(steps) > 1 else None
         return cls(steps[-1][1], rescore, encoder=encoder, prefit=True, **params).fit()
 
-    def _vectors(self, X, name):
+    def _vectors(self, X, name, check_width=True):
         """Encoder output (or the validated float rows) as a float32 2-D array."""
         if self.encoder is not None:
             X = self.encoder.transform(X)
@@ -240,7 +240,7 @@ default="auto"
                 f"{name} must be a 2-D float array (or texts, with an encoder), got "
                 f"shape {X.shape} and dtype {X.dtype}."
             )
-        if hasattr(self, "n_features_in_") and X.shape[1] != self.n_features_in_:
+        if check_width and X.shape[1] != self.n_features_in_:
             raise ValueError(
                 f"{name} has {X.shape[1]} columns but the index was fitted on "
                 f"{self.n_features_in_}."
@@ -318,6 +318,14 @@ default="auto"
         -------
         self : CodeIndex
         """
+        self._fit_steps(X)
+        self._start(
+            np.zeros((0, self.ram_bytes_per_vector_), dtype=np.uint8), truncate=True
+        )
+        return self
+
+    def _fit_steps(self, X):
+        """Fitted (or prefit) code steps, resolved metrics and weights."""
         store = isinstance(self.rescore, str)
         if self.prefit:
             for name, est in (("shortlist", self.shortlist), ("rescore", self.rescore)):
@@ -333,7 +341,7 @@ default="auto"
                 raise ValueError(
                     "fit needs calibration rows X unless prefit=True (fitted steps)."
                 )
-            V = self._vectors(X, "X")
+            V = self._vectors(X, "X", check_width=False)
             self.shortlist_ = clone(self.shortlist).fit(V)
             self.rescore_ = None if store else clone(self.rescore).fit(V)
         self.n_features_in_ = int(self.shortlist_.n_features_in_)
@@ -350,17 +358,20 @@ default="auto"
             self.shortlist_weights, "shortlist_weights"
         )
         self.rescore_weights_ = self._check_weights(self.rescore_weights, "rescore_weights")
+
+    def _start(self, codes, truncate):
+        """Attach the in-RAM codes and the on-disk file (emptied when ``truncate``)."""
         self.directory_ = Path(
             tempfile.mkdtemp(prefix="skfusion-index-")
             if self.directory is None
             else self.directory
         )
         self.directory_.mkdir(parents=True, exist_ok=True)
-        self._path().write_bytes(b"")
-        self.codes_ = np.zeros((0, self.ram_bytes_per_vector_), dtype=np.uint8)
+        if truncate or not self._path().exists():
+            self._path().write_bytes(b"")
+        self.codes_ = codes
         self._faiss_index = None
         self._open()
-        return self
 
     # -- layout -------------------------------------------------------------------
     def _path(self):
@@ -671,14 +682,11 @@ default="auto"
             **weights,
             **meta,
         )
-        # fit(prefit=True) truncates the file; keep its bytes and restore them.
-        data = (path / "rescore.bin").read_bytes()
-        index.fit()
-        index._path().write_bytes(data)
-        index.codes_ = codes
         if codes.shape[0] != n:
             raise ValueError(f"{os.fspath(path)}: codes and meta.json disagree on rows.")
-        index._open()
+        index._validate_params()
+        index._fit_steps(None)
+        index._start(codes, truncate=False)  # checks the file size against the codes
         return index
 
 

@@ -304,3 +304,20 @@ def test_readme_search_at_scale_example_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README search at scale", "exec"), {})
     assert capsys.readouterr().out.split() == ["16", "128", "[0", "1", "2", "3", "4]"]
+
+
+def test_load_refuses_a_disk_file_of_another_index(data, tmp_path):
+    calib, db = data
+    index = CodeIndex(PercentileQuantizer(bits=1, pack=True), "float16").fit(calib).add(db)
+    index.save(tmp_path / "a")
+    with open(tmp_path / "a" / "rescore.bin", "ab") as f:
+        f.write(b"\0" * 96)  # one row too many
+    with pytest.raises(ValueError, match="do not belong together"):
+        CodeIndex.load(tmp_path / "a")
+
+
+def test_refit_with_another_width(data):
+    calib, db = data
+    index = CodeIndex(PercentileQuantizer(bits=1, pack=True)).fit(calib)
+    index.fit(calib[:, :16]).add(db[:, :16])
+    assert index.n_features_in_ == 16 and index.n_vectors_ == len(db)

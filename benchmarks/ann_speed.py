@@ -257,7 +257,7 @@ def main(n_rows=1_000_000):
         "against exact float search; bytes = RAM bytes per vector. Queries/s with faiss "
         "on 2 threads of a shared 2-core machine (one process).",
         "",
-        "| rows | method | parameters | bytes/vector | recall@10 | queries/s | "
+        "| kind | method | parameters | bytes/vector | recall@10 | queries/s | "
         "speed-up vs exact | build s |",
         "|---|---|---|---:|---:|---:|---:|---:|",
     ]

@@ -14,8 +14,9 @@ bits (LSH bits, 1-bit codes) into ``IndexBinaryFlat`` / ``IndexBinaryHNSW`` /
 ``IndexBinaryIVF`` (Hamming), float rows (decoder output) into ``IndexFlatIP`` /
 ``IndexHNSWFlat`` / ``IndexIVFFlat`` (inner product). :func:`save_faiss_index` /
 :func:`load_faiss_index` persist either kind. Multi-bit percentile codes have no faiss
-equivalent: shortlist with faiss on their 1-bit prefix or on LSH bits and rescore with
-:class:`CodeIndex` (``shortlist_index="hnsw"``).
+equivalent: keep them as the rescoring stage of :class:`CodeIndex`, whose shortlist can
+run in a faiss ``IndexBinaryHNSW`` over 1-bit codes or LSH bits
+(``shortlist_index="hnsw"``).
 """
 
 import json

@@ -18,8 +18,10 @@ cached embeddings); PCA, whitened PCA, the paper's decoder and the default decod
 every stop; ``PercentileQuantizer`` codes (1/2/4/8 bits, several widths) and
 ``AllocatedQuantizer`` (bits by variance) at 48x and 96x; ``RandomProjectionLSH``
 256..8192 bits on the concatenation and on decoder outputs; faiss PQ / OPQ,
-sentence-transformers ``quantize_embeddings`` (int8, binary) and ``KBinsDiscretizer``
-at matched bytes; 2 vs 3 members for LSH and codes.
+sentence-transformers ``quantize_embeddings`` (int8, binary), ``KBinsDiscretizer`` and
+faiss RaBitQ (``IndexRaBitQ``, 1, 2 and 4 bits, float queries, bytes = ``code_size``,
+after PCA and after the default decoder) at matched bytes; 2 vs 3 members for LSH and
+codes.
 
     python benchmarks/quality.py [--quiet] [--refit] [--fresh]
 
@@ -493,6 +495,49 @@ def external_section(b, red, quiet):
         )
 
 
+# -------------------------------------------------------------------- faiss RaBitQ
+RABITQ = ((256, 1), (341, 1), (682, 1), (768, 1), (128, 2), (256, 2), (128, 4))
+
+
+def rabitq_section(b, red, quiet):
+    """faiss RaBitQ (1 bit and its multi-bit extension) after PCA and after the decoder.
+
+    RaBitQ's natural mode: float queries against the codes (``qb=0``), faiss's own
+    distance estimator, top-10 from ``IndexRaBitQ.search``; bytes = ``code_size``,
+    which includes its per-vector factors.
+    """
+    import faiss
+
+    from skfusion.metrics import per_query_scores, run_from_topk
+
+    for label in ("pca", "default decoder"):
+        if label not in red:
+            continue
+        H = red[label]
+        name = "PCA" if label == "pca" else label
+        for dim, bits in tqdm(RABITQ, disable=quiet, desc=f"RaBitQ on {name}"):
+            corpus = np.ascontiguousarray(H["corpus"][:, :dim], dtype=np.float32)
+            index = faiss.IndexRaBitQ(dim, faiss.METRIC_INNER_PRODUCT, bits)
+            index.train(np.ascontiguousarray(H["train"][:, :dim], dtype=np.float32))
+            index.add(corpus)
+            nd = {}
+            for split in SPLITS:
+                rows, data = b.splits[split]
+                q = np.ascontiguousarray(H["queries"][rows, :dim], dtype=np.float32)
+                scores, idx = index.search(q, 10)
+                run = run_from_topk(data.query_ids, data.corpus_ids, scores, idx)
+                nd[split] = _Score(per_query_scores(run, data.qrels, "ndcg@10"))
+            b.add(
+                "external",
+                f"faiss RaBitQ {name} {dim}, {bits} bit{'s' if bits > 1 else ''}",
+                "asym",
+                index.code_size,
+                nd,
+                dim=dim,
+                bits=bits,
+            )
+
+
 # -------------------------------------------------------------- 2 vs 3 members
 def members_robustness_section(b, quiet):
     """Paper claim (c): LSH and codes with 2 vs 3 members (recovery vs own float)."""
@@ -780,6 +825,7 @@ def main(argv=None):
         "allocation": lambda: allocation_section(b, red, args.quiet),
         "lsh": lambda: lsh_section(b, red, args.quiet),
         "external": lambda: external_section(b, red, args.quiet),
+        "rabitq": lambda: rabitq_section(b, red, args.quiet),
         "members_robustness": lambda: members_robustness_section(b, args.quiet),
     }
     # Finished sections are kept (rows and results) so an interrupted run resumes;

@@ -1,0 +1,851 @@
+"""Search at scale: a two-stage code index and faiss indexes built from skfusion output.
+
+:class:`CodeIndex` keeps a compact code of every vector in RAM (1-2-bit percentile codes,
+allocated codes or LSH bits, made by a :class:`~skfusion.codes.BaseCodeTransformer`) and
+a finer representation on disk (float16 / float32 vectors or 4-8-bit codes, read through
+``np.memmap``). A search shortlists ``k * oversample`` rows on the compact code with
+:func:`skfusion.search.search`, then reads only those rows from disk and rescores them
+against the float query. It asks the code transformers what their codes support and
+stand for (``code_metrics``, ``code_vectors``, ``inverse_transform``,
+``bytes_per_vector_``); it never guesses from their attributes.
+
+:func:`build_faiss_index` turns skfusion output into a faiss index in one call: packed
+bits (LSH bits, 1-bit codes) into ``IndexBinaryFlat`` / ``IndexBinaryHNSW`` /
+``IndexBinaryIVF`` (Hamming), float rows (decoder output) into ``IndexFlatIP`` /
+``IndexHNSWFlat`` / ``IndexIVFFlat`` (inner product). :func:`save_faiss_index` /
+:func:`load_faiss_index` persist either kind. Multi-bit percentile codes have no faiss
+equivalent: keep them as the rescoring stage of :class:`CodeIndex`, whose shortlist can
+run in a faiss ``IndexBinaryHNSW`` over 1-bit codes or LSH bits
+(``shortlist_index="hnsw"``).
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from numbers import Integral
+from pathlib import Path
+
+import numpy as np
+from sklearn.base import BaseEstimator, clone
+from sklearn.utils.validation import check_is_fitted
+
+from ._compat import HasMethods, Interval, StrOptions, _fit_context, validate_params
+from .codes import BaseCodeTransformer
+from .persistence import dump, load
+from .search import search
+
+__all__ = ["CodeIndex", "build_faiss_index", "load_faiss_index", "save_faiss_index"]
+
+_FORMAT = "skfusion-code-index-1"
+_FLOAT_STORES = {"float16": np.float16, "float32": np.float32}
+# Float64 entries of one rescoring block (queries x candidates x width): 32 MiB.
+_BLOCK_VALUES = 1 << 22
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "faiss is not installed: pip install 'skfusion[faiss]' (faiss-cpu)."
+        ) from exc
+    return faiss
+
+
+def _l2(X):
+    norms = np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float32))
+    return np.ascontiguousarray(X / np.maximum(norms, np.float32(1e-30))[:, None])
+
+
+def _is_fitted(est):
+    try:
+        check_is_fitted(est)
+    except Exception:  # NotFittedError, or a step sklearn cannot inspect
+        return False
+    return True
+
+
+class CodeIndex(BaseEstimator):
+    """Two-stage search: compact codes in RAM shortlist, a finer representation rescores.
+
+    The shortlist step's codes (``shortlist``, e.g. 1-2-bit
+    :class:`~skfusion.quantize.PercentileQuantizer` codes or
+    :class:`~skfusion.lsh.RandomProjectionLSH` bits) of every added vector are held in
+    RAM. The rescoring representation (``rescore``: float16 / float32 vectors or the
+    packed codes of a finer quantizer) is appended to a file and read back through
+    ``np.memmap``, so only the ``k * oversample`` shortlisted rows of each query are
+    read from disk. Queries stay float in both stages when the codes allow it.
+
+    Parameters
+    ----------
+    shortlist : BaseCodeTransformer
+        Makes the in-RAM codes. Cloned and fitted in :meth:`fit` unless ``prefit``.
+    rescore : {"float16", "float32"} or BaseQuantizer, default="float16"
+        The on-disk representation: the vectors themselves in that float dtype, or the
+        packed codes of a quantizer (e.g. 4- or 8-bit ``PercentileQuantizer``).
+    encoder : estimator, default=None
+        A fitted transformer (e.g. ``ConcatEmbedder`` + ``MatryoshkaDecoder`` pipeline)
+        applied to what :meth:`fit`, :meth:`add` and :meth:`search` receive (texts);
+        None: they receive float vectors. Never refitted here.
+    shortlist_metric : {"auto", "asymmetric", "codes", "hamming", "reconstruct"}, \
+default="auto"
+        How the shortlist compares queries with the codes (see
+        :func:`skfusion.search.search`): "auto" is "asymmetric" (float queries) when
+        the codes support it, else the codes' ``symmetric_metric`` (queries encoded).
+    rescore_metric : {"auto", "cosine", "ip", "asymmetric", "reconstruct"}, \
+default="auto"
+        How the rescoring compares float queries with the on-disk rows: "auto" is
+        "cosine" for float rows, "asymmetric" for codes.
+    shortlist_weights, rescore_weights : array-like of shape (width,), default=None
+        Per-dimension weights of each stage (e.g. :func:`skfusion.search.spread_weights`).
+    shortlist_index : {"exact", "hnsw"}, default="exact"
+        "exact": the shortlist is an exact :func:`skfusion.search.search` over the
+        codes; "hnsw": a faiss ``IndexBinaryHNSW`` over the packed codes (Hamming;
+        only for 1-bit codes and LSH bits), approximate and faster on millions of rows.
+    oversample : int, default=10
+        Candidates per result: the shortlist keeps ``k * oversample`` rows.
+    directory : str or path-like, default=None
+        Folder of the on-disk file (``rescore.bin``), created if missing; None: a new
+        temporary folder. :meth:`fit` truncates the file.
+    prefit : bool, default=False
+        The code steps are fitted already (as in :meth:`from_pipeline`); :meth:`fit`
+        then needs no data.
+    batch_size : int, default=16384
+        Database block size of the shortlist search.
+
+    Attributes
+    ----------
+    shortlist_ : BaseCodeTransformer
+        The fitted shortlist step.
+    rescore_ : BaseQuantizer or None
+        The fitted rescoring quantizer (None for float rows).
+    n_features_in_ : int
+        Width of the vectors the code steps were fitted on.
+    codes_ : ndarray of shape (n_vectors, ram_bytes_per_vector_), dtype uint8
+        The packed in-RAM codes.
+    n_vectors_ : int
+        Number of vectors added.
+    directory_ : pathlib.Path
+        Folder holding ``rescore.bin``.
+    ram_bytes_per_vector_ : int
+        Bytes per vector held in RAM (the shortlist's ``bytes_per_vector_``).
+    disk_bytes_per_vector_ : int
+        Bytes per vector on disk.
+
+    See Also
+    --------
+    skfusion.search.search : The one-stage exact search both stages use.
+    build_faiss_index : A faiss index of the same codes or vectors.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skfusion.index import CodeIndex
+    >>> from skfusion.quantize import PercentileQuantizer
+    >>> X = np.random.default_rng(0).standard_normal((1000, 32)).astype(np.float32)
+    >>> index = CodeIndex(PercentileQuantizer(bits=1, pack=True), oversample=20)
+    >>> index = index.fit(X).add(X)
+    >>> index.ram_bytes_per_vector_, index.disk_bytes_per_vector_
+    (4, 64)
+    >>> scores, ids = index.search(X[:3], k=2)
+    >>> ids[:, 0]
+    array([0, 1, 2])
+    """
+
+    _parameter_constraints = {
+        "shortlist": [BaseCodeTransformer],
+        "rescore": [StrOptions(set(_FLOAT_STORES)), BaseCodeTransformer],
+        "encoder": [HasMethods(["transform"]), None],
+        "shortlist_metric": [
+            StrOptions({"auto", "asymmetric", "codes", "hamming", "reconstruct"})
+        ],
+        "rescore_metric": [
+            StrOptions({"auto", "cosine", "ip", "asymmetric", "reconstruct"})
+        ],
+        "shortlist_weights": ["array-like", None],
+        "rescore_weights": ["array-like", None],
+        "shortlist_index": [StrOptions({"exact", "hnsw"})],
+        "oversample": [Interval(Integral, 1, None, closed="left")],
+        "directory": [str, os.PathLike, None],
+        "prefit": ["boolean"],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+    }
+
+    def __init__(
+        self,
+        shortlist,
+        rescore="float16",
+        *,
+        encoder=None,
+        shortlist_metric="auto",
+        rescore_metric="auto",
+        shortlist_weights=None,
+        rescore_weights=None,
+        shortlist_index="exact",
+        oversample=10,
+        directory=None,
+        prefit=False,
+        batch_size=16384,
+    ):
+        self.shortlist = shortlist
+        self.rescore = rescore
+        self.encoder = encoder
+        self.shortlist_metric = shortlist_metric
+        self.rescore_metric = rescore_metric
+        self.shortlist_weights = shortlist_weights
+        self.rescore_weights = rescore_weights
+        self.shortlist_index = shortlist_index
+        self.oversample = oversample
+        self.directory = directory
+        self.prefit = prefit
+        self.batch_size = batch_size
+
+    # -- construction -------------------------------------------------------------
+    @classmethod
+    def from_pipeline(cls, pipeline, rescore="float16", **params):
+        """An index whose shortlist is the pipeline's last step (a fitted code step).
+
+        Parameters
+        ----------
+        pipeline : sklearn.pipeline.Pipeline
+            Fitted; its last step is a :class:`~skfusion.codes.BaseCodeTransformer`,
+            the steps before it (if any) are the ``encoder``.
+        rescore : {"float16", "float32"} or fitted BaseQuantizer, default="float16"
+            The on-disk representation of the encoder's output.
+        **params
+            Other :class:`CodeIndex` parameters.
+
+        Returns
+        -------
+        index : CodeIndex
+            Fitted (``prefit=True``), empty; call :meth:`add`.
+        """
+        steps = getattr(pipeline, "steps", None)
+        if not steps or not isinstance(steps[-1][1], BaseCodeTransformer):
+            raise TypeError(
+                "pipeline must be a fitted sklearn Pipeline whose last step is a code "
+                f"transformer (PercentileQuantizer, AllocatedQuantizer, "
+                f"RandomProjectionLSH); got {type(pipeline).__name__}."
+            )
+        encoder = pipeline[:-1] if len(steps) > 1 else None
+        return cls(steps[-1][1], rescore, encoder=encoder, prefit=True, **params).fit()
+
+    def _vectors(self, X, name, check_width=True):
+        """Encoder output (or the validated float rows) as a float32 2-D array."""
+        if self.encoder is not None:
+            X = self.encoder.transform(X)
+        X = np.asarray(X)
+        if X.ndim != 2 or not np.issubdtype(X.dtype, np.floating):
+            raise ValueError(
+                f"{name} must be a 2-D float array (or texts, with an encoder), got "
+                f"shape {X.shape} and dtype {X.dtype}."
+            )
+        if check_width and X.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"{name} has {X.shape[1]} columns but the index was fitted on "
+                f"{self.n_features_in_}."
+            )
+        if not np.isfinite(X).all():
+            raise ValueError(f"{name} contains NaN or infinity.")
+        return np.asarray(X, dtype=np.float32)
+
+    def _resolve_metrics(self):
+        codes = self.shortlist_.code_metrics
+        metric = self.shortlist_metric
+        if metric == "auto":
+            metric = (
+                "asymmetric" if "asymmetric" in codes else self.shortlist_.symmetric_metric
+            )
+        if metric not in codes and metric != self.shortlist_.symmetric_metric:
+            raise ValueError(
+                f"shortlist_metric={metric!r} does not apply to "
+                f"{type(self.shortlist_).__name__}, whose codes support {codes}."
+            )
+        if self.shortlist_index == "hnsw" and (
+            metric not in ("hamming", "codes") or self.shortlist_.bits_.max() != 1
+        ):
+            raise ValueError(
+                "shortlist_index='hnsw' searches packed bits by Hamming distance: it "
+                "needs 1-bit codes or LSH bits with shortlist_metric 'codes' or "
+                f"'hamming', got {type(self.shortlist_).__name__} with "
+                f"shortlist_metric={metric!r}. Use shortlist_index='exact'."
+            )
+        self.shortlist_metric_ = metric
+        rmetric = self.rescore_metric
+        if self.rescore_ is None:
+            rmetric = "cosine" if rmetric == "auto" else rmetric
+            if rmetric not in ("cosine", "ip"):
+                raise ValueError(
+                    f"rescore_metric={rmetric!r} needs a quantizer as rescore; float "
+                    "rows are rescored with 'cosine' or 'ip'."
+                )
+        else:
+            rmetric = "asymmetric" if rmetric == "auto" else rmetric
+            if rmetric not in ("asymmetric", "reconstruct") or (
+                rmetric not in self.rescore_.code_metrics
+            ):
+                raise ValueError(
+                    f"rescore_metric={rmetric!r} does not apply to the codes of "
+                    f"{type(self.rescore_).__name__} (float queries against codes: "
+                    f"{[m for m in self.rescore_.code_metrics if m != 'codes']})."
+                )
+        self.rescore_metric_ = rmetric
+
+    def _check_weights(self, weights, name):
+        if weights is None:
+            return None
+        w = np.asarray(weights, dtype=np.float32)
+        if w.shape != (self.n_features_in_,) or not np.isfinite(w).all() or (w < 0).any():
+            raise ValueError(
+                f"{name} must be finite non-negative weights of shape "
+                f"({self.n_features_in_},), got shape {w.shape}."
+            )
+        return w
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X=None, y=None):
+        """Fit the code steps (unless ``prefit``) and start an empty index.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features) or texts, default=None
+            Calibration rows (encoded by ``encoder`` first); not added to the index.
+            Needed unless ``prefit=True``.
+        y : None
+            Ignored. Present for API consistency by convention.
+
+        Returns
+        -------
+        self : CodeIndex
+        """
+        self._fit_steps(X)
+        self._start(
+            np.zeros((0, self.ram_bytes_per_vector_), dtype=np.uint8), truncate=True
+        )
+        return self
+
+    def _fit_steps(self, X):
+        """Fitted (or prefit) code steps, resolved metrics and weights."""
+        store = isinstance(self.rescore, str)
+        if self.prefit:
+            for name, est in (("shortlist", self.shortlist), ("rescore", self.rescore)):
+                if not isinstance(est, str) and not _is_fitted(est):
+                    raise ValueError(
+                        f"prefit=True but {name} ({type(est).__name__}) is not fitted; "
+                        "fit it first or set prefit=False and pass X to fit."
+                    )
+            self.shortlist_ = self.shortlist
+            self.rescore_ = None if store else self.rescore
+        else:
+            if X is None:
+                raise ValueError(
+                    "fit needs calibration rows X unless prefit=True (fitted steps)."
+                )
+            V = self._vectors(X, "X", check_width=False)
+            self.shortlist_ = clone(self.shortlist).fit(V)
+            self.rescore_ = None if store else clone(self.rescore).fit(V)
+        self.n_features_in_ = int(self.shortlist_.n_features_in_)
+        if (
+            self.rescore_ is not None
+            and self.rescore_.n_features_in_ != self.n_features_in_
+        ):
+            raise ValueError(
+                f"shortlist was fitted on {self.n_features_in_} features but rescore on "
+                f"{self.rescore_.n_features_in_}; both must encode the same vectors."
+            )
+        self._resolve_metrics()
+        self.shortlist_weights_ = self._check_weights(
+            self.shortlist_weights, "shortlist_weights"
+        )
+        self.rescore_weights_ = self._check_weights(self.rescore_weights, "rescore_weights")
+
+    def _start(self, codes, truncate):
+        """Attach the in-RAM codes and the on-disk file (emptied when ``truncate``)."""
+        self.directory_ = Path(
+            tempfile.mkdtemp(prefix="skfusion-index-")
+            if self.directory is None
+            else self.directory
+        )
+        self.directory_.mkdir(parents=True, exist_ok=True)
+        if truncate or not self._path().exists():
+            self._path().write_bytes(b"")
+        self.codes_ = codes
+        self._faiss_index = None
+        self._open()
+
+    # -- layout -------------------------------------------------------------------
+    def _path(self):
+        return self.directory_ / "rescore.bin"
+
+    @property
+    def _disk_dtype(self):
+        return np.uint8 if self.rescore_ is not None else _FLOAT_STORES[self.rescore]
+
+    @property
+    def _disk_width(self):
+        if self.rescore_ is not None:
+            return self.rescore_.bytes_per_vector_
+        return self.n_features_in_
+
+    @property
+    def n_vectors_(self):
+        """Number of vectors in the index."""
+        return self.codes_.shape[0]
+
+    @property
+    def ram_bytes_per_vector_(self):
+        """Bytes per vector held in RAM: the packed shortlist code."""
+        return self.shortlist_.bytes_per_vector_
+
+    @property
+    def disk_bytes_per_vector_(self):
+        """Bytes per vector in the on-disk file."""
+        return self._disk_width * np.dtype(self._disk_dtype).itemsize
+
+    def _open(self):
+        """Map the on-disk file (read-only); None while it is empty."""
+        n = self.codes_.shape[0]
+        size = self._path().stat().st_size
+        expected = n * self.disk_bytes_per_vector_
+        if size != expected:
+            raise ValueError(
+                f"{self._path()} holds {size} bytes but {n} vectors of "
+                f"{self.disk_bytes_per_vector_} bytes need {expected}: the index files "
+                "do not belong together."
+            )
+        self.rescore_rows_ = (
+            np.memmap(
+                self._path(), dtype=self._disk_dtype, mode="r", shape=(n, self._disk_width)
+            )
+            if n
+            else None
+        )
+
+    # -- adding and searching -----------------------------------------------------
+    def add(self, X):
+        """Encode rows and append them (codes to RAM, the rescoring rows to disk).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features_in_) or texts
+            Float vectors, or texts when the index has an ``encoder``.
+
+        Returns
+        -------
+        self : CodeIndex
+            Row ``i`` of the ``j``-th added batch has index ``n_vectors_`` (before the
+            call) + ``i``.
+        """
+        check_is_fitted(self, "codes_")
+        V = self._vectors(X, "X")
+        codes = self.shortlist_.to_packed(self.shortlist_.transform(V))
+        if self.rescore_ is not None:
+            fine = self.rescore_.to_packed(self.rescore_.transform(V))
+        else:
+            fine = V.astype(self._disk_dtype)
+        with open(self._path(), "ab") as f:
+            f.write(np.ascontiguousarray(fine).tobytes())
+        self.codes_ = np.concatenate([self.codes_, codes])
+        self._faiss_index = None
+        self._open()
+        return self
+
+    def _shortlist_queries(self, Q):
+        if self.shortlist_metric_ in ("asymmetric", "reconstruct"):
+            return Q
+        return self.shortlist_.to_packed(self.shortlist_.transform(Q))
+
+    def _shortlist(self, Q, k2):
+        queries = self._shortlist_queries(Q)
+        if self.shortlist_index == "hnsw":
+            if self._faiss_index is None:
+                self._faiss_index = build_faiss_index(self.codes_, kind="hnsw")
+            _, idx = self._faiss_index.search(np.ascontiguousarray(queries), k2)
+            return idx.astype(np.int64)
+        if self.shortlist_metric_ == "hamming":
+            _, idx = search(
+                queries,
+                self.codes_,
+                k2,
+                metric="hamming",
+                quantizer=self.shortlist_,
+                batch_size=self.batch_size,
+            )
+            return idx
+        return self._code_shortlist(queries, k2)
+
+    def _code_shortlist(self, queries, k2):
+        """Best ``k2`` rows by float32 code similarity, best first.
+
+        :func:`skfusion.search.search` re-scores every candidate exactly in float64
+        (``2 * k2 * width`` values per query); a shortlist only needs the candidate
+        set, which the rescoring orders exactly, so float32 block products suffice.
+        """
+        est, metric = self.shortlist_, self.shortlist_metric_
+        Qv = est.code_vectors(queries) if metric == "codes" else queries
+        if self.shortlist_weights_ is not None:
+            Qv = Qv * self.shortlist_weights_
+        Qv = np.ascontiguousarray(Qv, dtype=np.float32)
+        m, width = Qv.shape
+        best_s = np.full((m, 0), -np.inf, dtype=np.float32)
+        best_i = np.zeros((m, 0), dtype=np.int64)
+        step = max(1, min(_BLOCK_VALUES // width, 4 * _BLOCK_VALUES // m))
+        for start in range(0, self.n_vectors_, step):
+            block = self.codes_[start : start + step]
+            D = (
+                est.inverse_transform(block)
+                if metric == "reconstruct"
+                else est.code_vectors(block)
+            )
+            S = Qv @ D.T
+            idx = np.broadcast_to(np.arange(start, start + S.shape[1]), S.shape)
+            best_s = np.concatenate([best_s, S], axis=1)
+            best_i = np.concatenate([best_i, idx], axis=1)
+            if best_s.shape[1] > k2:
+                part = np.argpartition(-best_s, k2 - 1, axis=1)[:, :k2]
+                best_s = np.take_along_axis(best_s, part, 1)
+                best_i = np.take_along_axis(best_i, part, 1)
+        order = np.lexsort((best_i, -best_s), axis=-1)
+        return np.take_along_axis(best_i, order, 1)
+
+    def shortlist_search(self, queries, k=10):
+        """The first stage alone: the ``k`` best rows by the in-RAM codes.
+
+        Parameters
+        ----------
+        queries : array-like of shape (n_queries, n_features_in_) or texts
+            Float vectors, or texts when the index has an ``encoder``.
+        k : int, default=10
+            Candidates per query (at most ``n_vectors_``).
+
+        Returns
+        -------
+        indices : ndarray of shape (n_queries, k), dtype int64
+            Best first by ``shortlist_metric_`` (ties by lower index for the exact
+            shortlist; -1 pads rows an HNSW search could not fill).
+        """
+        check_is_fitted(self, "codes_")
+        if isinstance(k, bool) or not isinstance(k, Integral) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}.")
+        if self.n_vectors_ == 0:
+            raise ValueError("The index is empty: add vectors before searching.")
+        return self._shortlist(self._vectors(queries, "queries"), min(k, self.n_vectors_))
+
+    def _rescore_vectors(self, rows):
+        if self.rescore_ is None:
+            D = np.asarray(rows, dtype=np.float32)
+            return _l2(D) if self.rescore_metric_ == "cosine" else D
+        if self.rescore_metric_ == "reconstruct":
+            return self.rescore_.inverse_transform(rows)
+        return self.rescore_.code_vectors(rows)
+
+    def search(self, queries, k=10, *, oversample=None):
+        """The best ``k`` rows for every query: shortlist on codes, rescore from disk.
+
+        Parameters
+        ----------
+        queries : array-like of shape (n_queries, n_features_in_) or texts
+            Float vectors, or texts when the index has an ``encoder``.
+        k : int, default=10
+            Results per query (at most ``n_vectors_``).
+        oversample : int, default=None
+            Overrides the ``oversample`` parameter for this call.
+
+        Returns
+        -------
+        scores : ndarray of shape (n_queries, k), dtype float64
+            Rescoring similarities (exact float64 dot products of the float32 vectors
+            :func:`skfusion.search.search` compares for ``rescore_metric_``).
+        indices : ndarray of shape (n_queries, k), dtype int64
+            Rows in insertion order, best first; equal scores by lower index.
+        """
+        check_is_fitted(self, "codes_")
+        oversample = self.oversample if oversample is None else oversample
+        for name, value in (("k", k), ("oversample", oversample)):
+            if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if self.n_vectors_ == 0:
+            raise ValueError("The index is empty: add vectors before searching.")
+        Q = self._vectors(queries, "queries")
+        k = min(int(k), self.n_vectors_)
+        k2 = min(self.n_vectors_, k * int(oversample))
+        cand = self._shortlist(Q, k2)
+        Qr = Q * self.rescore_weights_ if self.rescore_weights_ is not None else Q
+        if self.rescore_metric_ == "cosine":
+            Qr = _l2(Qr)
+        m = Q.shape[0]
+        out_s = np.empty((m, k), dtype=np.float64)
+        out_i = np.empty((m, k), dtype=np.int64)
+        step = max(1, _BLOCK_VALUES // (k2 * self.n_features_in_))
+        for s in range(0, m, step):
+            ci = cand[s : s + step]
+            valid = ci >= 0  # faiss pads missing neighbours with -1
+            flat = np.where(valid, ci, 0).ravel()
+            order = np.argsort(flat, kind="stable")  # read the memmap in file order
+            rows = np.empty((flat.size, self.n_features_in_), dtype=np.float32)
+            rows[order] = self._rescore_vectors(self.rescore_rows_[flat[order]])
+            D = rows.reshape(ci.shape[0], k2, -1).astype(np.float64)
+            scores = (Qr[s : s + step, None, :].astype(np.float64) * D).sum(axis=-1)
+            scores[~valid] = -np.inf
+            best = np.lexsort((ci, -scores), axis=-1)[:, :k]
+            out_s[s : s + step] = np.take_along_axis(scores, best, 1)
+            out_i[s : s + step] = np.take_along_axis(ci, best, 1)
+        return out_s, out_i
+
+    # -- persistence --------------------------------------------------------------
+    def save(self, path):
+        """Write the index to a folder: skops steps, npz codes, the raw on-disk file.
+
+        Parameters
+        ----------
+        path : str or path-like
+            Folder (created); an existing index there is replaced.
+        """
+        check_is_fitted(self, "codes_")
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        dump(self.shortlist_, path / "shortlist.skops")
+        if self.rescore_ is not None:
+            dump(self.rescore_, path / "rescore.skops")
+        if self.encoder is not None:
+            dump(self.encoder, path / "encoder.skops")
+        arrays = {"codes": self.codes_}
+        for name in ("shortlist_weights", "rescore_weights"):
+            if getattr(self, name + "_") is not None:
+                arrays[name] = getattr(self, name + "_")
+        np.savez(path / "arrays.npz", **arrays)
+        target = path / "rescore.bin"
+        if not target.exists() or not target.samefile(self._path()):
+            shutil.copyfile(self._path(), target)
+        meta = {
+            "format": _FORMAT,
+            "rescore": self.rescore if isinstance(self.rescore, str) else None,
+            "n_vectors": self.n_vectors_,
+            **{
+                p: getattr(self, p)
+                for p in (
+                    "shortlist_metric",
+                    "rescore_metric",
+                    "shortlist_index",
+                    "oversample",
+                    "batch_size",
+                )
+            },
+        }
+        (path / "meta.json").write_text(json.dumps(meta, indent=1))
+
+    @classmethod
+    def load(cls, path):
+        """Read an index written by :meth:`save`; its on-disk rows stay in that folder.
+
+        Only skfusion's own classes and the scikit-learn / numpy types skops trusts
+        are built (:func:`skfusion.persistence.load`); arrays load without pickle.
+
+        Parameters
+        ----------
+        path : str or path-like
+            Folder written by :meth:`save`.
+
+        Returns
+        -------
+        index : CodeIndex
+            Adding to it appends to ``path/rescore.bin``.
+        """
+        path = Path(path)
+        meta_path = path / "meta.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{os.fspath(path)} holds no CodeIndex (no meta.json).")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != _FORMAT:
+            raise ValueError(f"{os.fspath(path)} is not a {_FORMAT} folder.")
+
+        def _opt(name):
+            p = path / f"{name}.skops"
+            return load(p) if p.exists() else None
+
+        with np.load(path / "arrays.npz", allow_pickle=False) as arrays:
+            codes = arrays["codes"]
+            weights = {
+                n: arrays[n]
+                for n in ("shortlist_weights", "rescore_weights")
+                if n in arrays
+            }
+        rescore = meta.pop("rescore") or _opt("rescore")
+        n = meta.pop("n_vectors")
+        meta.pop("format")
+        index = cls(
+            load(path / "shortlist.skops"),
+            rescore,
+            encoder=_opt("encoder"),
+            directory=path,
+            prefit=True,
+            **weights,
+            **meta,
+        )
+        if codes.shape[0] != n:
+            raise ValueError(f"{os.fspath(path)}: codes and meta.json disagree on rows.")
+        index._validate_params()
+        index._fit_steps(None)
+        index._start(codes, truncate=False)  # checks the file size against the codes
+        return index
+
+
+# -- faiss --------------------------------------------------------------------------
+@validate_params(
+    {
+        "X": ["array-like"],
+        "kind": [StrOptions({"flat", "hnsw", "ivf"})],
+        "M": [Interval(Integral, 2, None, closed="left")],
+        "ef_construction": [Interval(Integral, 1, None, closed="left")],
+        "ef_search": [Interval(Integral, 1, None, closed="left")],
+        "nlist": [Interval(Integral, 1, None, closed="left"), None],
+        "nprobe": [Interval(Integral, 1, None, closed="left")],
+        "quantizer": [BaseCodeTransformer, None],
+    },
+    prefer_skip_nested_validation=True,
+)
+def build_faiss_index(
+    X,
+    kind="hnsw",
+    *,
+    M=32,
+    ef_construction=40,
+    ef_search=64,
+    nlist=None,
+    nprobe=8,
+    quantizer=None,
+):
+    """A faiss index over skfusion output, built and filled in one call.
+
+    uint8 rows are packed bits (LSH bits, 1-bit codes): a binary index, Hamming
+    distance (smaller is closer). Float rows: an inner-product index (L2-normalise the
+    rows first for cosine).
+
+    Parameters
+    ----------
+    X : array-like of shape (n_rows, width)
+        Packed uint8 bits or float rows to index.
+    kind : {"flat", "hnsw", "ivf"}, default="hnsw"
+        Exact flat index, HNSW graph or inverted file (k-means trained on ``X``).
+    M : int, default=32
+        HNSW neighbours per node.
+    ef_construction, ef_search : int, default=40, 64
+        HNSW build / search beam widths (``ef_search`` can be changed later on
+        ``index.hnsw.efSearch``).
+    nlist : int, default=None
+        IVF lists; None: ``4 * sqrt(n_rows)``, at most ``n_rows // 39``.
+    nprobe : int, default=8
+        IVF lists visited per query (``index.nprobe``).
+    quantizer : BaseCodeTransformer, default=None
+        The estimator that made uint8 rows: checked to make packed bits whose symmetric
+        similarity is Hamming (``RandomProjectionLSH``, 1-bit percentile codes).
+        Multi-bit codes have no faiss equivalent: use :class:`CodeIndex`.
+
+    Returns
+    -------
+    index : faiss.Index or faiss.IndexBinary
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skfusion import RandomProjectionLSH
+    >>> from skfusion.index import build_faiss_index
+    >>> X = np.random.default_rng(0).standard_normal((500, 16)).astype(np.float32)
+    >>> lsh = RandomProjectionLSH(n_bits=64, random_state=0).fit(X)
+    >>> bits = lsh.transform(X)
+    >>> index = build_faiss_index(bits, "hnsw", quantizer=lsh)
+    >>> distances, ids = index.search(bits[:2], 1)
+    >>> ids.ravel()
+    array([0, 1])
+    """
+    faiss = _faiss()
+    X = np.asarray(X)
+    if X.ndim != 2 or X.shape[0] == 0:
+        raise ValueError(f"X must be a non-empty 2-D array, got shape {X.shape}.")
+    n, width = X.shape
+    if nlist is None:
+        nlist = max(1, min(int(4 * np.sqrt(n)), n // 39))
+    if kind == "ivf" and nlist > n:
+        raise ValueError(f"nlist={nlist} exceeds the {n} rows to train the IVF on.")
+    if X.dtype == np.uint8:
+        if quantizer is not None:
+            check_is_fitted(quantizer)
+            if quantizer.bits_.max() != 1 or X.shape[1] != quantizer.bytes_per_vector_:
+                raise ValueError(
+                    f"faiss binary indexes compare packed bits by Hamming distance; the "
+                    f"{type(quantizer).__name__} codes ({quantizer.n_bits_} codes of up "
+                    f"to {int(quantizer.bits_.max())} bits) are not packed bits of "
+                    f"{X.shape[1]} bytes. Use CodeIndex for multi-bit codes."
+                )
+        d = 8 * width
+        if kind == "flat":
+            index = faiss.IndexBinaryFlat(d)
+        elif kind == "hnsw":
+            index = faiss.IndexBinaryHNSW(d, M)
+            index.hnsw.efConstruction = ef_construction
+            index.hnsw.efSearch = ef_search
+        else:
+            index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(d), d, nlist)
+            index.nprobe = nprobe
+        X = np.ascontiguousarray(X)
+    elif np.issubdtype(X.dtype, np.floating):
+        if quantizer is not None:
+            raise ValueError("quantizer applies to uint8 codes; X holds float rows.")
+        ip = faiss.METRIC_INNER_PRODUCT
+        if kind == "flat":
+            index = faiss.IndexFlatIP(width)
+        elif kind == "hnsw":
+            index = faiss.IndexHNSWFlat(width, M, ip)
+            index.hnsw.efConstruction = ef_construction
+            index.hnsw.efSearch = ef_search
+        else:
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(width), width, nlist, ip)
+            index.nprobe = nprobe
+        X = np.ascontiguousarray(X, dtype=np.float32)
+    else:
+        raise TypeError(
+            f"X must hold packed uint8 bits or float rows, got dtype {X.dtype}."
+        )
+    if not index.is_trained:
+        index.train(X)
+    index.add(X)
+    return index
+
+
+def save_faiss_index(index, path):
+    """Write a faiss index (binary or float) to ``path``.
+
+    Parameters
+    ----------
+    index : faiss.Index or faiss.IndexBinary
+    path : str or path-like
+    """
+    faiss = _faiss()
+    write = (
+        faiss.write_index_binary
+        if isinstance(index, faiss.IndexBinary)
+        else faiss.write_index
+    )
+    write(index, os.fspath(path))
+
+
+def load_faiss_index(path):
+    """Read an index written by :func:`save_faiss_index` (binary or float).
+
+    Parameters
+    ----------
+    path : str or path-like
+
+    Returns
+    -------
+    index : faiss.Index or faiss.IndexBinary
+    """
+    faiss = _faiss()
+    path = os.fspath(path)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"No such faiss index file: {path!r}.")
+    try:
+        return faiss.read_index(path)
+    except RuntimeError:
+        return faiss.read_index_binary(path)

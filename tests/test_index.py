@@ -1,0 +1,323 @@
+"""Tests of skfusion.index: the two-stage CodeIndex and the faiss index builders."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+from skfusion import AllocatedQuantizer, PercentileQuantizer, RandomProjectionLSH
+from skfusion.index import CodeIndex, build_faiss_index, load_faiss_index, save_faiss_index
+from skfusion.search import search, spread_weights
+
+faiss = pytest.importorskip("faiss")
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    # Low-rank structure plus noise, like embeddings: neighbours are meaningful.
+    basis = rng.standard_normal((8, 48))
+    X = rng.standard_normal((1500, 8)) @ basis + 0.5 * rng.standard_normal((1500, 48))
+    X = X.astype(np.float32)
+    return X[:300], X[300:]  # calibration / queries, database
+
+
+@pytest.mark.parametrize(
+    "rescore, metric",
+    [("float32", "cosine"), ("float16", "ip"), (PercentileQuantizer(bits=4), "asymmetric")],
+)
+@pytest.mark.parametrize(
+    "shortlist",
+    [PercentileQuantizer(bits=1, pack=True), RandomProjectionLSH(64, random_state=0)],
+)
+def test_covering_oversample_equals_one_stage_search(
+    data, tmp_path, shortlist, rescore, metric
+):
+    calib, db = data
+    index = CodeIndex(shortlist, rescore, rescore_metric=metric, directory=tmp_path)
+    index.fit(calib).add(db[:700]).add(db[700:])
+    assert index.n_vectors_ == db.shape[0]
+    k = 10
+    scores, idx = index.search(calib[:40], k, oversample=db.shape[0])
+    # The same rows the index holds on disk, searched in one exact stage.
+    if isinstance(rescore, str):
+        fine, quantizer = db.astype(rescore).astype(np.float32), None
+    else:
+        fine, quantizer = index.rescore_.transform(db), index.rescore_
+    ref_s, ref_i = search(calib[:40], fine, k, metric=metric, quantizer=quantizer)
+    np.testing.assert_array_equal(idx, ref_i)
+    np.testing.assert_allclose(scores, ref_s, rtol=1e-6, atol=1e-6)
+
+
+def test_ties_go_to_the_lower_index(tmp_path):
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((50, 16)).astype(np.float32)
+    db = np.repeat(X[:5], 4, axis=0)  # every row four times
+    index = CodeIndex(PercentileQuantizer(bits=1, pack=True), "float32", directory=tmp_path)
+    index.fit(X).add(db)
+    _, idx = index.search(X[:5], k=4, oversample=5)
+    np.testing.assert_array_equal(idx, np.arange(20).reshape(5, 4))
+
+
+def test_oversample_improves_recall_and_ram_is_the_code(data, tmp_path):
+    calib, db = data
+    index = CodeIndex(AllocatedQuantizer(bit_budget=64), "float32", directory=tmp_path).fit(
+        calib
+    )
+    index.add(db)
+    assert (index.ram_bytes_per_vector_, index.disk_bytes_per_vector_) == (8, 48 * 4)
+    assert index.codes_.nbytes == 8 * db.shape[0]
+    _, exact = search(calib, db, 10)
+
+    def recall(o):
+        _, idx = index.search(calib, 10, oversample=o)
+        return np.mean([len(set(a) & set(b)) / 10 for a, b in zip(idx, exact, strict=True)])
+
+    r1, r20 = recall(1), recall(20)
+    assert r1 < r20 and r20 > 0.95
+
+
+def test_rescore_rows_are_a_memmap_of_the_file(data, tmp_path):
+    calib, db = data
+    index = CodeIndex(PercentileQuantizer(bits=2, pack=True), PercentileQuantizer(bits=8))
+    index.set_params(directory=tmp_path / "idx").fit(calib).add(db)
+    path = tmp_path / "idx" / "rescore.bin"
+    assert isinstance(index.rescore_rows_, np.memmap)
+    assert Path(index.rescore_rows_.filename) == path.resolve()
+    assert path.stat().st_size == db.shape[0] * 48 == index.disk_bytes_per_vector_ * len(db)
+    np.testing.assert_array_equal(
+        np.fromfile(path, dtype=np.uint8).reshape(len(db), 48), index.rescore_.transform(db)
+    )
+
+
+def test_save_load_round_trip_in_a_fresh_process(data, tmp_path):
+    calib, db = data
+    w = spread_weights(PercentileQuantizer(bits=4).fit(calib), beta=0.5)
+    index = CodeIndex(
+        PercentileQuantizer(bits=2, pack=True),
+        PercentileQuantizer(bits=4),
+        shortlist_weights=w,
+        oversample=7,
+    ).fit(calib)
+    index.add(db)
+    scores, idx = index.search(calib[:20], 5)
+    index.save(tmp_path / "saved")
+    np.save(tmp_path / "q.npy", calib[:20])
+    code = (
+        "import numpy as np, sys\n"
+        "from skfusion.index import CodeIndex\n"
+        f"i = CodeIndex.load({str(tmp_path / 'saved')!r})\n"
+        f"s, x = i.search(np.load({str(tmp_path / 'q.npy')!r}), 5)\n"
+        f"np.save({str(tmp_path / 's.npy')!r}, s)\n"
+        f"np.save({str(tmp_path / 'x.npy')!r}, x)\n"
+        "assert isinstance(i.rescore_rows_, np.memmap) and i.oversample == 7\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), idx)
+    np.testing.assert_array_equal(np.load(tmp_path / "s.npy"), scores)
+    # A loaded index keeps growing in place.
+    loaded = CodeIndex.load(tmp_path / "saved").add(db[:3])
+    assert loaded.n_vectors_ == len(db) + 3
+    np.testing.assert_array_equal(loaded.rescore_rows_[-3:], loaded.rescore_rows_[:3])
+    np.testing.assert_array_equal(loaded.codes_[-3:], loaded.codes_[:3])
+    assert (tmp_path / "saved" / "rescore.bin").stat().st_size == (len(db) + 3) * 48 // 2
+
+
+def _double(X):
+    return 2 * X
+
+
+def test_save_and_load_refuse_foreign_types(data, tmp_path):
+    import skops.io as sio
+
+    calib, db = data
+    encoder = make_pipeline(FunctionTransformer(_double))
+    index = CodeIndex(PercentileQuantizer(bits=1, pack=True), encoder=encoder).fit(calib)
+    with pytest.raises(ValueError, match="does not trust"):
+        index.save(tmp_path / "bad")
+    index.set_params(encoder=None).fit(calib).add(db).save(tmp_path / "ok")
+    # A tampered folder: a step naming a foreign function is refused, not built.
+    sio.dump(FunctionTransformer(_double), tmp_path / "ok" / "shortlist.skops")
+    with pytest.raises(Exception, match="_double|untrusted|trust"):
+        CodeIndex.load(tmp_path / "ok")
+
+
+def test_from_pipeline_encodes_inputs(data):
+    calib, db = data
+    pipe = make_pipeline(StandardScaler(), PercentileQuantizer(bits=1, pack=True)).fit(
+        calib
+    )
+    index = CodeIndex.from_pipeline(pipe, "float32").add(db)
+    assert index.prefit and index.shortlist_ is pipe[-1]
+    np.testing.assert_array_equal(index.codes_, pipe.transform(db))
+    _, idx = index.search(db[:5], 1)
+    np.testing.assert_array_equal(idx.ravel(), np.arange(5))
+    with pytest.raises(TypeError, match="last step is a code transformer"):
+        CodeIndex.from_pipeline(make_pipeline(StandardScaler().fit(calib)))
+
+
+def test_clone_and_params(data):
+    index = CodeIndex(PercentileQuantizer(bits=1, pack=True), oversample=3)
+    c = clone(index)
+    assert c.get_params()["oversample"] == 3 and not hasattr(c, "codes_")
+
+
+@pytest.mark.parametrize(
+    "params, call, match",
+    [
+        ({"oversample": 0}, "fit", "oversample"),
+        ({"rescore": "float8"}, "fit", "rescore"),
+        ({"shortlist_metric": "cosine"}, "fit", "shortlist_metric"),
+        ({"rescore_metric": "asymmetric"}, "fit", "rescore_metric"),
+        ({"shortlist_index": "hnsw"}, "fit", "shortlist_index='hnsw'"),
+        ({"shortlist_weights": np.ones(3)}, "fit", "shortlist_weights"),
+        ({"prefit": True}, "fit", "prefit=True but shortlist"),
+        ({}, "fit_none", "fit needs calibration rows X"),
+        ({}, "search_k", "k must be a positive integer"),
+        ({}, "search_oversample", "oversample must be a positive integer"),
+        ({}, "search_width", "queries has 5 columns"),
+        ({}, "search_empty", "index is empty"),
+        ({}, "add_nan", "X contains NaN"),
+    ],
+)
+def test_validation_errors_name_the_parameter(data, params, call, match):
+    calib, db = data
+    index = CodeIndex(PercentileQuantizer(bits=2, pack=True), **params)
+    with pytest.raises((ValueError, TypeError), match=match):
+        if call == "fit":
+            index.fit(calib)
+        elif call == "fit_none":
+            index.fit()
+        else:
+            index.fit(calib)
+            if call == "search_empty":
+                index.search(calib[:1])
+            elif call == "add_nan":
+                index.add(np.full((1, 48), np.nan, dtype=np.float32))
+            else:
+                index.add(db)
+                queries, kw = calib[:2], {}
+                if call == "search_k":
+                    kw = {"k": 0}
+                elif call == "search_oversample":
+                    kw = {"oversample": 1.5}
+                else:
+                    queries = calib[:2, :5]
+                index.search(queries, **kw)
+
+
+def test_hnsw_shortlist_on_bits(data, tmp_path):
+    calib, db = data
+    lsh = RandomProjectionLSH(128, random_state=0)
+    exact = CodeIndex(lsh, "float32").fit(calib).add(db)
+    approx = CodeIndex(lsh, "float32", shortlist_index="hnsw").fit(calib).add(db)
+    _, e = exact.search(calib[:50], 10, oversample=10)
+    _, a = approx.search(calib[:50], 10, oversample=10)
+    assert np.mean([len(set(x) & set(y)) for x, y in zip(a, e, strict=True)]) / 10 > 0.9
+
+
+# -- faiss ------------------------------------------------------------------------
+def _recall(idx, ref):
+    return np.mean(
+        [len(set(a) & set(b)) / ref.shape[1] for a, b in zip(idx, ref, strict=True)]
+    )
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_binary_faiss_index_recall_and_reload(data, tmp_path, kind):
+    calib, db = data
+    lsh = RandomProjectionLSH(256, random_state=0).fit(calib)
+    bits, qbits = lsh.transform(db), lsh.transform(calib[:100])
+    index = build_faiss_index(bits, kind, quantizer=lsh, nprobe=16, ef_search=128)
+    assert isinstance(index, faiss.IndexBinary) and index.ntotal == len(db)
+    dist, idx = index.search(qbits, 10)
+    agree, ref = search(qbits, bits, 10, metric="hamming")
+    if kind == "flat":
+        np.testing.assert_array_equal(256 - dist, agree)
+    assert _recall(idx, ref) >= (1.0 if kind == "flat" else 0.85)
+    save_faiss_index(index, tmp_path / "bits.faiss")
+    reloaded = load_faiss_index(tmp_path / "bits.faiss")
+    np.testing.assert_array_equal(reloaded.search(qbits, 10)[1], idx)
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_float_faiss_index_recall_and_reload(data, tmp_path, kind):
+    calib, db = data
+    X = db / np.linalg.norm(db, axis=1, keepdims=True)
+    Q = calib[:100] / np.linalg.norm(calib[:100], axis=1, keepdims=True)
+    index = build_faiss_index(X, kind, nprobe=16, ef_search=128)
+    scores, idx = index.search(Q, 10)
+    _, ref = search(Q, X, 10, metric="ip")
+    assert _recall(idx, ref) >= (0.99 if kind == "flat" else 0.85)
+    save_faiss_index(index, tmp_path / "f.faiss")
+    np.testing.assert_array_equal(
+        load_faiss_index(tmp_path / "f.faiss").search(Q, 10)[1], idx
+    )
+
+
+def test_one_bit_codes_in_a_binary_index_rank_like_code_similarity(data):
+    calib, db = data
+    q = PercentileQuantizer(bits=1, pack=True).fit(calib)
+    codes = q.transform(db)
+    _, idx = build_faiss_index(codes, "flat", quantizer=q).search(
+        q.transform(calib[:30]), 5
+    )
+    _, ref = search(q.transform(calib[:30]), codes, 5, metric="codes", quantizer=q)
+    np.testing.assert_array_equal(idx, ref)
+
+
+def test_faiss_builder_refuses_multibit_codes_and_bad_input(data):
+    calib, db = data
+    q = PercentileQuantizer(bits=2, pack=True).fit(calib)
+    with pytest.raises(ValueError, match="Use CodeIndex for multi-bit codes"):
+        build_faiss_index(q.transform(db), quantizer=q)
+    with pytest.raises(TypeError, match="dtype int64"):
+        build_faiss_index(np.zeros((5, 4), dtype=np.int64))
+    with pytest.raises(ValueError, match="kind"):
+        build_faiss_index(db, "lsh")
+    with pytest.raises(FileNotFoundError):
+        load_faiss_index("/nonexistent/x.faiss")
+
+
+def test_shortlist_search_is_the_first_stage(data):
+    calib, db = data
+    q = AllocatedQuantizer(bit_budget=32)
+    index = CodeIndex(q, "float32").fit(calib).add(db)
+    idx = index.shortlist_search(calib[:20], 7)
+    _, ref = search(
+        calib[:20], index.codes_, 7, metric="asymmetric", quantizer=index.shortlist_
+    )
+    np.testing.assert_array_equal(idx, ref)
+
+
+def test_readme_search_at_scale_example_runs(tmp_path, monkeypatch, capsys):
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## Search at scale", 1)[1].split("\n## ", 1)[0]
+    code = re.findall(r"```python\n(.+?)\n```", section, flags=re.S)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README search at scale", "exec"), {})
+    assert capsys.readouterr().out.split() == ["16", "128", "[0", "1", "2", "3", "4]"]
+
+
+def test_load_refuses_a_disk_file_of_another_index(data, tmp_path):
+    calib, db = data
+    index = CodeIndex(PercentileQuantizer(bits=1, pack=True), "float16").fit(calib).add(db)
+    index.save(tmp_path / "a")
+    with open(tmp_path / "a" / "rescore.bin", "ab") as f:
+        f.write(b"\0" * 96)  # one row too many
+    with pytest.raises(ValueError, match="do not belong together"):
+        CodeIndex.load(tmp_path / "a")
+
+
+def test_refit_with_another_width(data):
+    calib, db = data
+    index = CodeIndex(PercentileQuantizer(bits=1, pack=True)).fit(calib)
+    index.fit(calib[:, :16]).add(db[:, :16])
+    assert index.n_features_in_ == 16 and index.n_vectors_ == len(db)

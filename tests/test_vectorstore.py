@@ -1,0 +1,85 @@
+"""LanceDB round trips: its exact search equals skfusion.search on the same rows."""
+
+import numpy as np
+import pytest
+
+from skfusion import PercentileQuantizer, RandomProjectionLSH
+from skfusion.search import search
+from skfusion.vectorstore import search_lancedb, write_lancedb
+
+pytest.importorskip("lancedb")
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    basis = rng.standard_normal((6, 32))
+    X = rng.standard_normal((700, 6)) @ basis + 0.7 * rng.standard_normal((700, 32))
+    return X[:100].astype(np.float32), X[100:].astype(np.float32)
+
+
+def _same_up_to_ties(scores, ids, ref_scores, ref_idx, names, atol):
+    """Equal scores row by row; ids equal wherever the score is not tied."""
+    np.testing.assert_allclose(scores, ref_scores, atol=atol, rtol=0)
+    for s, got, want in zip(ref_scores, ids, ref_idx, strict=True):
+        for j, name in enumerate(got):
+            tied = np.sum(np.abs(s - s[j]) <= atol) > 1
+            if not tied:
+                assert name == names[want[j]]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: RandomProjectionLSH(128, random_state=0), lambda: PercentileQuantizer(bits=1)],
+)
+def test_binary_hamming_equals_skfusion_search(data, tmp_path, make):
+    calib, db = data
+    est = make().set_params(pack=True).fit(db)
+    bits, qbits = est.transform(db), est.transform(calib)
+    names = np.array([f"doc{i}" for i in range(len(db))])
+    table = write_lancedb(tmp_path, "bits", bits, names)
+    assert table.count_rows() == len(db)
+    # 1-bit percentile codes are packed bits too (32 codes: no padding bits).
+    q = est if "hamming" in est.code_metrics else None
+    scores, ids = search_lancedb(table, qbits, k=10, n_bits=est.n_bits_)
+    ref_s, ref_i = search(qbits, bits, 10, metric="hamming", quantizer=q)
+    _same_up_to_ties(scores, ids, ref_s, ref_i, names, atol=0)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "ip"])
+def test_float_equals_skfusion_search(data, tmp_path, metric):
+    calib, db = data
+    names = [f"d{i}" for i in range(len(db))]
+    table = write_lancedb(tmp_path, "floats", db, names)
+    scores, ids = search_lancedb(table, calib, k=10, metric=metric)
+    ref_s, ref_i = search(calib, db, 10, metric=metric)
+    # LanceDB scores in float32: compare at float32 resolution of the scores.
+    atol = 1e-5 * max(1.0, float(np.abs(ref_s).max()))
+    _same_up_to_ties(scores, ids, ref_s, ref_i, names, atol=atol)
+
+
+def test_append_reopen_and_default_ids(data, tmp_path):
+    calib, db = data
+    lsh = RandomProjectionLSH(64, random_state=0).fit(db)
+    write_lancedb(tmp_path, "t", lsh.transform(db[:300]))
+    table = write_lancedb(tmp_path, "t", lsh.transform(db[300:]), mode="append")
+    assert table.count_rows() == len(db)
+    _, ids = search_lancedb(table, lsh.transform(db[[0, 450]]), k=1)
+    assert ids.ravel().tolist() == ["0", "450"]
+    with pytest.raises(ValueError, match="already exists|exist"):
+        write_lancedb(tmp_path, "t", lsh.transform(db[:3]))
+
+
+def test_bad_input(data, tmp_path):
+    calib, db = data
+    with pytest.raises(ValueError, match="one id per row"):
+        write_lancedb(tmp_path, "x", db[:3], ["a"])
+    with pytest.raises(TypeError, match="dtype int64"):
+        write_lancedb(tmp_path, "x", np.zeros((3, 2), dtype=np.int64))
+    with pytest.raises(ValueError, match="mode"):
+        write_lancedb(tmp_path, "x", db[:3], mode="replace")
+    table = write_lancedb(tmp_path, "x", db[:3])
+    with pytest.raises(TypeError, match="metric='hamming'"):
+        search_lancedb(table, calib[:1], metric="hamming")
+    with pytest.raises(ValueError, match="NaN"):
+        search_lancedb(table, np.full((1, 32), np.nan))

@@ -83,9 +83,12 @@ def main():
 
     def cluster(client, sample=texts):
         bag = db.from_sequence(sample, npartitions=args.partitions)
+        # One encoding task per model call (batch_size * 32 texts): the default
+        # texts_per_task (4,096) would make a single task of this small sample, run by
+        # one 1-thread worker while the other idles.
         out = transform(
             embedder, bag, out_dir=tmp / f"shards-{next(counter)}", client=client,
-            progress=False,
+            texts_per_task=args.batch_size * 32, progress=False,
         )  # fmt: skip
         return read_shards(out)[1]
 

@@ -26,6 +26,7 @@ import numpy as np
 from sklearn.pipeline import Pipeline
 
 from ._compat import HasMethods, Interval, StrOptions, validate_params
+from ._io import write_atomically
 from ._text import check_texts
 from .datasets import load_passages
 from .embedder import ConcatEmbedder
@@ -109,21 +110,6 @@ def encode_partition(pipeline, texts, *, role=None):
     return np.asarray(out)
 
 
-def _atomic_write(path, write):
-    # Write to a unique temporary name, then rename: a retried or concurrent task
-    # leaves the same complete file, never a partial one.
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-
-
 def write_shard(path, codes, ids):
     """Write one shard, ``path`` (codes) and ``path + ".ids.json"``, atomically.
 
@@ -162,8 +148,8 @@ def write_shard(path, codes, ids):
     if len(ids) != len(codes):
         raise ValueError(f"ids has {len(ids)} entries for {len(codes)} rows of codes.")
     payload = json.dumps(ids).encode()
-    _atomic_write(path.with_name(path.name + ".ids.json"), lambda f: f.write(payload))
-    _atomic_write(path, lambda f: np.save(f, codes, allow_pickle=False))
+    write_atomically(path.with_name(path.name + ".ids.json"), lambda f: f.write(payload))
+    write_atomically(path, lambda f: np.save(f, codes, allow_pickle=False))
     return len(codes)
 
 
@@ -616,7 +602,7 @@ def transform(
         ],
     }
     payload = json.dumps(manifest, indent=1).encode()
-    _atomic_write(out_dir / _MANIFEST, lambda f: f.write(payload))
+    write_atomically(out_dir / _MANIFEST, lambda f: f.write(payload))
     return out_dir
 
 

@@ -16,7 +16,6 @@ import importlib
 import inspect
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from scipy import sparse
 from sklearn.base import BaseEstimator
 
 from ._compat import validate_params
+from ._io import write_atomically
 
 __all__ = ["dump", "fingerprint", "load", "load_index", "save_index", "untrusted_types"]
 
@@ -47,22 +47,6 @@ def _is_skfusion_class(type_name):
     return (
         inspect.isclass(obj) and obj.__module__ == module_name and obj.__qualname__ == name
     )
-
-
-def _write_atomically(path, write):
-    """Call ``write(file)`` on a temporary file beside ``path``, then rename it there.
-
-    An interrupted write leaves no partial file, and readers see the old or the new one.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _check_extension(path, name):
@@ -162,7 +146,7 @@ def dump(estimator, path):
             f"types that load() does not trust: {', '.join(foreign)}. Use skops.io.dump "
             "and skops.io.load(..., trusted=[...]) for such a pipeline."
         )
-    _write_atomically(path, lambda f: f.write(data))
+    write_atomically(path, lambda f: f.write(data))
 
 
 @validate_params(
@@ -407,7 +391,7 @@ def save_index(path, vectors, *, ids=None, model):
         "model_fingerprint": np.asarray(fingerprint(model)),
         "format": np.asarray(_INDEX_FORMAT),
     }
-    _write_atomically(path, lambda f: np.savez(f, **arrays))
+    write_atomically(path, lambda f: np.savez(f, **arrays))
 
 
 def _not_an_index(path, what):

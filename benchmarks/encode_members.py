@@ -190,23 +190,20 @@ def plan(n_train: int):
     prefix exists for every model whenever the job is stopped. Two jobs may run
     side by side on different models (``main(models=...)``).
     """
-    # Cut to what two shared cores (about a third of one core per job at the time)
-    # could encode by the deadline: e5 keeps 750 train passages and 500 pseudo
-    # pairs; mpnet only the smaller benchmark of ``mpnet_subset``.
     return [
         ("minilm", "queries", None),
         ("minilm", "corpus", None),
-        ("minilm", "train", min(1000, n_train)),
+        ("minilm", "train", n_train),
         ("minilm", "pq_queries", 500),
         ("minilm", "pq_docs", 500),
         ("e5", "queries", None),
-        ("e5", "train", min(750, n_train)),
-        ("e5", "corpus_prio", 2000),
-        ("mpnet", "queries", 500 + MP_QUERIES),
-        ("mpnet", "corpus_mp", None),
+        ("e5", "train", n_train),
         ("e5", "pq_queries", 500),
         ("e5", "pq_docs", 500),
         ("e5", "corpus_prio", None),
+        ("mpnet", "queries", None),
+        ("mpnet", "corpus_prio", None),
+        ("mpnet", "train", n_train),
     ]
 
 

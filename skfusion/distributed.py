@@ -268,10 +268,39 @@ def _worker_name():
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
+# glibc's mallopt parameter for the mmap threshold (malloc.h) and the value set: the
+# largest the dynamic threshold itself would reach on 64-bit.
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
+
+
+def _raise_mmap_threshold():
+    """Let torch's activation buffers come from the heap again on a Dask worker.
+
+    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, and setting it
+    makes glibc freeze its mmap threshold at 128 KiB: every buffer above that is then
+    mapped, page-faulted and unmapped on each forward pass, which made MiniLM 24%
+    slower per core here (benchmarks/results/distributed_speed.md). Raising the mmap
+    threshold alone restores the speed and leaves the trim threshold, Dask's way of
+    returning freed memory to the OS, as it is. A no-op off glibc.
+    """
+    import ctypes
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES))
+
+
 def _worker_pipeline(blob, token, cache_dir, device):
     with _LOAD_LOCK:
         pipeline = _PIPELINES.get(token)
         if pipeline is None:
+            _raise_mmap_threshold()
             pipeline = pickle.loads(blob)
             embedder = _first_step(pipeline)
             if isinstance(embedder, ConcatEmbedder):
@@ -329,12 +358,14 @@ def _input_partitions(texts):
     )
 
 
-def _plan(sketches, unit, texts_per_task):
+def _plan(sketches, unit, texts_per_task, threads=1):
     """Where each row's code comes from, reproducing ConcatEmbedder's encoding order.
 
     Returns the global positions of the distinct texts in encoding order (first
     occurrences, longest first, stable), the sizes of the encoding tasks, and for every
-    input row the rank of its text in that order.
+    input row the rank of its text in that order. ``texts_per_task=None`` gives up to
+    4,096 texts per task, fewer where that leaves ``threads`` worker threads without
+    about four tasks each.
     """
     lengths = np.concatenate([s[0] for s in sketches])
     digests = np.concatenate([s[1] for s in sketches])
@@ -344,6 +375,8 @@ def _plan(sketches, unit, texts_per_task):
     positions = first[by_first][by_length]
     rank = np.empty(len(first), dtype=np.int64)
     rank[by_first[by_length]] = np.arange(len(first))
+    if texts_per_task is None:
+        texts_per_task = max(1, min(4096, -(-len(first) // (4 * max(threads, 1)))))
     per_task = -(-texts_per_task // unit) * unit
     sizes = [min(per_task, len(positions) - s) for s in range(0, len(positions), per_task)]
     return positions, tuple(sizes), rank[inverse.reshape(-1)]
@@ -392,7 +425,7 @@ def _check_out_dir(out_dir):
         "out_dir": [str, os.PathLike, None],
         "role": [StrOptions({"query", "document"}), None],
         "client": "no_validation",
-        "texts_per_task": [Interval(Integral, 1, None, closed="left")],
+        "texts_per_task": [Interval(Integral, 1, None, closed="left"), None],
         "cache_dir": [str, os.PathLike, None],
         "device": [str, None],
         "progress": ["boolean"],
@@ -406,7 +439,7 @@ def transform(
     out_dir=None,
     role=None,
     client=None,
-    texts_per_task=4096,
+    texts_per_task=None,
     cache_dir=None,
     device=None,
     progress=True,
@@ -444,9 +477,11 @@ def transform(
     client : distributed.Client, default=None
         The cluster to use; ``None`` uses the current client (``distributed.Client``
         created last in this process).
-    texts_per_task : int, default=4096
+    texts_per_task : int, default=None
         Distinct texts per encoding task, rounded up to whole model calls of the
-        embedder (``batch_size * 32`` texts for a ConcatEmbedder).
+        embedder (``batch_size * 32`` texts for a ConcatEmbedder). ``None``: 4,096, or
+        fewer so that every worker thread gets about four tasks. The codes are the same
+        whatever the task size.
     cache_dir : str or path-like, default=None
         Give each worker its own embedding cache in ``cache_dir/<worker name>``
         (``ConcatEmbedder``'s ``cache_dir``). ``None`` keeps the pipeline's setting.
@@ -479,6 +514,11 @@ def transform(
     partitions in the cluster's memory while the job runs. Give each
     worker one thread (``threads_per_worker=1`` / ``dask worker --nthreads 1``): tasks
     on the threads of one worker share its models and take turns.
+
+    Each worker raises glibc's mmap threshold (``mallopt``) before its first task:
+    Dask's ``MALLOC_TRIM_THRESHOLD_`` otherwise freezes it at 128 KiB and torch then
+    maps and unmaps its activation buffers on every call (24% slower per core with
+    MiniLM here). The trim threshold, which returns freed memory to the OS, is kept.
 
     Examples
     --------
@@ -539,7 +579,8 @@ def transform(
             if isinstance(embedder, ConcatEmbedder)
             else 1
         )
-        positions, task_sizes, row_rank = _plan(sketches, unit, texts_per_task)
+        threads = sum(client.nthreads().values())
+        positions, task_sizes, row_rank = _plan(sketches, unit, texts_per_task, threads)
         all_texts = da.concatenate(
             [
                 da.from_delayed(delayed(_texts_array)(p), (n,), dtype=object)
@@ -547,24 +588,21 @@ def transform(
             ]
         )
         ordered = all_texts[positions].rechunk((task_sizes,))
+        blocks = client.compute(list(ordered.to_delayed()))
+        # Submitted with decreasing priority: task 0 holds the longest texts and costs
+        # the most, and running the costliest first keeps workers busy to the end.
+        n_tasks = len(task_sizes)
         encoded = [
             da.from_delayed(
-                delayed(_encode_task)(
-                    blob,
-                    token,
-                    block,
-                    role,
-                    cache_dir,
-                    device,
-                    dask_key_name=f"skfusion-encode-{job}-{i}",
+                client.submit(
+                    _encode_task, blob, token, block, role, cache_dir, device,
+                    key=f"skfusion-encode-{job}-{i}", priority=n_tasks - i,
                 ),
                 (n, width),
                 dtype=dtype,
             )
-            for i, (block, n) in enumerate(
-                zip(ordered.to_delayed(), task_sizes, strict=True)
-            )
-        ]
+            for i, (block, n) in enumerate(zip(blocks, task_sizes, strict=True))
+        ]  # fmt: skip
         codes = da.concatenate(encoded)[row_rank].rechunk((tuple(sizes), (width,)))
     if out_dir is None:
         # Persist while this call still holds the futures the graph depends on.

@@ -84,10 +84,8 @@ def _encode_keys(stream):
 def test_bag_bitwise_equal_to_one_process_in_input_order(client, embedder, corpus):
     reference = embedder.transform(corpus)
     with get_task_stream(client) as stream:
-        codes = transform(
-            embedder, db.from_sequence(corpus, npartitions=3), texts_per_task=64,
-            progress=False,
-        )  # fmt: skip
+        # Default task size: a small corpus is still split, about four tasks a worker.
+        codes = transform(embedder, db.from_sequence(corpus, npartitions=3), progress=False)
         out = codes.compute()
     assert out.dtype == np.float32 and out.shape == reference.shape
     assert out.tobytes() == reference.tobytes()

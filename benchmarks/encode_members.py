@@ -27,8 +27,6 @@ CACHE = Path(__file__).parent / ".cache" / "members"
 CHUNK = 250
 MAX_WORDS = 200
 MODELS = ("minilm", "e5", "mpnet")
-MP_QUERIES = 250
-MP_DISTRACTORS = 250
 PSEUDO_SKIP = 20_000
 PSEUDO_PAIRS = 2000
 
@@ -55,8 +53,8 @@ def load_texts(n_train: int = 4000) -> dict:
 def corpus_order(texts: dict) -> np.ndarray:
     """Corpus rows in encoding priority: every judged document, then the rest shuffled.
 
-    On these two shared cores the larger models may not encode all 10,000 documents
-    in time; any prefix of this order is a valid smaller corpus (all relevant
+    If the job is stopped before the larger models encoded all 10,000 documents, any
+    prefix of this order is a valid smaller corpus (all relevant
     documents plus random distractors) on which every system can be compared.
     """
     judged = {d for split in texts["qrels"].values() for q in split.values() for d in q}
@@ -67,31 +65,6 @@ def corpus_order(texts: dict) -> np.ndarray:
     return np.concatenate([first, rest]).astype(np.int64)
 
 
-def mpnet_subset(
-    texts: dict, n_queries: int = MP_QUERIES, n_distractors: int = MP_DISTRACTORS
-):
-    """(query rows, corpus rows) of the smaller benchmark where mpnet is compared.
-
-    all-mpnet-base-v2, the slowest of the three models here, is too slow for the whole
-    corpus on these shared cores: it is compared on the first ``n_queries`` test
-    queries against their relevant documents plus the first ``n_distractors``
-    documents of :func:`corpus_order` that no query judges. Every row of that corpus
-    is also a row of any ``corpus_order`` prefix longer than 1,500 + ``n_distractors``.
-    """
-    n_dev = len(texts["qrels"]["dev"])
-    q_rows = np.arange(n_dev, n_dev + n_queries)
-    pos = {d: i for i, d in enumerate(texts["corpus_ids"])}
-    relevant = sorted(
-        {pos[d] for r in q_rows for d in texts["qrels"]["test"][texts["query_ids"][r]]}
-    )
-    order = corpus_order(texts)
-    n_judged = len(
-        {d for split in texts["qrels"].values() for q in split.values() for d in q}
-    )
-    rows = np.concatenate([relevant, order[n_judged : n_judged + n_distractors]])
-    return q_rows, rows.astype(np.int64)
-
-
 def pseudo_pairs(n_pairs: int = PSEUDO_PAIRS) -> dict:
     """Label-free pairs (section 3): first sentence -> rest of the passage.
 
@@ -100,9 +73,10 @@ def pseudo_pairs(n_pairs: int = PSEUDO_PAIRS) -> dict:
     """
     from skfusion.scoring import PseudoQueryScorer
 
-    passages = load_passages(DATA / "train.jsonl.gz")[PSEUDO_SKIP:]
-    pairs = PseudoQueryScorer(max_passages=n_pairs).make_pairs([cut(t) for t in passages])
+    passages = [cut(t) for t in load_passages(DATA / "train.jsonl.gz")[PSEUDO_SKIP:]]
+    pairs = PseudoQueryScorer(max_passages=n_pairs).make_pairs(passages)
     return {
+        "pq_passages": passages,
         "pq_queries": pairs.query_texts,
         "pq_docs": pairs.corpus_texts,
         "pq_pairs": pairs,
@@ -186,9 +160,9 @@ def plan(n_train: int):
     """(model, split, stop) in priority order.
 
     MiniLM encodes the corpus in file order ("corpus"); e5 and mpnet in
-    :func:`corpus_order` ("corpus_prio"), mpnet growing in steps so that a common
-    prefix exists for every model whenever the job is stopped. Two jobs may run
-    side by side on different models (``main(models=...)``).
+    :func:`corpus_order` ("corpus_prio"), so that whenever the job is stopped the
+    finished prefix is a valid smaller corpus. Two jobs may run side by side on
+    different models (``main(models=...)``).
     """
     return [
         ("minilm", "queries", None),
@@ -215,7 +189,6 @@ def main(n_train: int = 4000, models=MODELS):
     texts = load_texts(n_train)
     order = corpus_order(texts)
     texts["corpus_prio"] = [texts["corpus"][i] for i in order]
-    texts["corpus_mp"] = [texts["corpus"][i] for i in mpnet_subset(texts)[1]]
     CACHE.mkdir(parents=True, exist_ok=True)
     (CACHE / "ids.json").write_text(
         json.dumps(

@@ -11,41 +11,35 @@ cut to 200 words):
 - all-mpnet-base-v2 (``assemble_mpnet.py``, 768-d): the larger single model.
 
 A concatenation is ``hstack(w_i * l2(member_i))``, exactly what ``ConcatEmbedder``
-computes. Weights are chosen by an explicit grid on dev (first member 1, the others in
-``WEIGHT_GRID``); the score of one grid point is computed from per-member similarity
-matrices (``sum_i w_i**2 S_i``, the same ranking as cosine of the weighted
-concatenation) and the chosen weights are then evaluated on the concatenation with
-:func:`skfusion.search.search`. The label-free choice (issue 10, section 3) runs the
-same grid on :class:`skfusion.scoring.PseudoQueryScorer` pairs made from train passages
-(first sentence -> rest of the passage), no labels.
+computes. Weights are chosen by ``GridSearchCV`` over a real ``ConcatEmbedder``'s
+``weights`` (members: the stored vectors, as ``encode_query`` / ``encode_document``
+objects) scored by ``RetrievalScorer`` on dev, first member 1, the others in
+``WEIGHT_GRID`` (pairs) or ``WEIGHT_GRID_COARSE``. The label-free choice (issue 10,
+section 3) runs the same search scored by :class:`skfusion.scoring.PseudoQueryScorer` on
+train passages (first sentence -> rest of the passage), no labels.
 
-Compression (of the best pair of small members, chosen on dev): PCA, whitened PCA
-(``variance ** -w``, ``w`` on dev), skfusion's default ``MatryoshkaDecoder`` and, as an
-investigation, the same decoder with its transform-time ``whiten`` chosen on dev, each
-fitted on the train passages, at 4x, 16x, 48x and 96x of the pair's own float32 size:
-at every stop the candidate shapes (float32 / float16 width, or width x bits of
+Compression, of the best pair of small members (chosen on dev; the issue's targets),
+the best triple, all four small members and all-mpnet-base-v2 alone: PCA, whitened
+PCA (``variance ** -w``, ``w`` on dev), skfusion's default ``MatryoshkaDecoder`` and,
+for the pair, the same decoder with its transform-time ``whiten`` chosen on dev, each
+fitted on the train passages, at 4x, 16x, 48x and 96x of the system's own float32
+size: at every stop the candidate shapes (float32 / float16 width, or width x bits of
 ``PercentileQuantizer`` codes) and the code weighting (``spread_weights`` beta) are
 chosen on dev, separately for symmetric codes and asymmetric search (float queries);
 ``RandomProjectionLSH`` at the same bytes. Robustness (paper claim C1 vs C2): recovery
 of each concatenation's own float32 score under LSH-1024 and 2-bit codes, for every
 concatenation that contains the pair.
 
-Corpus: on these two shared cores the larger models could not encode all 10,000
-documents in time, so e5 encodes the corpus in a fixed priority order (all judged
-documents first, then the rest shuffled) and every system is evaluated on the prefix
-e5 finished (``n_corpus`` in the JSON; MiniLM is also shown on the full corpus, to show
-how much easier the smaller corpus is). all-mpnet-base-v2 was encoded only for a
-smaller benchmark (``encode_members.mpnet_subset``: the first test queries against
-their relevant documents plus random distractors, all rows of the main corpus); every
-system is scored there too (column "mpnet subset"), with the settings chosen on dev.
-mpnet's own compression needs train passages that were not encoded, so it is not run.
+Corpus: all 10,000 documents (e5 and mpnet encode them in a fixed priority order, all
+judged documents first, so a stopped encoding job still leaves a valid smaller corpus:
+every system is then evaluated on the prefix both finished, ``n_corpus`` in the JSON).
 
     python benchmarks/assemble_mpnet.py                 # once
     OMP_NUM_THREADS=2 python benchmarks/encode_members.py  # resumable; stop it any time
     python benchmarks/members.py [--corpus N] [--no-speed]
 
-The last step takes about 10 minutes on the shared cores (decoder fits are cached
-under ``benchmarks/.cache/members/fits``).
+The last step takes about half an hour on 2 cores (decoder fits are cached under
+``benchmarks/.cache/members/fits``).
 
 Writes ``benchmarks/results/members.{json,md,png}``.
 """
@@ -87,6 +81,8 @@ LABEL = {
 }
 SHORT = {"minilm": "MiniLM", "e5": "e5", "m2v": "m2v", "tfidf": "TF-IDF", "mpnet": "mpnet"}
 WEIGHT_GRID = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
+# Three or four members: a coarser grid keeps GridSearchCV to 25 / 125 candidates.
+WEIGHT_GRID_COARSE = (0.25, 0.5, 1.0, 2.0, 3.0)
 RATIOS = (4, 16, 48, 96)
 BETAS = (0.0, 0.5, 1.0)
 WHITEN = (0.125, 0.25, 0.375, 0.5)
@@ -137,61 +133,49 @@ def _tfidf_encoder():
     return lex.transform
 
 
-def load_all(n_corpus=None):
-    """L2-normalised member arrays on one common corpus, plus ids and qrels.
+def load_all(n_corpus=None, with_mpnet=True):
+    """L2-normalised member arrays on one common corpus, plus texts, ids and qrels.
 
-    The corpus is the longest prefix of ``corpus_order`` that e5 finished (MiniLM
-    and the cheap members have everything). mpnet, when encoded, comes with the
-    smaller benchmark of ``encode_members.mpnet_subset`` (split ``"mp"``).
+    The corpus is the longest prefix of ``corpus_order`` that e5 (and mpnet, when it
+    is included) finished: all 10,000 documents once ``encode_members.py`` is done
+    (MiniLM and the cheap members have everything).
     """
     texts = em.load_texts(n_train=10_000)
     order = em.corpus_order(texts)
-    done = len(em.load("e5", "corpus_prio"))
+    prio = ["e5"]
+    if with_mpnet and _has("mpnet", "corpus_prio") and _has("mpnet", "queries"):
+        if len(em.load("mpnet", "queries")) == len(texts["queries"]):
+            prio.append("mpnet")
+    done = min(len(em.load(m, "corpus_prio")) for m in prio)
     n = done if n_corpus is None else n_corpus
     if n > done:
-        raise SystemExit(f"--corpus {n}: e5 has encoded only {done} documents")
+        raise SystemExit(f"--corpus {n}: {'/'.join(prio)} encoded only {done} documents")
     keep = order[:n]
     members = {}
     minilm_corpus = em.load("minilm", "corpus", len(texts["corpus"]))
-    for m in ("minilm", "e5"):
+    for m in ("minilm", *prio):
         corpus = minilm_corpus[keep] if m == "minilm" else em.load(m, "corpus_prio", n)
-        members[m] = {
-            "corpus": corpus,
-            "queries": em.load(m, "queries"),
-            "train": em.load(m, "train"),
-        }
-        for s in ("pq_queries", "pq_docs"):
+        members[m] = {"corpus": corpus, "queries": em.load(m, "queries")}
+        for s in ("train", "pq_queries", "pq_docs"):
             if _has(m, s):
                 members[m][s] = em.load(m, s)
     cheap = _cheap_members(texts)
     for m, arrays in cheap.items():
         members[m] = {s: a[keep] if s == "corpus" else a for s, a in arrays.items()}
     members = {m: {s: l2(a) for s, a in d.items()} for m, d in members.items()}
-    data = {
+    return {
         "members": members,
         "corpus_ids": [texts["corpus_ids"][i] for i in keep],
+        "corpus_texts": [texts["corpus"][i] for i in keep],
         "query_ids": texts["query_ids"],
+        "query_texts": texts["queries"],
         "qrels": dict(texts["qrels"]),
         "pq": texts["pq_pairs"],
+        "pq_passages": texts["pq_passages"],
         "n_corpus": int(n),
         "full_corpus_ids": texts["corpus_ids"],
         "full_minilm_corpus": l2(minilm_corpus),
-        "mp": None,
     }
-    if _has("mpnet", "corpus_mp"):
-        q_rows, c_rows = em.mpnet_subset(texts)
-        corpus = em.load("mpnet", "corpus_mp")
-        where = {int(r): i for i, r in enumerate(keep)}
-        if len(corpus) == len(c_rows) and all(int(r) in where for r in c_rows):
-            qids = [texts["query_ids"][r] for r in q_rows]
-            data["qrels"]["mp"] = {q: texts["qrels"]["test"][q] for q in qids}
-            data["mp"] = {
-                "corpus_pos": np.array([where[int(r)] for r in c_rows]),
-                "corpus_ids": [texts["corpus_ids"][r] for r in c_rows],
-                "queries": l2(em.load("mpnet", "queries")),
-                "corpus": l2(corpus),
-            }
-    return data
 
 
 def _has(model, split):
@@ -200,22 +184,18 @@ def _has(model, split):
 
 # --------------------------------------------------------------------- evaluation
 class Bench:
-    """nDCG@10 on dev, test (and the mpnet subset "mp") and the result rows."""
+    """nDCG@10 on dev and test, and the result rows."""
 
     def __init__(self, data):
         self.d = data
         pos = {q: i for i, q in enumerate(data["query_ids"])}
-        self.splits = [s for s in ("dev", "test", "mp") if s in data["qrels"]]
+        self.splits = ["dev", "test"]
         self.rows = {s: np.array([pos[q] for q in data["qrels"][s]]) for s in self.splits}
         self.results = []
 
     def ndcg(self, split, queries, corpus, corpus_ids=None, **kw):
         q = queries[self.rows[split]]
         ids = self.d["corpus_ids"] if corpus_ids is None else corpus_ids
-        if split == "mp" and corpus_ids is None:
-            # The mpnet subset's corpus is a subset of the rows of the main corpus.
-            keep = self.d["mp"]["corpus_pos"]
-            corpus, ids = corpus[keep], [ids[i] for i in keep]
         scores, idx = search(q, corpus, k=10, **kw)
         run = run_from_topk(list(self.d["qrels"][split]), ids, scores, idx)
         return float(ndcg_at_k(run, self.d["qrels"][split], 10))
@@ -232,7 +212,6 @@ class Bench:
             "bytes": float(nbytes),
             "ndcg_dev": nd["dev"],
             "ndcg_test": nd["test"],
-            **({"ndcg_mp": nd["mp"]} if "mp" in nd else {}),
             **extra,
         }
         self.results.append(row)
@@ -263,51 +242,89 @@ def concat(members, names, weights, split):
     )
 
 
-def _topk_ndcg(sims, qids, doc_ids, qrels, k=10):
-    idx = np.argpartition(-sims, k, axis=1)[:, :k]
-    part = np.take_along_axis(sims, idx, 1)
-    order = np.argsort(-part, axis=1, kind="stable")
-    run = run_from_topk(
-        qids, doc_ids, np.take_along_axis(part, order, 1), np.take_along_axis(idx, order, 1)
-    )
-    return float(ndcg_at_k(run, qrels, k))
+class StoredVectors:
+    """A ConcatEmbedder member that returns the vectors ``encode_members.py`` stored.
+
+    An ``encode_query`` / ``encode_document`` object (a member kind skfusion takes
+    as it is), so that ``GridSearchCV`` searches the weights of the real
+    ``ConcatEmbedder`` without re-encoding. A text it never stored raises KeyError:
+    nothing is ever made up.
+    """
+
+    def __init__(self, name, queries, documents):
+        self.fingerprint = f"stored-{name}"
+        self.queries, self.documents = queries, documents
+
+    def _look_up(self, table, texts):
+        return np.stack([table[t] for t in texts])
+
+    def encode_query(self, texts):
+        return self._look_up(self.queries, texts)
+
+    def encode_document(self, texts):
+        return self._look_up(self.documents, texts)
+
+    def __deepcopy__(self, memo):
+        return self  # read-only tables: clone() need not copy them per candidate
+
+
+def stored_members(data):
+    """One StoredVectors per member: queries, corpus, train and pseudo-query texts."""
+    texts = em.load_texts(n_train=10_000)
+    out = {}
+    for m, arrays in data["members"].items():
+        q = dict(zip(data["query_texts"], arrays["queries"], strict=True))
+        d = dict(zip(data["corpus_texts"], arrays["corpus"], strict=True))
+        for split, table in (("pq_queries", q), ("pq_docs", d)):
+            if split in arrays:
+                table.update(zip(texts[split], arrays[split], strict=False))
+        dim = arrays["corpus"].shape[1]
+        d["dimension probe"] = np.zeros(dim, np.float32)  # fit's width probe
+        out[m] = StoredVectors(m, q, d)
+    return out
 
 
 def weight_grid(names):
-    """Candidate weights: the first member 1, each other in WEIGHT_GRID.
+    """Candidate weights: the first member 1, each other in WEIGHT_GRID (pairs) or
+    WEIGHT_GRID_COARSE (three or four members).
 
-    Ordered from the most uniform (all ones) outwards, so that ties go to the
-    candidate closest to uniform weights.
+    Ordered from the most uniform (all ones) outwards: GridSearchCV gives ties to
+    the first candidate, the one closest to uniform weights.
     """
-    grid = [(1.0, *rest) for rest in itertools.product(WEIGHT_GRID, repeat=len(names) - 1)]
+    values = WEIGHT_GRID if len(names) == 2 else WEIGHT_GRID_COARSE
+    grid = [(1.0, *rest) for rest in itertools.product(values, repeat=len(names) - 1)]
     return sorted(grid, key=lambda w: sum(abs(np.log(x)) for x in w))
 
 
-def choose_weights(sims, names, qids, doc_ids, qrels):
-    """Grid point with the best nDCG@10 of ``sum_i w_i**2 S_i`` (ties: first)."""
-    best = None
-    for w in weight_grid(names):
-        s = sum(wi * wi * sims[m] for m, wi in zip(names, w, strict=True))
-        score = _topk_ndcg(s, qids, doc_ids, qrels)
-        if best is None or score > best[0] + 1e-12:
-            best = (score, w)
-    return best[1], best[0]
+def grid_search_weights(stored, names, scoring, X):
+    """``GridSearchCV`` over ``ConcatEmbedder`` weights; (best weights, best score)."""
+    from sklearn.model_selection import GridSearchCV
+
+    from skfusion import ConcatEmbedder
+
+    embedder = ConcatEmbedder([(m, stored[m]) for m in names], show_progress_bar=False)
+    grid = [list(w) for w in weight_grid(names)]
+    idx = np.arange(len(X))
+    search_cv = GridSearchCV(
+        embedder, {"weights": grid}, scoring=scoring, cv=[(idx, idx)], refit=False
+    ).fit(X)
+    return tuple(search_cv.best_params_["weights"]), float(search_cv.best_score_)
 
 
-def dev_sims(b, names):
-    mem = b.d["members"]
-    rows = b.rows["dev"]
-    return {m: mem[m]["queries"][rows] @ mem[m]["corpus"].T for m in names}
+def dev_dataset(data):
+    from skfusion.datasets import RetrievalDataset
 
-
-def pseudo_sims(b, names):
-    mem = b.d["members"]
-    n = min(len(mem[m]["pq_queries"]) for m in names)
-    n = min(n, min(len(mem[m]["pq_docs"]) for m in names))
-    sims = {m: mem[m]["pq_queries"][:n] @ mem[m]["pq_docs"][:n].T for m in names}
-    pairs = b.d["pq"]
-    qids, dids = pairs.query_ids[:n], pairs.corpus_ids[:n]
-    return sims, qids, dids, {q: pairs.qrels[q] for q in qids}, n
+    qrels = data["qrels"]["dev"]
+    pos = {q: i for i, q in enumerate(data["query_ids"])}
+    return RetrievalDataset(
+        corpus_ids=data["corpus_ids"],
+        corpus_texts=data["corpus_texts"],
+        query_ids=list(qrels),
+        query_texts=[data["query_texts"][pos[q]] for q in qrels],
+        qrels=qrels,
+        split="dev",
+        path=em.DATA,
+    )
 
 
 # ---------------------------------------------------------------------- sections
@@ -318,16 +335,6 @@ def members_section(b):
         nd = b.both(mem[m]["queries"], mem[m]["corpus"])
         out[m] = b.add(
             "members", LABEL[m], "float32", "float", 4 * mem[m]["corpus"].shape[1], nd
-        )
-    mp = b.d["mp"]
-    if mp is not None:
-        nd = {
-            "dev": None,
-            "test": None,
-            "mp": b.ndcg("mp", mp["queries"], mp["corpus"], corpus_ids=mp["corpus_ids"]),
-        }
-        out["mpnet"] = b.add(
-            "members", LABEL["mpnet"], "float32 (mpnet subset only)", "float", 3072, nd
         )
     # The same model on the full corpus, to show what a smaller corpus does to scores.
     if b.d["n_corpus"] < len(b.d["full_corpus_ids"]):
@@ -353,24 +360,26 @@ def concat_section(b):
     sets = [c for r in range(2, len(small) + 1) for c in itertools.combinations(small, r)]
     if "mpnet" in mem:
         sets += [("e5", "mpnet"), ("minilm", "e5", "mpnet")]
-    dev = b.rows["dev"]
-    dev_qids = [b.d["query_ids"][i] for i in dev]
+    from skfusion.scoring import PseudoQueryScorer, RetrievalScorer
+
+    stored = stored_members(b.d)
+    dev_scorer = RetrievalScorer(dev_dataset(b.d))
     all_names = sorted({m for c in sets for m in c})
-    sims = dev_sims(b, all_names)
     pq_names = [m for m in all_names if "pq_queries" in mem[m] and "pq_docs" in mem[m]]
-    psims, p_qids, p_dids, p_qrels, n_pairs = pseudo_sims(b, pq_names)
+    n_pairs = min(len(mem[m][s]) for m in pq_names for s in ("pq_queries", "pq_docs"))
+    pq_scorer = PseudoQueryScorer(max_passages=n_pairs)
     out = {}
     for names in sets:
         label = " + ".join(SHORT[m] for m in names)
         nbytes = 4 * sum(mem[m]["corpus"].shape[1] for m in names)
         uni = [1.0] * len(names)
-        w_dev, _ = choose_weights(
-            sims, names, dev_qids, b.d["corpus_ids"], b.d["qrels"]["dev"]
-        )
+        t = time.perf_counter()
+        w_dev, _ = grid_search_weights(stored, names, dev_scorer, ["dimension probe"])
         entry = {"names": names, "uniform": uni, "dev": list(w_dev)}
         if all(m in pq_names for m in names):
-            w_lf, _ = choose_weights(psims, names, p_qids, p_dids, p_qrels)
+            w_lf, _ = grid_search_weights(stored, names, pq_scorer, b.d["pq_passages"])
             entry["label_free"] = list(w_lf)
+        entry["grid_search_seconds"] = time.perf_counter() - t
         for how in ("uniform", "dev", "label_free"):
             if how not in entry:
                 continue
@@ -441,7 +450,7 @@ def fit_decoder(key, train, **params):
     return dec
 
 
-def bases(system_key, Z, decoders=None):
+def bases(system_key, Z, decoders=None, investigate=True):
     """PCA, whitened PCA (per w) and decoder outputs of Z, unnormalised float32."""
     n = min(768, Z["train"].shape[1], Z["train"].shape[0] - 1)
     pca = PCA(n, random_state=0).fit(Z["train"])
@@ -455,7 +464,7 @@ def bases(system_key, Z, decoders=None):
         dec.set_params(normalize=False, output_dim=None, whiten=0.0)
         out[label] = {None: {s: dec.transform(Z[s]).astype(np.float32) for s in SPLITS}}
         out[label]["fit_seconds"] = getattr(dec, "fit_seconds_", None)
-        if label == "default decoder":
+        if label == "default decoder" and investigate:
             # Investigation: the same fit, outputs whitened at transform time
             # (``whiten``, no refit), exponent chosen on dev like whitened PCA's.
             out["default decoder + whiten"] = {
@@ -701,7 +710,7 @@ def _num(x, fmt=".3f"):
     return "-" if x is None else format(x, fmt)
 
 
-def _fmt_row(r, ref, mp=False):
+def _fmt_row(r, ref):
     extra = {
         k: r[k] for k in ("width", "bits", "beta", "whiten") if k in r and r[k] is not None
     }
@@ -718,23 +727,7 @@ def _fmt_row(r, ref, mp=False):
         _num(r["ndcg_test"]),
         _num(rec, ".1%"),
     ]
-    if mp:
-        cells.append(_num(r.get("ndcg_mp")))
     return "| " + " | ".join(cells + [params]) + " |"
-
-
-def _mp_note(out):
-    sub = out.get("mpnet_subset")
-    if not sub:
-        return "all-mpnet-base-v2 was not encoded in this run."
-    return (
-        f"all-mpnet-base-v2 (the slowest model here) was encoded only for a smaller "
-        f"benchmark, column *mpnet subset*: the first {sub['n_queries']} test queries "
-        f"against a {sub['n_corpus']:,}-document corpus (their relevant documents plus "
-        "random distractors); every other system is scored there too, with the "
-        "settings chosen on dev. It is an easier task than the main one (fewer "
-        "distractors) and noisier (fewer queries): compare systems within a column."
-    )
 
 
 def markdown(out):
@@ -751,18 +744,19 @@ def markdown(out):
             "random distractors, the prefix e5 finished encoding on 2 shared cores "
             "(scores are higher than on the full corpus; MiniLM is shown on both)."
         ),
-        f"Train passages for PCA / decoders: {out['n_train']}. Texts cut to 200 words. "
-        "Weights: explicit grid on dev (first member 1, others in "
-        f"{list(WEIGHT_GRID)}); label-free: the same grid scored by `PseudoQueryScorer` "
-        f"on {out['n_pseudo_pairs']} train-passage pairs.",
-        "",
-        _mp_note(out),
+        "Train passages for PCA / decoders: "
+        f"{', '.join(f'{v:,}' for v in sorted(set(out['n_train'].values())))}. "
+        "Texts cut to 200 words. "
+        "Weights: `GridSearchCV` over `ConcatEmbedder(weights=...)` scored by "
+        "`RetrievalScorer(dev)` (first member 1, others in "
+        f"{list(WEIGHT_GRID)} for pairs, {list(WEIGHT_GRID_COARSE)} for three or four "
+        "members); label-free: the same search scored by "
+        f"`PseudoQueryScorer` on {out['n_pseudo_pairs']} train-passage pairs.",
         "",
         "## Members and concatenations",
         "",
-        "| system | method | mode | bytes | dev | test | of best member | mpnet subset "
-        "| params |",
-        "|---|---|---|---:|---:|---:|---:|---:|---|",
+        "| system | method | mode | bytes | dev | test | of best member | params |",
+        "|---|---|---|---:|---:|---:|---:|---|",
     ]
     best_member = max(
         r["ndcg_test"]
@@ -773,19 +767,18 @@ def markdown(out):
     )
     for r in b_rows:
         if r["section"] in ("members", "concat"):
-            lines.append(_fmt_row(r, best_member, mp=True))
+            lines.append(_fmt_row(r, best_member))
     for system, own in out["own_float"].items():
         lines += [
             "",
             f"## Compression of {system} (recovery = test / its own float32 test "
             f"{own['test']:.3f})",
             "",
-            "| system | method | mode | bytes | dev | test | recovery | mpnet subset "
-            "| chosen on dev |",
-            "|---|---|---|---:|---:|---:|---:|---:|---|",
+            "| system | method | mode | bytes | dev | test | recovery | chosen on dev |",
+            "|---|---|---|---:|---:|---:|---:|---|",
         ]
         lines += [
-            _fmt_row(r, own["test"], mp=True)
+            _fmt_row(r, own["test"])
             for r in b_rows
             if r["section"] == "compress" and r["system"] == system
         ]
@@ -915,12 +908,13 @@ def answers(out):
         f"member); uniform weights: {uni_row['ndcg_test']:.3f}."
     ]
     if LABEL["mpnet"] in mem:
-        mp = mem[LABEL["mpnet"]]["ndcg_mp"]
-        singles = ", ".join(f"{SHORT[m]} {mem[LABEL[m]]['ndcg_mp']:.3f}" for m in names)
+        mp = mem[LABEL["mpnet"]]["ndcg_test"]
+        singles = ", ".join(f"{SHORT[m]} {mem[LABEL[m]]['ndcg_test']:.3f}" for m in names)
         a.append(
-            f"(b) on the mpnet subset: all-mpnet-base-v2 float32 {mp:.3f}; {singles}; "
-            f"{pair} dev-weighted {pair_row['ndcg_mp']:.3f}, uniform "
-            f"{uni_row['ndcg_mp']:.3f}."
+            f"(b) all-mpnet-base-v2 float32 (3,072 B): {mp:.3f}; {singles}; {pair} "
+            f"dev-weighted {pair_row['ndcg_test']:.3f} "
+            f"({'beats' if pair_row['ndcg_test'] > mp else 'does not beat'} it), "
+            f"uniform {uni_row['ndcg_test']:.3f}."
         )
         for mode in ("sym", "asym"):
             r = next(
@@ -937,8 +931,8 @@ def answers(out):
             if r:
                 a.append(
                     f"(c) {pair} -> default decoder at 48x ({r['bytes']:g} B, {mode}): "
-                    f"{r['ndcg_mp']:.3f} on the mpnet subset vs mpnet float32 {mp:.3f} "
-                    f"({'matches or beats' if r['ndcg_mp'] >= mp else 'below'})."
+                    f"{r['ndcg_test']:.3f} vs mpnet float32 {mp:.3f} "
+                    f"({'matches or beats' if r['ndcg_test'] >= mp else 'below'})."
                 )
     rob = out.get("robustness", {})
     if rob:
@@ -955,32 +949,40 @@ def answers(out):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--corpus", type=int, default=None, help="corpus prefix size")
+    p.add_argument("--no-mpnet", action="store_true", help="leave all-mpnet-base-v2 out")
     p.add_argument("--no-speed", action="store_true")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
-    data = load_all(args.corpus)
+    data = load_all(args.corpus, with_mpnet=not args.no_mpnet)
     b = Bench(data)
     mem = data["members"]
     members_section(b)
     concats, n_pairs = concat_section(b)
-    pairs = {k: v for k, v in concats.items() if len(v["names"]) == 2}
+    small = {k: v for k, v in concats.items() if "mpnet" not in v["names"]}
+    pairs = {k: v for k, v in small.items() if len(v["names"]) == 2}
     pair = max(pairs, key=lambda k: pairs[k]["dev_row"]["ndcg_dev"])
-    names, w = pairs[pair]["names"], pairs[pair]["dev"]
-    n_train = min(len(mem[m]["train"]) for m in names)
-    Z = {s: concat(mem, names, w, s) for s in SPLITS}
-    key = "-".join(names) + "-" + "_".join(f"{x:g}" for x in w) + f"-n{n_train}"
-    own = {pair: compression_section(b, pair, Z, bases(key, Z))}
-    rob_sets = {k: v for k, v in concats.items() if set(v["names"]) >= set(names)}
+    names = pairs[pair]["names"]
+    # Compressed: the best pair (the targets), the best triple and all four small
+    # members (dev weights), and all-mpnet-base-v2 alone, by the same means.
+    triples = {k: v for k, v in small.items() if len(v["names"]) == 3}
+    triple = max(triples, key=lambda k: triples[k]["dev_row"]["ndcg_dev"])
+    four = next(k for k, v in small.items() if len(v["names"]) == 4)
+    systems = {k: (concats[k]["names"], concats[k]["dev"]) for k in (pair, triple, four)}
+    if "mpnet" in mem and "train" in mem["mpnet"]:
+        systems[LABEL["mpnet"]] = (("mpnet",), [1.0])
+    own, n_train = {}, {}
+    for system, (ns, w) in systems.items():
+        Z = {s: concat(mem, ns, w, s) for s in SPLITS}
+        n_train[system] = len(Z["train"])
+        key = "-".join(ns) + "-" + "_".join(f"{x:g}" for x in w) + f"-n{len(Z['train'])}"
+        own[system] = compression_section(
+            b, system, Z, bases(key, Z, investigate=system == pair)
+        )
+    rob_sets = {k: v for k, v in small.items() if set(v["names"]) >= set(names)}
     out = {
         "n_corpus": data["n_corpus"],
         "n_train": n_train,
         "n_pseudo_pairs": n_pairs,
-        "mpnet_subset": None
-        if data["mp"] is None
-        else {
-            "n_queries": len(data["qrels"]["mp"]),
-            "n_corpus": len(data["mp"]["corpus_ids"]),
-        },
         "pair": pair,
         "rows": b.results,
         "concats": concats,

@@ -879,9 +879,10 @@ def plot(out, path):
                         textcoords="offset points")  # fmt: skip
         if r["section"] == "concat" and r["method"].startswith("weights dev"):
             ax.scatter(r["bytes"], r["ndcg_test"], color="tab:green", marker="^", s=18)
-    colours = iter(["tab:blue", "tab:orange", "tab:purple", "tab:red"])
+    palette = ["tab:blue", "tab:orange", "tab:purple", "tab:red"]
+    colours = dict(zip(out["own_float"], palette, strict=False))
     for system in out["own_float"]:
-        for base, style in (("default decoder", "-o"), ("whitened PCA", "--x")):
+        for base in ("default decoder", "whitened PCA"):
             for mode in ("sym", "asym"):
                 pts = sorted(
                     (r["bytes"], r["ndcg_test"])
@@ -893,8 +894,8 @@ def plot(out, path):
                     and r["mode"] == mode
                 )
                 if pts and base == "default decoder":
-                    c = next(colours, "tab:gray")
-                    ax.plot(*zip(*pts, strict=True), style, ms=3, color=c,
+                    ax.plot(*zip(*pts, strict=True), "-o" if mode == "sym" else ":s",
+                            ms=3, color=colours.get(system, "tab:gray"),
                             label=f"{system}: decoder, {mode}")  # fmt: skip
     ax.scatter([], [], color="tab:green", marker="^", label="concatenations (dev weights)")
     ax.scatter([], [], color="k", marker="s", label="single models (float32)")

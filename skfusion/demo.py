@@ -15,10 +15,12 @@ import math
 import os
 import time
 from dataclasses import replace
+from numbers import Integral
 from pathlib import Path
 
 from sklearn.pipeline import Pipeline
 
+from ._compat import Interval, validate_params
 from .datasets import load_sample, load_sample_passages
 from .decoder import MatryoshkaDecoder
 from .embedder import ConcatEmbedder
@@ -114,6 +116,16 @@ def _downstream_stages(train_z, random_state=0):
         yield f"LSH {n_bits} bits", [("lsh", lsh)]
 
 
+@validate_params(
+    {
+        "cache_dir": [str, os.PathLike, None],
+        "quiet": ["boolean"],
+        "n_train": [Interval(Integral, 1, None, closed="left"), None],
+        "n_documents": [Interval(Integral, 1, None, closed="left"), None],
+        "out": [callable],
+    },
+    prefer_skip_nested_validation=True,
+)
 def run_demo(*, cache_dir=None, quiet=False, n_train=1000, n_documents=1000, out=print):
     """Fit every stage on the bundled sample and print nDCG@10 and bytes per vector.
 

@@ -279,7 +279,7 @@ def _raise_mmap_threshold():
 
     Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, and setting it
     makes glibc freeze its mmap threshold at 128 KiB: every buffer above that is then
-    mapped, page-faulted and unmapped on each forward pass, which made MiniLM 24%
+    mapped, page-faulted and unmapped on each forward pass, which made MiniLM 23%
     slower per core here (benchmarks/results/distributed_speed.md). Raising the mmap
     threshold alone restores the speed and leaves the trim threshold, Dask's way of
     returning freed memory to the OS, as it is. A no-op off glibc.
@@ -517,7 +517,7 @@ def transform(
 
     Each worker raises glibc's mmap threshold (``mallopt``) before its first task:
     Dask's ``MALLOC_TRIM_THRESHOLD_`` otherwise freezes it at 128 KiB and torch then
-    maps and unmaps its activation buffers on every call (24% slower per core with
+    maps and unmaps its activation buffers on every call (23% slower per core with
     MiniLM here). The trim threshold, which returns freed memory to the OS, is kept.
 
     Examples

@@ -172,6 +172,7 @@ def load_all(n_corpus=None, with_mpnet=True):
         "qrels": dict(texts["qrels"]),
         "pq": texts["pq_pairs"],
         "pq_passages": texts["pq_passages"],
+        "pq_texts": {s: texts[s] for s in ("pq_queries", "pq_docs")},
         "n_corpus": int(n),
         "full_corpus_ids": texts["corpus_ids"],
         "full_minilm_corpus": l2(minilm_corpus),
@@ -270,14 +271,13 @@ class StoredVectors:
 
 def stored_members(data):
     """One StoredVectors per member: queries, corpus, train and pseudo-query texts."""
-    texts = em.load_texts(n_train=10_000)
     out = {}
     for m, arrays in data["members"].items():
         q = dict(zip(data["query_texts"], arrays["queries"], strict=True))
         d = dict(zip(data["corpus_texts"], arrays["corpus"], strict=True))
         for split, table in (("pq_queries", q), ("pq_docs", d)):
             if split in arrays:
-                table.update(zip(texts[split], arrays[split], strict=False))
+                table.update(zip(data["pq_texts"][split], arrays[split], strict=False))
         dim = arrays["corpus"].shape[1]
         d["dimension probe"] = np.zeros(dim, np.float32)  # fit's width probe
         out[m] = StoredVectors(m, q, d)

@@ -23,12 +23,14 @@ the best triple, all four small members and all-mpnet-base-v2 alone: PCA, whiten
 PCA (``variance ** -w``, ``w`` on dev), skfusion's default ``MatryoshkaDecoder`` and,
 for the pair, the same decoder with its transform-time ``whiten`` chosen on dev, each
 fitted on the train passages, at 4x, 16x, 48x and 96x of the system's own float32
-size: at every stop the candidate shapes (float32 / float16 width, or width x bits of
-``PercentileQuantizer`` codes) and the code weighting (``spread_weights`` beta) are
+size: at every stop the candidate shapes (float32 / float16 width, width x bits of
+``PercentileQuantizer`` codes, or ``AllocatedQuantizer`` codes of the stop's bits spread
+by variance), centring and the code weighting (``spread_weights`` beta, ``spread``) are
 chosen on dev, separately for symmetric codes and asymmetric search (float queries);
-``RandomProjectionLSH`` at the same bytes. Robustness (paper claim C1 vs C2): recovery
-of each concatenation's own float32 score under LSH-1024 and 2-bit codes, for every
-concatenation that contains the pair.
+``RandomProjectionLSH`` at the same bytes. The targets come with 95% paired-bootstrap
+intervals over the test queries. ``members_48x.py`` tries further levers at 48x.
+Robustness (paper claim C1 vs C2): recovery of each concatenation's own float32 score
+under LSH-1024 and 2-bit codes, for every concatenation that contains the pair.
 
 Corpus: all 10,000 documents (e5 and mpnet encode them in a fixed priority order, all
 judged documents first, so a stopped encoding job still leaves a valid smaller corpus:
@@ -61,12 +63,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 import encode_members as em  # noqa: E402
 
 from skfusion import (  # noqa: E402
+    AllocatedQuantizer,
     MatryoshkaDecoder,
     PercentileQuantizer,
     RandomProjectionLSH,
     search,
 )
-from skfusion.metrics import ndcg_at_k, run_from_topk  # noqa: E402
+from skfusion.metrics import per_query_scores, run_from_topk  # noqa: E402
 from skfusion.search import spread_weights  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -88,6 +91,9 @@ BETAS = (0.0, 0.5, 1.0)
 WHITEN = (0.125, 0.25, 0.375, 0.5)
 FLOAT_WIDTHS = (128, 256, 384)
 SPLITS = ("train", "corpus", "queries")
+# Train passages that fit PCA, decoders and quantizers (the issue's setup); the encoding
+# cache may hold more (``members_48x.py`` tries 12,000).
+N_TRAIN = 4000
 
 
 def l2(x):
@@ -193,13 +199,22 @@ class Bench:
         self.splits = ["dev", "test"]
         self.rows = {s: np.array([pos[q] for q in data["qrels"][s]]) for s in self.splits}
         self.results = []
+        # Per-query test nDCG@10 of every row, for paired bootstrap intervals.
+        self.per_query = {}
+        self._last = None
 
     def ndcg(self, split, queries, corpus, corpus_ids=None, **kw):
-        q = queries[self.rows[split]]
+        scores, idx = search(queries[self.rows[split]], corpus, k=10, **kw)
+        return self.ndcg_topk(split, scores, idx, corpus_ids)
+
+    def ndcg_topk(self, split, scores, idx, corpus_ids=None):
+        """nDCG@10 of a top-10 (``scores``, ``idx``) of the split's query rows."""
         ids = self.d["corpus_ids"] if corpus_ids is None else corpus_ids
-        scores, idx = search(q, corpus, k=10, **kw)
         run = run_from_topk(list(self.d["qrels"][split]), ids, scores, idx)
-        return float(ndcg_at_k(run, self.d["qrels"][split], 10))
+        per_query = np.asarray(per_query_scores(run, self.d["qrels"][split], "ndcg@10"))
+        if split == "test":
+            self._last = per_query
+        return float(per_query.mean())
 
     def both(self, queries, corpus, **kw):
         return {s: self.ndcg(s, queries, corpus, **kw) for s in self.splits}
@@ -216,6 +231,9 @@ class Bench:
             **extra,
         }
         self.results.append(row)
+        if self._last is not None and len(self._last) == len(self.rows["test"]):
+            self.per_query[(system, method, mode)] = self._last
+        self._last = None
         print(
             f"{section:>12} | {system:<28} | {method:<44} | {mode:<5} | {nbytes:>7g} B "
             f"| {'  '.join(f'{k} {v:.4f}' for k, v in nd.items() if v is not None)}",
@@ -231,13 +249,18 @@ class Bench:
             if best is None or dev > best[0]:
                 best = (dev, params, fn)
         dev, params, fn = best
+        self._last = None
         nd = {"dev": dev, **{s: fn(s) for s in self.splits if s != "dev"}}
         return self.add(section, system, method, mode, nbytes, nd, **params, **extra)
 
 
-def concat(members, names, weights, split):
-    """``hstack(w_i * member_i)`` of one split (train: the rows every member has)."""
+def concat(members, names, weights, split, n_train=N_TRAIN):
+    """``hstack(w_i * member_i)`` of one split (train: the first ``n_train`` rows)."""
     n = min(len(members[m][split]) for m in names)
+    if split == "train":
+        if n < n_train:
+            raise SystemExit(f"only {n} train passages encoded for {names}, need {n_train}")
+        n = n_train
     return np.hstack(
         [w * members[m][split][:n] for m, w in zip(names, weights, strict=True)]
     )
@@ -426,6 +449,37 @@ def _code_candidates(b, H, width, bits):
     return sym_c, asym_c
 
 
+def _allocated_candidates(b, H, budget, max_width):
+    """(sym, asym) candidates: ``AllocatedQuantizer`` codes of ``budget`` bits per row.
+
+    Bits go by variance over the first ``width`` outputs (up to 3 per dimension), for
+    widths of one half, three quarters and all of ``budget``, and two code spreads.
+    """
+    sym_c, asym_c = [], []
+    for width in (budget // 2, 3 * budget // 4, budget):
+        if width > max_width:
+            continue
+        for spread in (0.5, 1.0):
+            q = AllocatedQuantizer(
+                bit_budget=budget, max_bits=3, spread=spread, random_state=0
+            ).fit(H["train"][:, :width])
+            C = q.transform(H["corpus"][:, :width])
+            Qc = q.transform(H["queries"][:, :width])
+            Qf = H["queries"][:, :width]
+            params = {"width": width, "bit_budget": budget, "spread": spread}
+            sym_c.append(
+                (params, lambda s, q=q, C=C, Qc=Qc: b.ndcg(
+                    s, Qc, C, metric="codes", quantizer=q, normalize=True
+                ))
+            )  # fmt: skip
+            asym_c.append(
+                (params, lambda s, q=q, C=C, Qf=Qf: b.ndcg(
+                    s, Qf, C, metric="asymmetric", quantizer=q, normalize=True
+                ))
+            )  # fmt: skip
+    return sym_c, asym_c
+
+
 def _centred(H):
     """Every split minus the train mean: what StandardScaler(with_std=False) does.
 
@@ -518,7 +572,16 @@ def compression_section(b, system, Z, base_sets):
             nbytes = full / ratio
             sym_c, asym_c = [], []
             for w, H in variants.items():
-                for width, bits in _shapes(nbytes, H["train"].shape[1]):
+                shapes = _shapes(nbytes, H["train"].shape[1])
+                if any(bits < 16 for _, bits in shapes):
+                    # Codes with bits spread by variance, as they are and centred.
+                    for center, Hc in ((False, H), (True, _centred(H))):
+                        s, a = _allocated_candidates(
+                            b, Hc, int(nbytes * 8), H["train"].shape[1]
+                        )
+                        sym_c += [({**p, "whiten": w, "center": center}, f) for p, f in s]
+                        asym_c += [({**p, "whiten": w, "center": center}, f) for p, f in a]
+                for width, bits in shapes:
                     if bits >= 16:
                         params, fn = _float_candidate(b, H, width, bits)
                         sym_c.append(({**params, "whiten": w}, fn))
@@ -561,6 +624,100 @@ def compression_section(b, system, Z, base_sets):
                 ratio=ratio,
             )
     return own
+
+
+def external_section(b, system, Z, base_sets, ratios=(48, 96)):
+    """The strongest outside baselines at the pair's 48x and 96x bytes.
+
+    faiss OPQ + 8-bit PQ (``m`` = the bytes; symmetric: both sides reconstructed,
+    asymmetric: float queries), faiss RaBitQ (float queries, faiss's estimator; bytes =
+    ``code_size``, its per-vector factors included), and sentence-transformers binary
+    (Hamming) and int8 (calibrated on train), each on PCA, whitened PCA
+    (``variance ** -0.25``, the better space for PQ's L2 codebooks) or the default
+    decoder's outputs, base and width chosen on dev.
+    """
+    import faiss
+    from sentence_transformers.util.quantization import quantize_embeddings
+
+    P = base_sets["PCA"][None]
+    var = P["train"].var(axis=0)
+    spaces = {
+        "PCA": P,
+        "whitened PCA": {s: P[s] * var**-0.25 for s in SPLITS},
+        "default decoder": base_sets["default decoder"][None],
+    }
+    full = 4 * Z["corpus"].shape[1]
+    for ratio in ratios:
+        nbytes = int(full / ratio)
+        opq_sym, opq_asym, rabitq, binary, int8 = [], [], [], [], []
+        for base, H in spaces.items():
+            f32 = {s: np.ascontiguousarray(H[s], dtype=np.float32) for s in SPLITS}
+            for d in (4 * nbytes, 6 * nbytes):  # 4 or 6 dims per sub-quantizer
+                opq = faiss.OPQMatrix(d, nbytes)
+                opq.niter = 8  # as in quality.py: minutes on 2 cores
+                opq.train(f32["train"][:, :d])
+                R = {s: opq.apply_py(np.ascontiguousarray(f32[s][:, :d])) for s in SPLITS}
+                pq = faiss.ProductQuantizer(d, nbytes, 8)
+                pq.train(R["train"])
+                rec_c = pq.decode(pq.compute_codes(R["corpus"]))
+                rec_q = pq.decode(pq.compute_codes(R["queries"]))
+                params = {"base": base, "width": d}
+                opq_sym.append((params, lambda s, q=rec_q, c=rec_c: b.ndcg(s, q, c)))
+                opq_asym.append(
+                    (params, lambda s, q=R["queries"], c=rec_c: b.ndcg(s, q, c))
+                )
+            for bits in (1, 2):
+                d = max(
+                    d
+                    for d in range(16, H["train"].shape[1] + 1, 16)
+                    if faiss.IndexRaBitQ(d, faiss.METRIC_INNER_PRODUCT, bits).code_size
+                    <= nbytes
+                )
+                index = faiss.IndexRaBitQ(d, faiss.METRIC_INNER_PRODUCT, bits)
+                index.train(np.ascontiguousarray(f32["train"][:, :d]))
+                index.add(np.ascontiguousarray(f32["corpus"][:, :d]))
+
+                def fn(s, index=index, d=d, Q=f32["queries"]):
+                    q = np.ascontiguousarray(Q[b.rows[s], :d])
+                    return b.ndcg_topk(s, *index.search(q, 10))
+
+                rabitq.append(({"base": base, "width": d, "bits": bits}, fn))
+            w = 8 * nbytes
+            if w <= H["train"].shape[1]:
+                enc = {s: quantize_embeddings(H[s][:, :w], "ubinary") for s in SPLITS}
+                binary.append(
+                    ({"base": base, "width": w},
+                     lambda s, e=enc: b.ndcg(
+                         s, e["queries"], e["corpus"], metric="hamming"
+                     ))
+                )  # fmt: skip
+            enc = {
+                s: quantize_embeddings(
+                    H[s][:, :nbytes], "int8", calibration_embeddings=H["train"][:, :nbytes]
+                ).astype(np.float32)
+                for s in ("corpus", "queries")
+            }
+            int8.append(
+                ({"base": base, "width": nbytes},
+                 lambda s, e=enc: b.ndcg(s, e["queries"], e["corpus"]))
+            )  # fmt: skip
+        for method, mode, cands in (
+            ("faiss OPQ", "sym", opq_sym),
+            ("faiss OPQ", "asym", opq_asym),
+            ("faiss RaBitQ", "asym", rabitq),
+            ("sentence-transformers binary", "sym", binary),
+            ("sentence-transformers int8", "sym", int8),
+        ):
+            if cands:
+                b.tune(
+                    "compress",
+                    system,
+                    f"{method} {ratio}x",
+                    mode,
+                    nbytes,
+                    cands,
+                    ratio=ratio,
+                )
 
 
 def robustness_section(b, concats):
@@ -683,8 +840,21 @@ def speed_section(n_texts=200):
     return out
 
 
+def paired_ci(a, c, stat, n_boot=2000, seed=0):
+    """95% paired-bootstrap interval of ``stat(mean a, mean c)`` over the test queries."""
+    idx = np.random.default_rng(seed).integers(0, len(a), size=(n_boot, len(a)))
+    vals = stat(a[idx].mean(axis=1), c[idx].mean(axis=1))
+    return [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))]
+
+
 def targets(b, pair_label, own):
-    """Issue 10's targets for the best pair, on test with settings chosen on dev."""
+    """Issue 10's targets for the best pair, on test with settings chosen on dev.
+
+    With 95% paired-bootstrap intervals (resampling the 1,000 test queries) of the
+    decoder's lead over the better PCA and of its recovery of the float32 score.
+    """
+    pq = b.per_query
+    full = pq[(pair_label, "float32 concatenation", "float")]
     rows = [
         r for r in b.results if r["section"] == "compress" and r["system"] == pair_label
     ]
@@ -704,13 +874,17 @@ def targets(b, pair_label, own):
             }
             if None in got.values():
                 continue
-            dec = got["default decoder"]["ndcg_test"]
-            pca = max(got["PCA"]["ndcg_test"], got["whitened PCA"]["ndcg_test"])
+            dec = got["default decoder"]
+            pca = max(got["PCA"], got["whitened PCA"], key=lambda r: r["ndcg_test"])
+            dec_q = pq[(pair_label, dec["method"], mode)]
+            pca_q = pq[(pair_label, pca["method"], mode)]
             out[f"{ratio}x {mode}"] = {
-                "decoder": dec,
-                "better_pca": pca,
-                "decoder_ge_pca": dec >= pca,
-                "recovery": dec / own["test"],
+                "decoder": dec["ndcg_test"],
+                "better_pca": pca["ndcg_test"],
+                "decoder_ge_pca": dec["ndcg_test"] >= pca["ndcg_test"],
+                "lead_ci": paired_ci(dec_q, pca_q, np.subtract),
+                "recovery": dec["ndcg_test"] / own["test"],
+                "recovery_ci": paired_ci(dec_q, full, np.divide),
             }
     for mode, need in (("sym", 0.99), ("asym", 0.995)):
         key = f"48x {mode}"
@@ -727,7 +901,16 @@ def _num(x, fmt=".3f"):
 def _fmt_row(r, ref):
     extra = {
         k: r[k]
-        for k in ("width", "bits", "beta", "whiten", "center")
+        for k in (
+            "base",
+            "width",
+            "bits",
+            "bit_budget",
+            "spread",
+            "beta",
+            "whiten",
+            "center",
+        )
         if k in r and r[k] is not None
     }
     params = ", ".join(
@@ -801,19 +984,22 @@ def markdown(out):
     if out.get("targets"):
         lines += ["", "## Issue 10 targets (best pair, test)", ""]
         lines += [
-            "| stop | decoder | better of PCA / whitened PCA | decoder >= | recovery "
-            "| target |"
+            "| stop | decoder | better of PCA / whitened PCA | decoder >= | decoder lead, "
+            "95% CI | recovery | recovery, 95% CI | target |"
         ]
-        lines += ["|---|---:|---:|---|---:|---|"]
+        lines += ["|---|---:|---:|---|---:|---:|---:|---|"]
         for k, t in out["targets"].items():
             tgt = (
                 f"{t['target_recovery']:.1%}: {'met' if t['meets_recovery'] else 'NOT met'}"
                 if "target_recovery" in t
                 else ""
             )
+            lo, hi = t["lead_ci"]
+            rlo, rhi = t["recovery_ci"]
             lines.append(
                 f"| {k} | {t['decoder']:.3f} | {t['better_pca']:.3f} | "
-                f"{'yes' if t['decoder_ge_pca'] else 'no'} | {t['recovery']:.1%} | {tgt} |"
+                f"{'yes' if t['decoder_ge_pca'] else 'no'} | {lo:+.3f} to {hi:+.3f} | "
+                f"{t['recovery']:.1%} | {rlo:.1%} to {rhi:.1%} | {tgt} |"
             )
     if out.get("robustness"):
         lines += [
@@ -997,9 +1183,10 @@ def main(argv=None):
         Z = {s: concat(mem, ns, w, s) for s in SPLITS}
         n_train[system] = len(Z["train"])
         key = "-".join(ns) + "-" + "_".join(f"{x:g}" for x in w) + f"-n{len(Z['train'])}"
-        own[system] = compression_section(
-            b, system, Z, bases(key, Z, investigate=system == pair)
-        )
+        base_sets = bases(key, Z, investigate=system == pair)
+        own[system] = compression_section(b, system, Z, base_sets)
+        if system == pair:
+            external_section(b, system, Z, base_sets)
     rob_sets = {k: v for k, v in small.items() if set(v["names"]) >= set(names)}
     out = {
         "n_corpus": data["n_corpus"],

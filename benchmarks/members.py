@@ -16,7 +16,8 @@ computes. Weights are chosen by ``GridSearchCV`` over a real ``ConcatEmbedder``'
 objects) scored by ``RetrievalScorer`` on dev, first member 1, the others in
 ``WEIGHT_GRID`` (pairs) or ``WEIGHT_GRID_COARSE``. The label-free choice (issue 10,
 section 3) runs the same search scored by :class:`skfusion.scoring.PseudoQueryScorer` on
-train passages (first sentence -> rest of the passage), no labels.
+train passages (first sentence -> rest of the passage), no labels: the pairs alone, and
+the pairs searched among the corpus's (unlabelled) documents (``distractors``).
 
 Compression, of the best pair of small members (chosen on dev; the issue's targets),
 the best triple, all four small members and all-mpnet-base-v2 alone: PCA, whitened
@@ -390,7 +391,13 @@ def concat_section(b):
     all_names = sorted({m for c in sets for m in c})
     pq_names = [m for m in all_names if "pq_queries" in mem[m] and "pq_docs" in mem[m]]
     n_pairs = min(len(mem[m][s]) for m in pq_names for s in ("pq_queries", "pq_docs"))
-    pq_scorer = PseudoQueryScorer(max_passages=n_pairs)
+    pq_scorers = {
+        "label_free": PseudoQueryScorer(max_passages=n_pairs),
+        # The same pairs searched among the corpus's 10,000 (unlabelled) documents.
+        "label_free_corpus": PseudoQueryScorer(
+            max_passages=n_pairs, distractors=b.d["corpus_texts"]
+        ),
+    }
     out = {}
     for names in sets:
         label = " + ".join(SHORT[m] for m in names)
@@ -400,10 +407,11 @@ def concat_section(b):
         w_dev, _ = grid_search_weights(stored, names, dev_scorer, ["dimension probe"])
         entry = {"names": names, "uniform": uni, "dev": list(w_dev)}
         if all(m in pq_names for m in names):
-            w_lf, _ = grid_search_weights(stored, names, pq_scorer, b.d["pq_passages"])
-            entry["label_free"] = list(w_lf)
+            for how, scorer in pq_scorers.items():
+                w_lf, _ = grid_search_weights(stored, names, scorer, b.d["pq_passages"])
+                entry[how] = list(w_lf)
         entry["grid_search_seconds"] = time.perf_counter() - t
-        for how in ("uniform", "dev", "label_free"):
+        for how in ("uniform", "dev", *pq_scorers):
             if how not in entry:
                 continue
             w = entry[how]
@@ -778,15 +786,16 @@ def robustness_section(b, concats):
     return out
 
 
-def label_free_summary(concats):
+def label_free_summary(concats, how="label_free"):
+    """Label-free weights (``how``: pairs alone, or among the corpus) vs dev-tuned."""
     out = {}
     for label, e in concats.items():
-        if "label_free_row" not in e:
+        if f"{how}_row" not in e:
             continue
-        dev, lf, uni = e["dev_row"], e["label_free_row"], e["uniform_row"]
+        dev, lf, uni = e["dev_row"], e[f"{how}_row"], e["uniform_row"]
         out[label] = {
             "dev_weights": e["dev"],
-            "label_free_weights": e["label_free"],
+            "label_free_weights": e[how],
             "test_dev_weights": dev["ndcg_test"],
             "test_label_free_weights": lf["ndcg_test"],
             "test_uniform": uni["ndcg_test"],
@@ -1020,16 +1029,22 @@ def markdown(out):
                 f"{r['LSH 1024 centred']['recovery']:.1%} | "
                 f"{r['2-bit codes asym centred']['recovery']:.1%} | {r['bytes_2bit']:g} |"
             )
-    if out.get("label_free"):
+    for key, title in (
+        ("label_free", "pseudo-query pairs alone"),
+        ("label_free_corpus", "pairs searched among the corpus's documents"),
+    ):
+        if not out.get(key):
+            continue
         lines += [
             "",
-            "## Label-free weights (`PseudoQueryScorer`) vs dev-tuned weights, test",
+            f"## Label-free weights (`PseudoQueryScorer`, {title}) vs dev-tuned weights, "
+            "test",
             "",
             "| concatenation | dev weights | label-free weights | uniform | dev-tuned | "
             "label-free | gap closed |",
             "|---|---|---|---:|---:|---:|---:|",
         ]
-        for label, r in out["label_free"].items():
+        for label, r in out[key].items():
             gap = "" if r["gap_closed"] is None else f"{r['gap_closed']:.0%}"
             lines.append(
                 f"| {label} | {' / '.join(f'{x:g}' for x in r['dev_weights'])} | "
@@ -1198,6 +1213,7 @@ def main(argv=None):
         "own_float": own,
         "targets": targets(b, pair, own[pair]),
         "label_free": label_free_summary(concats),
+        "label_free_corpus": label_free_summary(concats, "label_free_corpus"),
     }
     out["robustness"] = robustness_section(b, rob_sets)
     out["answers"] = answers(out)

@@ -267,6 +267,16 @@ class PseudoQueryScorer:
     max_passages : int, default=2000
         Use at most this many pairs (the first ones), which bounds the cost of the
         exact search.
+    distractors : sequence of str or None, default=None
+        Unlabelled documents searched alongside the pseudo-documents, none of them
+        relevant; typically the corpus the pipeline will search. A few hundred
+        pseudo-documents alone make an easy task that rewards whatever member ranks a
+        passage's own rest first; among the real corpus's documents the task rewards
+        what real retrieval needs, telling near neighbours apart. Texts equal to a
+        pair's passage, pseudo-query or pseudo-document are left out (so the scored
+        passages may be drawn from the corpus itself). Encoded through the
+        estimator with the document prompt on every call: give the
+        :class:`~skfusion.ConcatEmbedder` a ``cache_dir``.
     **search_params
         Passed to :func:`skfusion.search.search` (e.g. ``metric="asymmetric"``).
 
@@ -307,7 +317,13 @@ class PseudoQueryScorer:
     """
 
     def __init__(
-        self, metric="ndcg@10", *, min_words=5, max_passages=2000, **search_params
+        self,
+        metric="ndcg@10",
+        *,
+        min_words=5,
+        max_passages=2000,
+        distractors=None,
+        **search_params,
     ):
         from .metrics import evaluate
 
@@ -325,9 +341,25 @@ class PseudoQueryScorer:
                 or value < low
             ):
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
+        if distractors is not None:
+            if isinstance(distractors, str) or not hasattr(distractors, "__len__"):
+                raise TypeError(
+                    "distractors must be a sequence of str (documents, e.g. the corpus) "
+                    f"or None; got {type(distractors).__name__}."
+                )
+            distractors = list(distractors)
+            bad = next(
+                (i for i, t in enumerate(distractors) if not isinstance(t, str)), None
+            )
+            if bad is not None:
+                raise TypeError(
+                    f"distractors must hold str; item {bad} is "
+                    f"{type(distractors[bad]).__name__}."
+                )
         self.metric = metric
         self.min_words = int(min_words)
         self.max_passages = int(max_passages)
+        self.distractors = distractors
         self.search_params = search_params
 
     def make_pairs(self, X):
@@ -342,14 +374,15 @@ class PseudoQueryScorer:
         -------
         pairs : RetrievalDataset
             Query ``"q<i>"`` is the first sentence of passage ``i`` and its only
-            relevant document is ``"d<i>"``, the rest of that passage.
+            relevant document is ``"d<i>"``, the rest of that passage. Distractor
+            ``j`` follows as document ``"x<j>"``, judged for no query.
         """
         from pathlib import Path
 
         from .datasets import RetrievalDataset
 
         texts = _as_texts(X, "PseudoQueryScorer")
-        ids, queries, docs, seen = [], [], [], set()
+        ids, queries, docs, seen, whole = [], [], [], set(), set()
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(
@@ -363,14 +396,22 @@ class PseudoQueryScorer:
             if head in seen or rest in seen:
                 continue
             seen.update((head, rest))
+            whole.add(text.strip())
             ids.append(str(i))
             queries.append(head)
             docs.append(rest)
             if len(ids) == self.max_passages:
                 break
+        # A scored passage that is also a distractor would outrank its own rest.
+        taken = seen | whole
+        extra = [
+            (f"x{j}", t)
+            for j, t in enumerate(self.distractors or ())
+            if t.strip() not in taken
+        ]
         return RetrievalDataset(
-            corpus_ids=[f"d{i}" for i in ids],
-            corpus_texts=docs,
+            corpus_ids=[f"d{i}" for i in ids] + [j for j, _ in extra],
+            corpus_texts=docs + [t for _, t in extra],
             query_ids=[f"q{i}" for i in ids],
             query_texts=queries,
             qrels={f"q{i}": {f"d{i}": 1} for i in ids},
@@ -391,7 +432,12 @@ class PseudoQueryScorer:
         return RetrievalScorer(pairs, self.metric, **self.search_params)(estimator)
 
     def __repr__(self):
+        extra = (
+            ""
+            if self.distractors is None
+            else f", distractors=<{len(self.distractors)} texts>"
+        )
         return (
             f"PseudoQueryScorer(metric={self.metric!r}, min_words={self.min_words}, "
-            f"max_passages={self.max_passages})"
+            f"max_passages={self.max_passages}{extra})"
         )

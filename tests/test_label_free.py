@@ -103,6 +103,37 @@ def test_grid_search_over_member_weights_without_labels(passages):
     assert search.best_params_["weights"] not in ([1.0, 0.25], [1.0, 8.0])
 
 
+def test_distractors_join_the_searched_documents_unjudged():
+    passages = [
+        "Vim is a text editor. It is upward compatible with vi. It has many features.",
+        "Curl gets URLs? It speaks HTTP, FTP and more protocols than you need.",
+    ]
+    distractors = [
+        "Emacs is an extensible editor with a Lisp interpreter inside.",
+        passages[1],  # a scored passage that is also in the corpus
+        "It is upward compatible with vi. It has many features.",  # a pair's rest
+        "Vim is a text editor.",  # a pair's pseudo-query
+        "Wget downloads files over HTTP.",
+    ]
+    pairs = PseudoQueryScorer(distractors=distractors).make_pairs(passages)
+    assert pairs.corpus_ids == ["d0", "d1", "x0", "x4"]
+    assert pairs.corpus_texts[2:] == [distractors[0], distractors[4]]
+    assert pairs.query_ids == ["q0", "q1"]
+    assert pairs.qrels == {"q0": {"d0": 1}, "q1": {"d1": 1}}
+
+
+def test_distractors_make_the_task_harder_and_are_scored_like_documents(passages):
+    embed = ConcatEmbedder([("lsa", _lexical())]).fit(passages[:400])
+    held_out, corpus = passages[400:600], load_sample().corpus_texts[:300]
+    scorer = PseudoQueryScorer(metric="mrr@10", distractors=corpus)
+    pairs = scorer.make_pairs(held_out)
+    assert len(pairs.corpus_ids) == len(pairs.query_ids) + len(corpus)
+    score = scorer(embed, held_out)
+    expected = evaluate_retrieval(Pipeline([("e", embed)]), pairs, metrics=("mrr@10",))
+    assert score == expected["mrr@10"]
+    assert score < PseudoQueryScorer(metric="mrr@10")(embed, held_out)
+
+
 def test_scorer_repr_and_pickle():
     scorer = PseudoQueryScorer("recall@100", min_words=3, max_passages=50)
     again = pickle.loads(pickle.dumps(scorer))
@@ -111,6 +142,9 @@ def test_scorer_repr_and_pickle():
         == repr(scorer)
         == ("PseudoQueryScorer(metric='recall@100', min_words=3, max_passages=50)")
     )
+    with_corpus = pickle.loads(pickle.dumps(PseudoQueryScorer(distractors=["a", "b"])))
+    assert with_corpus.distractors == ["a", "b"]
+    assert repr(with_corpus).endswith("max_passages=2000, distractors=<2 texts>)")
 
 
 @pytest.mark.parametrize(
@@ -127,6 +161,19 @@ def test_scorer_repr_and_pickle():
 def test_bad_parameters(kwargs, message):
     with pytest.raises(ValueError, match=message):
         PseudoQueryScorer(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("distractors", "message"),
+    [
+        ("one corpus text", "distractors must be a sequence of str .* got str"),
+        (5, "distractors must be a sequence of str .* got int"),
+        (["a document", None], "distractors must hold str; item 1 is NoneType"),
+    ],
+)
+def test_bad_distractors(distractors, message):
+    with pytest.raises(TypeError, match=message):
+        PseudoQueryScorer(distractors=distractors)
 
 
 def test_bad_passages(passages):

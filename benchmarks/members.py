@@ -41,8 +41,8 @@ every system is then evaluated on the prefix both finished, ``n_corpus`` in the 
     OMP_NUM_THREADS=2 python benchmarks/encode_members.py  # resumable; stop it any time
     python benchmarks/members.py [--corpus N] [--no-speed]
 
-The last step takes about half an hour on 2 cores (decoder fits are cached under
-``benchmarks/.cache/members/fits``).
+The last step takes about 13 minutes on 2 cores, plus about 5 for decoder fits the first
+time (they are cached under ``benchmarks/.cache/members/fits``).
 
 Writes ``benchmarks/results/members.{json,md,png}``.
 """

@@ -20,6 +20,7 @@ import re
 import numpy as np
 from scipy import sparse
 
+from ._text import check_texts
 from .evaluation import bytes_per_vector, code_step, encode, split_pipeline
 from .evaluation import evaluate_retrieval as _evaluate_retrieval
 
@@ -267,7 +268,7 @@ class PseudoQueryScorer:
     max_passages : int, default=2000
         Use at most this many pairs (the first ones), which bounds the cost of the
         exact search.
-    distractors : sequence of str or None, default=None
+    distractors : list, tuple, 1-D array or pandas Series of str, default=None
         Unlabelled documents searched alongside the pseudo-documents, none of them
         relevant; typically the corpus the pipeline will search. A few hundred
         pseudo-documents alone make an easy task that rewards whatever member ranks a
@@ -342,20 +343,7 @@ class PseudoQueryScorer:
             ):
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
         if distractors is not None:
-            if isinstance(distractors, str) or not hasattr(distractors, "__len__"):
-                raise TypeError(
-                    "distractors must be a sequence of str (documents, e.g. the corpus) "
-                    f"or None; got {type(distractors).__name__}."
-                )
-            distractors = list(distractors)
-            bad = next(
-                (i for i, t in enumerate(distractors) if not isinstance(t, str)), None
-            )
-            if bad is not None:
-                raise TypeError(
-                    f"distractors must hold str; item {bad} is "
-                    f"{type(distractors[bad]).__name__}."
-                )
+            distractors = check_texts(distractors, input_name="distractors")
         self.metric = metric
         self.min_words = int(min_words)
         self.max_passages = int(max_passages)

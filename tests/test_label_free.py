@@ -164,15 +164,15 @@ def test_bad_parameters(kwargs, message):
 
 
 @pytest.mark.parametrize(
-    ("distractors", "message"),
+    ("distractors", "error", "message"),
     [
-        ("one corpus text", "distractors must be a sequence of str .* got str"),
-        (5, "distractors must be a sequence of str .* got int"),
-        (["a document", None], "distractors must hold str; item 1 is NoneType"),
+        ("one text", ValueError, "distractors must be a collection of texts, got a single"),
+        (5, TypeError, "distractors must be a list, tuple, .* got int"),
+        (["a document", None], ValueError, r"distractors\[1\] is None"),
     ],
 )
-def test_bad_distractors(distractors, message):
-    with pytest.raises(TypeError, match=message):
+def test_bad_distractors(distractors, error, message):
+    with pytest.raises(error, match=message):
         PseudoQueryScorer(distractors=distractors)
 
 

@@ -1,4 +1,4 @@
-"""Timing and result-writing helpers shared by the speed benchmarks."""
+"""Timing, result-writing and bootstrap helpers shared by the benchmarks."""
 
 import json
 import time
@@ -32,3 +32,16 @@ def write_results(stem, payload, markdown_lines):
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=2))
     (RESULTS / f"{stem}.md").write_text("\n".join(markdown_lines) + "\n")
+
+
+def paired_bootstrap(a, c, stat=np.divide, n_boot=2000, seed=0):
+    """95% paired-bootstrap interval of ``stat(mean a, mean c)`` over the same queries.
+
+    ``a`` and ``c`` are per-query scores of two systems on one query set; resampling
+    the queries together keeps the pairing (``np.divide``: recovery, ``np.subtract``:
+    lead).
+    """
+    a, c = np.asarray(a), np.asarray(c)
+    idx = np.random.default_rng(seed).integers(0, len(c), size=(n_boot, len(c)))
+    vals = stat(a[idx].mean(axis=1), c[idx].mean(axis=1))
+    return float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))

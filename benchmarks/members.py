@@ -62,6 +62,7 @@ from sklearn.decomposition import PCA
 sys.path.insert(0, str(Path(__file__).parent))
 
 import encode_members as em  # noqa: E402
+from _bench import paired_bootstrap  # noqa: E402
 
 from skfusion import (  # noqa: E402
     AllocatedQuantizer,
@@ -849,13 +850,6 @@ def speed_section(n_texts=200):
     return out
 
 
-def paired_ci(a, c, stat, n_boot=2000, seed=0):
-    """95% paired-bootstrap interval of ``stat(mean a, mean c)`` over the test queries."""
-    idx = np.random.default_rng(seed).integers(0, len(a), size=(n_boot, len(a)))
-    vals = stat(a[idx].mean(axis=1), c[idx].mean(axis=1))
-    return [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))]
-
-
 def targets(b, pair_label, own):
     """Issue 10's targets for the best pair, on test with settings chosen on dev.
 
@@ -891,9 +885,9 @@ def targets(b, pair_label, own):
                 "decoder": dec["ndcg_test"],
                 "better_pca": pca["ndcg_test"],
                 "decoder_ge_pca": dec["ndcg_test"] >= pca["ndcg_test"],
-                "lead_ci": paired_ci(dec_q, pca_q, np.subtract),
+                "lead_ci": list(paired_bootstrap(dec_q, pca_q, np.subtract)),
                 "recovery": dec["ndcg_test"] / own["test"],
-                "recovery_ci": paired_ci(dec_q, full, np.divide),
+                "recovery_ci": list(paired_bootstrap(dec_q, full)),
             }
     for mode, need in (("sym", 0.99), ("asym", 0.995)):
         key = f"48x {mode}"

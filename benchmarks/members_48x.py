@@ -37,6 +37,7 @@ from sklearn.decomposition import PCA
 sys.path.insert(0, str(Path(__file__).parent))
 
 import members as mb  # noqa: E402
+from _bench import paired_bootstrap  # noqa: E402
 
 from skfusion import PercentileQuantizer  # noqa: E402
 
@@ -173,7 +174,7 @@ def main():
         label,
         "float32 concatenation",
         "float",
-        3072,
+        4 * Zq["corpus"].shape[1],
         b.both(Zq["queries"], Zq["corpus"]),
     )
     full = b.per_query[(label, "float32 concatenation", "float")]
@@ -194,7 +195,7 @@ def main():
                         "ndcg_dev": r["ndcg_dev"],
                         "ndcg_test": r["ndcg_test"],
                         "recovery": r["ndcg_test"] / own["ndcg_test"],
-                        "recovery_ci": mb.paired_ci(pq, full, np.divide),
+                        "recovery_ci": list(paired_bootstrap(pq, full)),
                         "params": {
                             k: v
                             for k, v in r.items()

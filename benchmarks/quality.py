@@ -48,6 +48,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from _bench import paired_bootstrap  # noqa: E402
 from _features import CACHE, DATA, load_features, load_texts, split_data  # noqa: E402
 
 from skfusion.allocation import AllocatedQuantizer  # noqa: E402
@@ -641,14 +642,11 @@ def _plot(rows, ref, path):
     plt.close(fig)
 
 
-def _bootstrap(per_query, ref_pq, n=2000):
+def _bootstrap(per_query, ref_pq):
     """95% paired bootstrap interval (over test queries) of a row's recovery."""
     if per_query is None:
         return None, None
-    rng = np.random.default_rng(0)
-    idx = rng.integers(0, len(ref_pq), size=(n, len(ref_pq)))
-    ratio = per_query[idx].mean(axis=1) / ref_pq[idx].mean(axis=1)
-    return float(np.percentile(ratio, 2.5)), float(np.percentile(ratio, 97.5))
+    return paired_bootstrap(per_query, ref_pq)
 
 
 def _targets(rows, ref_pq):

@@ -22,7 +22,8 @@ interval of that recovery over the 1,000 test queries.
     python benchmarks/encode_members.py 12000 minilm,e5   # the extra train passages
     python benchmarks/members_48x.py
 
-Writes ``benchmarks/results/members_48x.{json,md}`` (about 10 minutes on 2 cores).
+Writes ``benchmarks/results/members_48x.{json,md}`` (about 2 minutes on 2 cores once the
+decoder fits are cached, about a minute more for each new fit).
 """
 
 import json

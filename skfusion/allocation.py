@@ -66,7 +66,7 @@ def allocate_bits(variances, bit_budget, *, max_bits=3, allocation_power=1.0):
     -------
     bits : ndarray of shape (n_features,), dtype int64
         Sums to ``bit_budget``; non-increasing in the variance. Equal gains go to the
-        lower dimension index.
+        dimension with the larger variance, then to the lower index.
 
     Examples
     --------
@@ -89,8 +89,10 @@ def allocate_bits(variances, bit_budget, *, max_bits=3, allocation_power=1.0):
     if not np.isfinite(allocation_power):
         raise ValueError(f"allocation_power must be finite, got {allocation_power!r}.")
     gains = np.power(var, allocation_power)[:, None] * 4.0 ** -np.arange(max_bits)
-    # Stable order on (-gain) with dimension-major ties: lower index first.
-    top = np.argsort(-gains, axis=None, kind="stable")[: int(bit_budget)]
+    # Order on (-gain), equal gains to the larger variance, then to the lower index
+    # (lexsort is stable over the dimension-major order). The variance key keeps the
+    # allocation monotone where tiny variances' gains underflow to equal zeros.
+    top = np.lexsort((np.repeat(-var, max_bits), -gains.ravel()))[: int(bit_budget)]
     return np.bincount(top // max_bits, minlength=var.size).astype(np.int64)
 
 

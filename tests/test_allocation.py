@@ -64,6 +64,15 @@ def test_allocation_spends_the_budget_and_follows_variance(var, max_bits, data):
     assert (np.diff(bits[order]) <= 0).all()
 
 
+def test_allocation_follows_variance_where_gains_underflow():
+    # 5e-324 (the smallest float) times 4**-1 rounds to 0, the gain of a zero variance:
+    # the tie must still go to the larger variance, not to the lower index.
+    np.testing.assert_array_equal(allocate_bits([0.0, 5e-324], 3, max_bits=2), [1, 2])
+    np.testing.assert_array_equal(
+        allocate_bits([0.0, 5e-324, 1.0], 4, max_bits=2), [0, 2, 2]
+    )
+
+
 def test_codes_are_percentile_codes_of_each_width():
     X = _data()
     q = AllocatedQuantizer(bit_budget=12, max_bits=3).fit(X)

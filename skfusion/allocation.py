@@ -112,8 +112,13 @@ class AllocatedQuantizer(BaseQuantizer):
 
     Parameters
     ----------
-    bit_budget : int, default=341
-        Bits per vector (341 bits = 42.6 bytes, 96x smaller than 1,024 float32).
+    bit_budget : int or None, default=None
+        Bits per vector, at most ``max_bits`` times the coded features (341 bits =
+        42.6 bytes, 96x smaller than 1,024 float32). ``None`` spends two bits per coded
+        feature on average, ``min(2, max_bits) * n_coded`` where ``n_coded`` is
+        ``min(n_features_in_, max_features)``: the bytes of
+        :class:`~skfusion.quantize.PercentileQuantizer` ``(bits=2)``, whatever the
+        input width. A budget no input width can hold is an error, not clipped.
     max_bits : int, default=3
         Most bits one dimension gets, 1..8.
     allocation_power : float, default=1.0
@@ -147,7 +152,7 @@ class AllocatedQuantizer(BaseQuantizer):
     bits_ : ndarray of shape (n_features_in_,), dtype int64
         Bits of every dimension (0 to ``max_bits``), summing to ``n_bits_``.
     n_bits_ : int
-        Bits per vector, ``bit_budget``.
+        Bits per vector: ``bit_budget``, or the ``None`` rule's resolved budget.
     bytes_per_vector_ : int
         Bytes of one packed row, ``ceil(n_bits_ / 8)``.
     thresholds_ : ndarray of shape (n_features_in_, 2**max_bits - 1), dtype float64
@@ -198,7 +203,7 @@ class AllocatedQuantizer(BaseQuantizer):
     """
 
     _parameter_constraints = {
-        "bit_budget": [Interval(Integral, 1, None, closed="left")],
+        "bit_budget": [Interval(Integral, 1, None, closed="left"), None],
         "max_bits": [Interval(Integral, 1, 8, closed="both")],
         "allocation_power": [Interval(Real, 0, None, closed="neither")],
         "buckets": [StrOptions({"equal", "gaussian"})],
@@ -211,7 +216,7 @@ class AllocatedQuantizer(BaseQuantizer):
 
     def __init__(
         self,
-        bit_budget=341,
+        bit_budget=None,
         *,
         max_bits=3,
         allocation_power=1.0,
@@ -255,7 +260,11 @@ class AllocatedQuantizer(BaseQuantizer):
         d = X64.shape[1]
         d_coded = d if self.max_features is None else min(d, self.max_features)
         capacity = d_coded * self.max_bits
-        if self.bit_budget > capacity:
+        # A scale-free default: the same two bits a feature whatever the input width.
+        budget = (
+            min(2, self.max_bits) * d_coded if self.bit_budget is None else self.bit_budget
+        )
+        if budget > capacity:
             raise ValueError(
                 f"bit_budget={self.bit_budget} exceeds the coded features times max_bits "
                 f"= {capacity} (n_features={d}, max_features={self.max_features}, "
@@ -266,7 +275,7 @@ class AllocatedQuantizer(BaseQuantizer):
         bits = np.zeros(d, dtype=np.int64)
         bits[:d_coded] = allocate_bits(
             std[:d_coded] ** 2,
-            int(self.bit_budget),
+            int(budget),
             max_bits=int(self.max_bits),
             allocation_power=float(self.allocation_power),
         )

@@ -347,7 +347,7 @@ def _search(args):
 def _demo(args):
     from .demo import run_demo
 
-    run_demo(cache_dir=args.cache_dir, quiet=args.quiet)
+    run_demo(cache_dir=args.cache_dir, quiet=args.quiet, readme=args.update_readme)
     return 0
 
 
@@ -469,6 +469,12 @@ def build_parser():
 
     demo = add("demo", _demo, "the main job on the bundled sample and the offline MiniLM")
     demo.add_argument("--cache-dir", default=None, help="embedding cache folder")
+    demo.add_argument(
+        "--update-readme",
+        metavar="README",
+        help="also write this run's table into README's demo block (between its "
+        "demo:begin and demo:end lines)",
+    )
     web = add("export-web", _export_web, "a static search page running MODEL in a browser")
     web.add_argument("model", help=".skops file from `skfusion fit`")
     web.add_argument("outdir", help="folder to write (index.html, ONNX models, codes)")

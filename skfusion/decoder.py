@@ -19,6 +19,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from ._compat import Interval, StrOptions, _fit_context, validate_data
+from ._progress import progress_bar
 
 __all__ = ["MatryoshkaDecoder"]
 
@@ -436,6 +437,7 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         device=None,
         random_state=None,
         verbose=False,
+        show_progress_bar=None,
     ):
         self.n_components = n_components
         self.stops = stops
@@ -458,6 +460,7 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
+        self.show_progress_bar = show_progress_bar
 
     # ------------------------------------------------------------------ checks
     def _check_stops(self):
@@ -674,29 +677,33 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         """Epochs of ``fit`` with early stopping on the held-out rows."""
         val_batches = None if val_idx is None else _batches(val_idx, self.batch_size)
         best, best_state, stale = np.inf, None, 0
-        for epoch in range(self.max_epochs):
-            start = time.perf_counter()
-            batches = _batches(rng.permutation(train_idx), self.batch_size)
-            self.loss_curve_.append(trainer.run_epoch(rows.batches(batches)))
-            self.n_iter_ = epoch + 1
-            msg = f"Epoch {epoch + 1}/{self.max_epochs}: loss={self.loss_curve_[-1]:.6g}"
-            if val_batches is not None:
-                val = trainer.run_epoch(rows.batches(val_batches), train=False)
-                self.validation_loss_curve_.append(val)
-                msg += f", validation loss={val:.6g}"
-                if val < best - self.tol:
-                    stale = 0
-                else:
-                    stale += 1
-                if val < best:
-                    best = val
-                    best_state = trainer.snapshot()
-            if self.verbose:
-                print(f"{msg} ({time.perf_counter() - start:.1f}s)", flush=True)
-            if val_batches is not None and stale >= self.n_iter_no_change:
+        show = self.show_progress_bar
+        with progress_bar(self.max_epochs, show, "MatryoshkaDecoder", "epoch") as bar:
+            for epoch in range(self.max_epochs):
+                start = time.perf_counter()
+                batches = _batches(rng.permutation(train_idx), self.batch_size)
+                self.loss_curve_.append(trainer.run_epoch(rows.batches(batches)))
+                self.n_iter_ = epoch + 1
+                loss = self.loss_curve_[-1]
+                msg = f"Epoch {epoch + 1}/{self.max_epochs}: loss={loss:.6g}"
+                if val_batches is not None:
+                    val = trainer.run_epoch(rows.batches(val_batches), train=False)
+                    self.validation_loss_curve_.append(val)
+                    msg += f", validation loss={val:.6g}"
+                    if val < best - self.tol:
+                        stale = 0
+                    else:
+                        stale += 1
+                    if val < best:
+                        best = val
+                        best_state = trainer.snapshot()
+                bar.update()
                 if self.verbose:
-                    print(f"Early stopping after epoch {epoch + 1}.", flush=True)
-                break
+                    print(f"{msg} ({time.perf_counter() - start:.1f}s)", flush=True)
+                if val_batches is not None and stale >= self.n_iter_no_change:
+                    if self.verbose:
+                        print(f"Early stopping after epoch {epoch + 1}.", flush=True)
+                    break
         if best_state is not None:
             trainer.restore(best_state)
             self.best_validation_loss_ = float(best)

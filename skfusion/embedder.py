@@ -35,6 +35,7 @@ from skfusion._compat import (
     _fit_context,
     _wrap_data_with_container,
 )
+from skfusion._progress import progress_bar
 from skfusion._text import check_texts, check_unicode
 from skfusion.members import EncodeSettings, as_member
 
@@ -169,9 +170,10 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         Directory of an on-disk embedding cache (created if missing). ``None``
         disables caching.
     show_progress_bar : bool, default=None
-        Show a tqdm bar over the batches still to encode. ``None`` shows it when the
-        ``skfusion`` logger is at level INFO or more verbose (the rule
-        sentence-transformers uses); ``False`` silences it.
+        Show a tqdm bar (on stderr) over the batches still to encode. ``None`` shows
+        it once the encoding has run for two seconds, so long work shows progress and
+        short calls (a query, a warm cache) stay silent; ``True`` shows it at once;
+        ``False`` silences it.
 
     Attributes
     ----------
@@ -660,17 +662,7 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         return None
 
     def _progress(self, total):
-        show = self.show_progress_bar
-        if show is None:
-            show = logging.getLogger("skfusion").getEffectiveLevel() <= logging.INFO
-        from tqdm.auto import tqdm
-
-        return tqdm(
-            total=total,
-            disable=not show or total == 0,
-            desc="ConcatEmbedder",
-            unit="batch",
-        )
+        return progress_bar(total, self.show_progress_bar, "ConcatEmbedder", "batch")
 
     # -- scikit-learn API ----------------------------------------------------------
 

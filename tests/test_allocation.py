@@ -284,3 +284,20 @@ def test_extreme_spread_gives_finite_code_values_and_scores(spread):
     for queries in (X[:5], q.transform(X[:5])):
         s, _ = search(queries, q.transform(X), 5, quantizer=q)
         assert np.isfinite(s).all()
+
+
+@pytest.mark.parametrize("d", [1, 3, 8, 64])
+@pytest.mark.parametrize("max_bits", [1, 2, 3])
+def test_default_budget_is_two_bits_a_feature_at_any_width(d, max_bits):
+    X = _data(d=d)
+    q = AllocatedQuantizer(max_bits=max_bits).fit(X)
+    assert q.n_bits_ == min(2, max_bits) * d
+    if max_bits >= 2:  # the bytes of PercentileQuantizer(bits=2) on the same input
+        assert q.bytes_per_vector_ == PercentileQuantizer(bits=2).fit(X).bytes_per_vector_
+    # max_features caps the coded columns, and so the default budget with them.
+    assert AllocatedQuantizer(max_features=1).fit(X).n_bits_ == 2
+
+
+def test_an_explicit_budget_too_large_for_the_input_is_an_error_not_a_clip():
+    with pytest.raises(ValueError, match="bit_budget=100 exceeds"):
+        AllocatedQuantizer(bit_budget=100).fit(_data(d=8))

@@ -419,3 +419,13 @@ def test_width_mismatch_and_not_fitted():
         dec.transform(_unit_rows(5, 7))
     with pytest.raises(ValueError, match="7 features"):
         dec.partial_fit(_unit_rows(5, 7))
+
+
+@pytest.mark.parametrize(("show", "shown"), [(True, True), (False, False), (None, False)])
+def test_fit_shows_progress_over_epochs(show, shown, capsys):
+    X = np.random.default_rng(0).standard_normal((200, 12)).astype(np.float32)
+    MatryoshkaDecoder(4, max_epochs=2, random_state=0, show_progress_bar=show).fit(X)
+    out, err = capsys.readouterr()
+    assert out == ""
+    # None: a fit this short (well under two seconds) stays silent.
+    assert ("MatryoshkaDecoder" in err) is shown, err

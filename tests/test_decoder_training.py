@@ -3,7 +3,15 @@
 ``tests/data/decoder_training_reference.npz`` holds the inputs and the outputs of the
 cases below computed by the decoder of commit 766fd41, before its training code moved
 to ``skfusion/_training.py``; on that machine the refactored code reproduces them
-bitwise. The tolerance below only absorbs float differences between CPUs.
+bitwise. The tolerances below only absorb float differences between CPUs.
+
+How they were chosen (CONVENTIONS, "Tests"): rerunning these cases with torch's kernels
+forced to each instruction set (``ATEN_CPU_CAPABILITY=default``, ``avx2``, ``avx512``)
+and with 1 or 2 threads moved the weights by at most 6e-8 (absolute) and the loss
+curves by at most 3.3e-7 (relative); another CPU missed the former rtol of 1e-6 on a
+loss curve by 1.1e-6. The tolerances sit 30-300x above those (weights ``atol=1e-5``,
+losses ``rtol=1e-4``), while a real change of the training moves them far more: a seed
+one higher moves the loss curves by 10% or more and the weights by 0.01 or more.
 """
 
 import subprocess
@@ -61,11 +69,11 @@ def test_training_reproduces_the_outputs_from_before_the_refactor(name):
     dec = _run(name, ref["X"])
     for attr in ("components", "bias", "explained_variance"):
         np.testing.assert_allclose(
-            getattr(dec, attr + "_"), ref[f"{name}_{attr}"], rtol=1e-5, atol=1e-6
+            getattr(dec, attr + "_"), ref[f"{name}_{attr}"], rtol=1e-4, atol=1e-5
         )
-    np.testing.assert_allclose(dec.loss_curve_, ref[f"{name}_loss_curve"], rtol=1e-6)
+    np.testing.assert_allclose(dec.loss_curve_, ref[f"{name}_loss_curve"], rtol=1e-4)
     np.testing.assert_allclose(
-        dec.validation_loss_curve_ or [], ref[f"{name}_validation_loss_curve"], rtol=1e-6
+        dec.validation_loss_curve_ or [], ref[f"{name}_validation_loss_curve"], rtol=1e-4
     )
 
 

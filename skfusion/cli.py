@@ -358,7 +358,9 @@ def _export_web(args):
     ids, texts = _read_texts(args.corpus, "--corpus")
     if not texts:
         raise CLIError(f"--corpus: {args.corpus} holds no texts.")
-    export_web(model, args.outdir, texts, ids=ids, node_modules=args.node_modules)
+    export_web(
+        model, args.outdir, texts, ids=ids, node_modules=args.node_modules, force=args.force
+    )
     print(f"wrote {args.outdir}; serve it with: python -m http.server -d {args.outdir}")
     return 0
 
@@ -484,7 +486,13 @@ def build_parser():
         help="npm folder with onnxruntime-web and @huggingface/transformers "
         "(default: $SKFUSION_NODE_MODULES, then ./node_modules)",
     )
-    web.set_defaults(trust_pickle=False)
+    web.add_argument("--trust-pickle", action="store_true", help=_TRUST_PICKLE_HELP)
+    web.add_argument(
+        "--force",
+        action="store_true",
+        help="write into a non-empty folder that is no earlier export, replacing its "
+        "files of the same names (index.html, skfusion.json, ...)",
+    )
     return parser
 
 

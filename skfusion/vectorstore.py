@@ -9,6 +9,11 @@ inner product) so the two can be compared row for row. Exact (flat) search is th
 default; an ANN index built on the table with LanceDB's own ``create_index`` is used
 with ``exact=False``.
 
+Codes of a fitted code transformer are written with ``quantizer=``: bits (LSH, 1-bit
+codes) are packed and searched by Hamming distance; multi-bit codes are stored as their
+``code_vectors`` (float32), whose inner product is the codes' own similarity, since the
+Hamming distance of their bits is not.
+
 LanceDB is an optional dependency: ``pip install lancedb``.
 """
 
@@ -16,12 +21,24 @@ import os
 from numbers import Integral
 
 import numpy as np
+from sklearn.utils.validation import check_is_fitted
 
 from ._compat import HasMethods, Interval, StrOptions, validate_params
+from .codes import BaseCodeTransformer
 
 __all__ = ["search_lancedb", "write_lancedb"]
 
 _STORE_METRIC = {"hamming": "hamming", "cosine": "cosine", "ip": "dot"}
+# uint8 rows whose every value is at most this, with at least _CODES_MIN_VALUES values,
+# are unpacked codes (of at most 4 bits), not packed bits: 64 packed bytes with all
+# their leading 4 bits zero do not come out of LSH or 1-bit codes.
+_CODES_MAX_VALUE = 15
+_CODES_MIN_VALUES = 64
+_CODES_FIX = (
+    "pass quantizer=<the fitted estimator that made them>: bits (RandomProjectionLSH, "
+    "1-bit codes) are then packed and searched by Hamming distance, multi-bit codes "
+    "stored as quantizer.code_vectors(codes) and searched by their own similarity"
+)
 
 
 def _lancedb():
@@ -32,20 +49,70 @@ def _lancedb():
     return lancedb
 
 
+def _is_codes(X, quantizer):
+    return quantizer is not None and (np.issubdtype(X.dtype, np.integer) or X.dtype == bool)
+
+
+def _from_codes(X, quantizer):
+    """Codes of ``quantizer`` (packed or not) as what the table stores: packed bits
+    when Hamming is their similarity, else float32 code vectors (inner product)."""
+    X = np.asarray(X)
+    if not _is_codes(X, quantizer):
+        return X
+    check_is_fitted(quantizer)
+    if "hamming" in quantizer.code_metrics:
+        return quantizer.to_packed(X)
+    return quantizer.code_vectors(X)
+
+
 def _rows(name, X):
     X = np.asarray(X)
     if X.ndim != 2 or X.shape[0] == 0:
         raise ValueError(f"{name} must be a non-empty 2-D array, got shape {X.shape}.")
     if X.dtype == np.uint8:
+        if X.size >= _CODES_MIN_VALUES and X.max() <= _CODES_MAX_VALUE:
+            raise ValueError(
+                f"{name} look like unpacked codes, not packed bits: every value is in "
+                f"0..{X.max()}, and Hamming search would compare the bits of the code "
+                f"numbers, which is not the codes' similarity; {_CODES_FIX}."
+            )
         return X
     if np.issubdtype(X.dtype, np.floating):
         if not np.isfinite(X).all():
             raise ValueError(f"{name} contains NaN or infinity.")
         return X.astype(np.float32)
+    hint = (
+        f"; {_CODES_FIX}" if np.issubdtype(X.dtype, np.integer) or X.dtype == bool else ""
+    )
     raise TypeError(
         f"{name} must hold packed uint8 bits (e.g. RandomProjectionLSH output) or float "
-        f"rows, got dtype {X.dtype}."
+        f"rows, got dtype {X.dtype}{hint}."
     )
+
+
+def _describe(dtype, width):
+    kind = "packed uint8 bits" if dtype == np.uint8 else "float32 rows"
+    return f"{kind} of width {width}"
+
+
+def _check_table(table, name, rows):
+    """Refuse rows whose kind (bits / floats) or width differ from the table's."""
+    import pyarrow as pa
+
+    field = table.schema.field("vector")
+    kind = field.type
+    if not pa.types.is_fixed_size_list(kind):  # pragma: no cover - not our table
+        raise ValueError(
+            f"the table's vector column is {kind}, not a fixed-size list written by "
+            "write_lancedb."
+        )
+    want = np.uint8 if pa.types.is_uint8(kind.value_type) else np.float32
+    if rows.dtype != want or rows.shape[1] != kind.list_size:
+        raise ValueError(
+            f"{name} are {_describe(rows.dtype, rows.shape[1])} but the table holds "
+            f"{_describe(want, kind.list_size)}: use the same model and quantizer "
+            "(packed or not) as for the table's rows, or write a new table."
+        )
 
 
 @validate_params(
@@ -55,10 +122,11 @@ def _rows(name, X):
         "vectors": ["array-like"],
         "ids": ["array-like", None],
         "mode": [StrOptions({"create", "overwrite", "append"})],
+        "quantizer": [BaseCodeTransformer, None],
     },
     prefer_skip_nested_validation=True,
 )
-def write_lancedb(db, name, vectors, ids=None, *, mode="create"):
+def write_lancedb(db, name, vectors, ids=None, *, mode="create", quantizer=None):
     """Write rows and their ids to a LanceDB table.
 
     Parameters
@@ -68,12 +136,21 @@ def write_lancedb(db, name, vectors, ids=None, *, mode="create"):
     name : str
         Table name.
     vectors : array-like of shape (n_rows, width)
-        Packed uint8 bits (Hamming) or float rows (stored as float32).
+        Packed uint8 bits (Hamming) or float rows (stored as float32); with
+        ``quantizer``, its codes, packed or not. uint8 rows that are plainly unpacked
+        codes (64 values or more, all at most 15) are refused without ``quantizer``.
     ids : array-like of str of shape (n_rows,), default=None
         One id per row; None: ``"0"``, ``"1"``, ... (continuing after the existing
         rows with ``mode="append"``).
     mode : {"create", "overwrite", "append"}, default="create"
-        "create" fails if the table exists.
+        "create" fails if the table exists; "append" needs rows of the table's kind
+        and width.
+    quantizer : BaseCodeTransformer, default=None
+        The fitted estimator whose codes ``vectors`` are. Bits (``"hamming"`` in
+        its ``code_metrics``: RandomProjectionLSH, 1-bit codes) are stored packed;
+        multi-bit codes as ``quantizer.code_vectors(vectors)`` (float32), whose inner
+        product is their symmetric code similarity (search them with the same
+        ``quantizer``).
 
     Returns
     -------
@@ -93,12 +170,13 @@ def write_lancedb(db, name, vectors, ids=None, *, mode="create"):
     import pyarrow as pa
 
     lancedb = _lancedb()
-    vectors = _rows("vectors", vectors)
+    vectors = _rows("vectors", _from_codes(vectors, quantizer))
     if not hasattr(db, "create_table"):
         db = lancedb.connect(os.fspath(db))
     start = 0
     if mode == "append":
         table = db.open_table(name)
+        _check_table(table, "vectors", vectors)
         start = table.count_rows()
     if ids is None:
         ids = [str(i) for i in range(start, start + vectors.shape[0])]
@@ -126,10 +204,13 @@ def write_lancedb(db, name, vectors, ids=None, *, mode="create"):
         "metric": [StrOptions({"auto", "hamming", "cosine", "ip"})],
         "n_bits": [Interval(Integral, 1, None, closed="left"), None],
         "exact": ["boolean"],
+        "quantizer": [BaseCodeTransformer, None],
     },
     prefer_skip_nested_validation=True,
 )
-def search_lancedb(table, queries, k=10, *, metric="auto", n_bits=None, exact=True):
+def search_lancedb(
+    table, queries, k=10, *, metric="auto", n_bits=None, exact=True, quantizer=None
+):
     """Top-``k`` rows of a LanceDB table for every query, best first.
 
     Parameters
@@ -137,16 +218,22 @@ def search_lancedb(table, queries, k=10, *, metric="auto", n_bits=None, exact=Tr
     table : lancedb.table.Table
         Written by :func:`write_lancedb`.
     queries : array-like of shape (n_queries, width)
-        Packed uint8 bits or float rows, as the table's vectors.
+        Packed uint8 bits or float rows, of the table's kind and width; with
+        ``quantizer``, its codes (packed or not). Cosine needs non-zero rows.
     k : int, default=10
         Results per query.
     metric : {"auto", "hamming", "cosine", "ip"}, default="auto"
-        "auto": "hamming" for uint8 queries, "cosine" for float queries.
+        "auto": "hamming" for uint8 queries, "cosine" for float queries, "ip" for
+        multi-bit codes of ``quantizer``.
     n_bits : int, default=None
         Bits per row for Hamming scores (the estimator's ``n_bits_``); None:
-        ``8 * width``.
+        ``quantizer.n_bits_``, else ``8 * width``.
     exact : bool, default=True
         Flat (brute-force) search, bypassing any vector index on the table.
+    quantizer : BaseCodeTransformer, default=None
+        The fitted estimator whose codes the queries (and the table, see
+        :func:`write_lancedb`) are; scores are then those of
+        :func:`skfusion.search.search` with ``metric=quantizer.symmetric_metric``.
 
     Returns
     -------
@@ -157,21 +244,38 @@ def search_lancedb(table, queries, k=10, *, metric="auto", n_bits=None, exact=Tr
     ids : ndarray of shape (n_queries, k), dtype object
         Row ids, best first.
     """
-    queries = _rows("queries", queries)
+    coded = _is_codes(np.asarray(queries), quantizer)
+    queries = _rows("queries", _from_codes(queries, quantizer))
     if metric == "auto":
-        metric = "hamming" if queries.dtype == np.uint8 else "cosine"
+        if queries.dtype == np.uint8:
+            metric = "hamming"
+        else:  # code vectors: their inner product is the code similarity
+            metric = "ip" if coded else "cosine"
     if (metric == "hamming") != (queries.dtype == np.uint8):
         raise TypeError(
             f"metric={metric!r} does not apply to queries of dtype {queries.dtype}: "
             "Hamming compares packed uint8 bits, cosine / ip float rows."
         )
-    n_bits = 8 * queries.shape[1] if n_bits is None else int(n_bits)
+    _check_table(table, "queries", queries)
+    if metric == "cosine":
+        zero = np.flatnonzero(~np.any(queries, axis=1))
+        if zero.size:
+            raise ValueError(
+                f"queries row {zero[0]} is all zeros: its cosine similarity is "
+                "undefined and LanceDB returns no rows for it. Drop such rows or use "
+                "metric='ip'."
+            )
+    if n_bits is None:
+        n_bits = quantizer.n_bits_ if quantizer is not None else 8 * queries.shape[1]
+    n_bits = int(n_bits)
     scores, ids = [], []
     for q in queries:
         query = table.search(q).distance_type(_STORE_METRIC[metric]).limit(k)
         if exact:
             query = query.bypass_vector_index()
-        result = query.select(["id"]).to_arrow()
+        # Naming _distance keeps LanceDB's one-line-per-query deprecation warning about
+        # implicitly added distances off the user's stderr.
+        result = query.select(["id", "_distance"]).to_arrow()
         dist = result["_distance"].to_numpy().astype(np.float64)
         # LanceDB returns distances: Hamming, 1 - cosine, 1 - dot.
         scores.append(n_bits - dist.astype(np.int64) if metric == "hamming" else 1.0 - dist)

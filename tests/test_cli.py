@@ -3,6 +3,7 @@
 import gzip
 import json
 import pickle
+import shutil
 import sys
 
 import joblib
@@ -385,3 +386,149 @@ def test_empty_input_and_empty_index_are_one_line_errors(tmp_path, model_file, c
     save_index(index, np.zeros((0, 8), np.uint8), model=load(model_file))
     assert _search(model_file, index, capsys)[0] == 2
     assert "holds no rows" in _error(capsys)
+
+
+# -- export-web: the folder it writes (no browser needed) ------------------------------
+
+
+@pytest.fixture(scope="module")
+def web_model(tmp_path_factory, tiny_model_paths, tiny_corpus):
+    """A browser-exportable pipeline (one transformer member, 2-bit codes), saved."""
+    from sklearn.pipeline import Pipeline
+
+    from skfusion import ConcatEmbedder, PercentileQuantizer
+
+    pipe = Pipeline(
+        [
+            ("embed", ConcatEmbedder([("a", tiny_model_paths[0])])),
+            ("quant", PercentileQuantizer(bits=2)),
+        ]
+    ).fit(tiny_corpus)
+    folder = tmp_path_factory.mktemp("web-model")
+    dump(pipe, folder / "m.skops")
+    joblib.dump(pipe, folder / "m.joblib")
+    return folder, pipe
+
+
+@pytest.fixture(scope="module")
+def vendor_files(tmp_path_factory):
+    """A node_modules folder holding the files export-web copies (contents unused here:
+    these tests check the folder written, not the page running)."""
+    from skfusion.web import _VENDOR  # the files find_node_modules looks for
+
+    root = tmp_path_factory.mktemp("npm") / "node_modules"
+    for package, name in _VENDOR:
+        (root / package / "dist").mkdir(parents=True, exist_ok=True)
+        (root / package / "dist" / name).write_text(f"// {package} {name}\n")
+    return root
+
+
+def _export(web_model, vendor_files, out, corpus, *extra, model="m.skops"):
+    folder, _ = web_model
+    argv = ["export-web", str(folder / model), str(out), "--corpus", str(corpus),
+            "--node-modules", str(vendor_files), *extra]  # fmt: skip
+    return main(argv)
+
+
+@pytest.fixture
+def web_corpus(tmp_path, tiny_corpus):
+    path = tmp_path / "corpus.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"_id": f"d{i}", "text": t}) + "\n"
+            for i, t in enumerate(tiny_corpus[:8])
+        )
+    )
+    return path
+
+
+def test_export_web_refuses_a_folder_of_other_files_without_force(
+    tmp_path, web_model, vendor_files, web_corpus, tiny_corpus, capsys
+):
+    out = tmp_path / "site"
+    out.mkdir()
+    (out / "index.html").write_text("my own page")
+    (out / "skfusion.json").write_text('{"mine": true}')
+    assert _export(web_model, vendor_files, out, web_corpus) == 2
+    message = _error(capsys)
+    assert "not empty" in message and "--force" in message
+    assert (out / "index.html").read_text() == "my own page"
+    assert sorted(p.name for p in out.iterdir()) == ["index.html", "skfusion.json"]
+    # The Python function refuses too, and force=True is the explicit opt-in.
+    from skfusion.web import export_web
+
+    _, pipe = web_model
+    with pytest.raises(FileExistsError, match="force=True"):
+        export_web(pipe, out, tiny_corpus[:8], node_modules=vendor_files)
+    assert _export(web_model, vendor_files, out, web_corpus, "--force") == 0
+    assert "my own page" not in (out / "index.html").read_text()
+    assert json.loads((out / "skfusion.json").read_text())["corpus"]["n"] == 8
+    # An earlier export is rewritten without --force, and an empty folder is fine.
+    assert _export(web_model, vendor_files, out, web_corpus) == 0
+    (tmp_path / "empty").mkdir()
+    assert _export(web_model, vendor_files, tmp_path / "empty", web_corpus) == 0
+
+
+def test_export_web_replaces_symlinks_instead_of_writing_through_them(
+    tmp_path, web_model, vendor_files, web_corpus
+):
+    out = tmp_path / "site"
+    assert _export(web_model, vendor_files, out, web_corpus) == 0
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / "victim.json"
+    victim.write_text("precious")
+    (out / "ids.json").unlink()
+    (out / "ids.json").symlink_to(victim)
+    (outside / "vendor").mkdir()
+    shutil.rmtree(out / "vendor")
+    (out / "vendor").symlink_to(outside / "vendor")
+    member = next((out / "members").iterdir())
+    (outside / "member").mkdir()
+    shutil.rmtree(member)
+    member.symlink_to(outside / "member")
+    assert _export(web_model, vendor_files, out, web_corpus) == 0
+    assert victim.read_text() == "precious"
+    assert not any((outside / "vendor").iterdir())
+    assert not any((outside / "member").iterdir())
+    for path in (out / "ids.json", out / "vendor", member):
+        assert not path.is_symlink()
+    assert json.loads((out / "ids.json").read_text())[:2] == ["d0", "d1"]
+    assert (member / "model.onnx").is_file()
+
+
+def test_export_web_has_the_trust_pickle_flag_its_message_names(
+    tmp_path, web_model, vendor_files, web_corpus, capsys
+):
+    out = tmp_path / "site"
+    assert _export(web_model, vendor_files, out, web_corpus, model="m.joblib") == 2
+    assert "--trust-pickle" in _error(capsys)
+    assert not out.exists()
+    args = ("--trust-pickle",)
+    assert _export(web_model, vendor_files, out, web_corpus, *args, model="m.joblib") == 0
+    assert (out / "skfusion.json").is_file()
+
+
+def test_export_web_follows_the_fitted_bits_not_a_changed_parameter(
+    tmp_path, web_model, vendor_files, tiny_corpus
+):
+    import onnxruntime as ort
+
+    from skfusion.web import export_web
+
+    _, pipe = web_model
+    quant = pipe[-1]
+    try:
+        quant.set_params(bits=3)  # takes effect at the next fit only
+        config = export_web(
+            pipe, tmp_path / "s", tiny_corpus[:8], node_modules=vendor_files
+        )
+    finally:
+        quant.set_params(bits=2)
+    head = config["head"]
+    assert head["widths"] == quant.bits_.tolist() == [2] * quant.n_features_in_
+    assert head["table_stride"] == 4 and head["description"].startswith("2-bit")
+    assert config["corpus"]["row_bytes"] == quant.bytes_per_vector_
+    sess = ort.InferenceSession(str(tmp_path / "s" / "head.onnx"))
+    Z = pipe[0].transform(tiny_corpus[:8]).astype(np.float32)
+    np.testing.assert_array_equal(sess.run(None, {"X": Z})[0], quant.transform(Z))

@@ -39,6 +39,11 @@ def _assert_codes_equal(model, X, dtype="float32"):
     np.testing.assert_array_equal(got, expected)
 
 
+def _declared_width(model):
+    """The output width the graph declares (onnxruntime only warns when it is wrong)."""
+    return to_onnx(model).graph.output[0].type.tensor_type.shape.dim[1].dim_value
+
+
 def _data(n=300, d=24, seed=0):
     rng = np.random.default_rng(seed)
     return (rng.standard_normal((n, d)) * np.linspace(3, 0.2, d)).astype(np.float32)
@@ -96,6 +101,36 @@ def test_allocated_codes_are_bitwise_equal(budget, max_bits, pack, buckets):
 def test_lsh_bits_are_bitwise_equal(n_bits, pack, threshold):
     lsh = RandomProjectionLSH(n_bits, pack=pack, threshold=threshold, random_state=0)
     _assert_codes_equal(lsh.fit(_data()), _data(seed=4))
+
+
+@pytest.mark.parametrize("pack", [False, True])
+@pytest.mark.parametrize(
+    "make,changed",
+    [
+        (lambda: PercentileQuantizer(bits=2), {"bits": 3}),
+        (lambda: PercentileQuantizer(bits=3), {"bits": 1}),
+        (lambda: AllocatedQuantizer(bit_budget=37, max_bits=3), {"bit_budget": 8}),
+        (lambda: RandomProjectionLSH(16, random_state=0), {"n_bits": 12}),
+        (lambda: RandomProjectionLSH(13, random_state=0), {"n_bits": 64}),
+    ],
+)
+def test_parameters_changed_after_fit_export_the_fitted_codes(make, changed, pack):
+    # transform follows the fitted bits_ / n_bits_; the export must too, whatever the
+    # constructor parameters say now (they take effect at the next fit).
+    est = make().set_params(pack=pack).fit(_data())
+    _assert_codes_equal(est.set_params(**changed), _data(seed=5))
+    assert _declared_width(est) == est.transform(_data()[:1]).shape[1]
+
+
+def test_decoder_n_components_changed_after_fit_exports_the_fitted_width(decoder):
+    dec = decoder.set_params(n_components=8, output_dim=None)
+    try:
+        got = _run(dec, _data(seed=6))
+        assert got.shape == dec.transform(_data(seed=6)).shape == (300, 12)
+        assert _declared_width(dec) == 12
+        np.testing.assert_allclose(got, dec.transform(_data(seed=6)), atol=1e-5)
+    finally:
+        decoder.set_params(n_components=12)
 
 
 def test_the_sample_through_decoder_and_each_quantizer(sample_embeddings):
@@ -166,9 +201,6 @@ def test_unsupported_settings_name_the_parameter(decoder):
     with pytest.raises(ValueError, match="output_dim"):
         to_onnx(decoder.set_params(output_dim=99))
     decoder.set_params(output_dim=None)
-    lsh = RandomProjectionLSH(16, random_state=0).fit(_data())
-    with pytest.raises(ValueError, match="n_bits"):
-        to_onnx(lsh.set_params(n_bits=12))
     with pytest.raises(NotFittedError):
         to_onnx(PercentileQuantizer())
     with pytest.raises(TypeError, match="first step"):

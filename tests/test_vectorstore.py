@@ -83,3 +83,87 @@ def test_bad_input(data, tmp_path):
         search_lancedb(table, calib[:1], metric="hamming")
     with pytest.raises(ValueError, match="NaN"):
         search_lancedb(table, np.full((1, 32), np.nan))
+
+
+def test_unpacked_codes_are_refused_without_their_quantizer(data, tmp_path):
+    calib, db = data
+    q = PercentileQuantizer(bits=2).fit(db)  # pack=False: one uint8 code per column
+    with pytest.raises(ValueError, match="unpacked codes.*quantizer="):
+        write_lancedb(tmp_path, "codes", q.transform(db))
+    with pytest.raises(ValueError, match="unpacked codes.*quantizer="):
+        search_lancedb(write_lancedb(tmp_path, "f", db), q.transform(calib))
+    lsh = RandomProjectionLSH(64, pack=False, random_state=0).fit(db)
+    with pytest.raises(TypeError, match="dtype bool.*quantizer="):
+        write_lancedb(tmp_path, "bits", lsh.transform(db))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: PercentileQuantizer(bits=2),
+        lambda: PercentileQuantizer(bits=3, pack=True),
+        lambda: RandomProjectionLSH(64, pack=False, random_state=0),
+        lambda: PercentileQuantizer(bits=1),
+    ],
+)
+def test_codes_with_their_quantizer_search_as_skfusion_search(data, tmp_path, make):
+    calib, db = data
+    est = make().fit(db)
+    codes, qcodes = est.transform(db), est.transform(calib)
+    names = np.array([f"doc{i}" for i in range(len(db))])
+    table = write_lancedb(tmp_path, "codes", codes, names, quantizer=est)
+    scores, ids = search_lancedb(table, qcodes, k=10, quantizer=est)
+    metric = est.symmetric_metric
+    ref_s, ref_i = search(qcodes, codes, 10, metric=metric, quantizer=est)
+    _same_up_to_ties(scores, ids, ref_s, ref_i, names, atol=1e-4)
+
+
+def test_append_of_another_kind_or_width_is_refused(data, tmp_path):
+    calib, db = data
+    write_lancedb(tmp_path, "t", db)
+    bits = RandomProjectionLSH(256, random_state=0).fit(db).transform(db)
+    assert bits.shape[1] == db.shape[1]  # same width: only the kind differs
+    with pytest.raises(ValueError, match="packed uint8 bits.*table holds float32"):
+        write_lancedb(tmp_path, "t", bits, mode="append")
+    with pytest.raises(ValueError, match="width 16 but the table holds .* width 32"):
+        write_lancedb(tmp_path, "t", db[:, :16], mode="append")
+    assert write_lancedb(tmp_path, "t", db[:5], mode="append").count_rows() == len(db) + 5
+
+
+def test_queries_of_another_width_or_kind_name_the_table(data, tmp_path):
+    calib, db = data
+    table = write_lancedb(tmp_path, "t", db)
+    with pytest.raises(ValueError, match="width 31 but the table holds float32 rows"):
+        search_lancedb(table, calib[:2, :31])
+    bits = np.full((2, 32), 0xAB, dtype=np.uint8)
+    with pytest.raises(ValueError, match="packed uint8 bits"):
+        search_lancedb(table, bits)
+
+
+def test_zero_query_is_an_error_for_cosine_and_scores_zero_for_ip(data, tmp_path):
+    calib, db = data
+    table = write_lancedb(tmp_path, "t", db)
+    queries = np.vstack([calib[:1], np.zeros((1, 32), np.float32)])
+    with pytest.raises(ValueError, match="row 1 is all zeros.*metric='ip'"):
+        search_lancedb(table, queries, k=3)
+    scores, ids = search_lancedb(table, queries, k=3, metric="ip")
+    assert scores.shape == ids.shape == (2, 3)
+    np.testing.assert_allclose(scores[1], 0.0, atol=1e-6)
+
+
+def test_many_queries_print_and_warn_nothing(data, tmp_path, capfd):
+    import warnings
+
+    calib, db = data
+    lsh = RandomProjectionLSH(64, random_state=0).fit(db)
+    bits = write_lancedb(tmp_path, "bits", lsh.transform(db))
+    floats = write_lancedb(tmp_path, "floats", db)
+    capfd.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        search_lancedb(bits, lsh.transform(calib), k=5)
+        search_lancedb(floats, calib, k=5)
+        search_lancedb(floats, calib, k=5, exact=False)
+    out, err = capfd.readouterr()
+    assert [str(w.message) for w in caught] == []
+    assert out == "" and err == "", err[:300]

@@ -55,8 +55,9 @@ def code_layout(quantizer):
     Returns
     -------
     widths : ndarray of shape (n_features_in_,), dtype int64
-        ``bits`` for every dimension (percentile codes) or ``bits_`` (allocated).
-        Packed rows hold these codes one after the other, most significant bit first.
+        The fitted ``bits_`` (the ``bits`` parameter may have changed since ``fit``;
+        ``transform`` and so the export follow the fitted codes). Packed rows hold
+        these codes one after the other, most significant bit first.
 
     Examples
     --------
@@ -67,11 +68,9 @@ def code_layout(quantizer):
     >>> code_layout(PercentileQuantizer(bits=2).fit(X))
     array([2, 2, 2])
     """
-    check_is_fitted(quantizer)
-    if isinstance(quantizer, AllocatedQuantizer):
+    if isinstance(quantizer, (AllocatedQuantizer, PercentileQuantizer)):
+        check_is_fitted(quantizer)
         return np.asarray(quantizer.bits_, dtype=np.int64)
-    if isinstance(quantizer, PercentileQuantizer):
-        return np.full(quantizer.n_features_in_, int(quantizer.bits), dtype=np.int64)
     raise TypeError(
         f"quantizer must be a fitted PercentileQuantizer or AllocatedQuantizer, got "
         f"{type(quantizer).__name__}."
@@ -166,12 +165,12 @@ def _threshold_codes(g, X, thresholds, dtype, output):
 
 
 def _out_width(est):
+    # Only fitted attributes and what transform reads: parameters such as bits,
+    # n_bits or n_components may have been changed by set_params since fit.
+    check_is_fitted(est)
     if isinstance(est, MatryoshkaDecoder):
-        return est.n_components if est.output_dim is None else est.output_dim
-    if isinstance(est, RandomProjectionLSH):
-        return est.n_bits // 8 if est.pack else est.n_bits
-    widths = code_layout(est)
-    return -(-int(widths.sum()) // 8) if est.pack else widths.size
+        return len(est.get_feature_names_out())  # validates output_dim, as transform
+    return est.bytes_per_vector_ if est.pack else est.bits_.size
 
 
 def _shape(operator):
@@ -213,18 +212,9 @@ def _decoder_affine(dec, dtype):
     return (out[1:] - c).astype(dtype), c.astype(dtype)
 
 
-def _check_output_dim(dec):
-    if dec.output_dim is not None and dec.output_dim > dec.n_components:
-        raise ValueError(
-            f"MatryoshkaDecoder: output_dim={dec.output_dim} exceeds n_components="
-            f"{dec.n_components}; set output_dim <= n_components (or None) to export."
-        )
-
-
 def _convert_decoder(scope, operator, container):
     dec = operator.raw_operator
     check_is_fitted(dec)
-    _check_output_dim(dec)
     dtype = _float_dtype(operator, dec)
     g = _Graph(scope, operator, container)
     A, c = _decoder_affine(dec, dtype)
@@ -259,11 +249,6 @@ def _convert_quantizer(scope, operator, container):
 def _convert_lsh(scope, operator, container):
     lsh = operator.raw_operator
     check_is_fitted(lsh)
-    if lsh.pack and lsh.n_bits % 8:
-        raise ValueError(
-            f"RandomProjectionLSH: n_bits must be a multiple of 8 when pack=True, got "
-            f"n_bits={lsh.n_bits}; use pack=False or refit."
-        )
     dtype = _float_dtype(operator, lsh)
     g = _Graph(scope, operator, container)
     X = operator.inputs[0].full_name
@@ -274,7 +259,7 @@ def _convert_lsh(scope, operator, container):
         g.node("Greater", [projected, thr], out)
         return
     bits = g.node("Cast", [g.node("Greater", [projected, thr])], to=2)
-    summed, _ = _pack_bits(g, bits, lsh.n_bits)
+    summed, _ = _pack_bits(g, bits, lsh.n_bits_)  # zero-padded, as transform packs
     g.node("Cast", [summed], out, to=2)
 
 

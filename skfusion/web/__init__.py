@@ -15,6 +15,7 @@ import http.server
 import json
 import os
 import shutil
+import tempfile
 import threading
 from importlib import resources
 from pathlib import Path
@@ -23,6 +24,7 @@ import numpy as np
 from sklearn.pipeline import Pipeline
 
 from .._compat import validate_params
+from .._io import write_atomically
 from ..allocation import AllocatedQuantizer
 from ..evaluation import encode
 from ..lsh import RandomProjectionLSH
@@ -188,6 +190,55 @@ def pack_stream(codes, widths):
     return out
 
 
+def _write(path, data):
+    """Write ``data`` (bytes) to ``path`` through a temporary file renamed over it.
+
+    The rename replaces whatever ``path`` is (an older file, or a symlink itself) and
+    never writes through a symlink to a file outside the folder.
+    """
+
+    def write(f):
+        f.write(data)
+        os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600: a web server must read it
+
+    write_atomically(path, write)
+
+
+def _real_dir(path):
+    """``path`` as a real folder: a symlink (or file) there is removed, not followed."""
+    path = Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        path.unlink()
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def _is_export(folder):
+    """Whether ``folder`` holds a ``skfusion.json`` written by :func:`export_web`."""
+    config = Path(folder) / "skfusion.json"
+    if config.is_symlink() or not config.is_file():
+        return False
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"members", "head", "corpus"} <= data.keys()
+
+
+def _check_outdir(outdir, force):
+    """Refuse a file, or a non-empty folder that is no earlier export unless ``force``."""
+    if outdir.exists() and not outdir.is_dir():
+        raise NotADirectoryError(f"outdir {outdir} exists and is not a folder.")
+    if force or not outdir.is_dir() or not any(outdir.iterdir()) or _is_export(outdir):
+        return
+    raise FileExistsError(
+        f"outdir {outdir} is not empty and holds no earlier export (no skfusion.json "
+        "written by export_web): writing the page there would replace files such as "
+        "index.html. Give a new or empty folder, or pass force=True (--force) to "
+        "replace the files of the same names in it."
+    )
+
+
 def _member_prompt(embedder, name, model):
     """The prompt a member prepends to queries (as ``encode_queries`` resolves it)."""
     own = (embedder.prompts or {}).get(name, {})
@@ -202,15 +253,12 @@ def _head_spec(model, corpus_out):
     if isinstance(last, (PercentileQuantizer, AllocatedQuantizer)):
         from ..onnx import code_layout
 
+        # Fitted attributes only: `bits` may have been changed by set_params since fit.
         widths = code_layout(last)
+        table = np.asarray(last.code_values_, dtype=np.float32)
         if isinstance(last, PercentileQuantizer):
-            levels = (
-                np.arange(1 << last.bits, dtype=np.float32) - ((1 << last.bits) - 1) / 2
-            )
-            table = np.tile(levels, (widths.size, 1))
-            what = f"{last.bits}-bit percentile codes"
+            what = f"{int(widths[0])}-bit percentile codes"
         else:
-            table = np.asarray(last.code_values_, dtype=np.float32)
             what = f"{last.n_bits_}-bit allocated codes"
         rows = corpus_out if last.pack else pack_stream(corpus_out, widths)
         spec = {
@@ -227,8 +275,8 @@ def _head_spec(model, corpus_out):
         spec = {
             "output": "hamming",
             "packed": bool(last.pack),
-            "n_bits": int(last.n_bits),
-            "description": f"{last.n_bits} LSH bits",
+            "n_bits": int(last.n_bits_),
+            "description": f"{last.n_bits_} LSH bits",
         }
         return spec, rows, None
     rows = np.ascontiguousarray(corpus_out, dtype="<f4")
@@ -248,11 +296,19 @@ def _head_spec(model, corpus_out):
         "ids": ["array-like", None],
         "node_modules": [str, os.PathLike, None],
         "title": [str],
+        "force": ["boolean"],
     },
     prefer_skip_nested_validation=True,
 )
 def export_web(
-    model, outdir, texts, *, ids=None, node_modules=None, title="skfusion search"
+    model,
+    outdir,
+    texts,
+    *,
+    ids=None,
+    node_modules=None,
+    title="skfusion search",
+    force=False,
 ):
     """Write a static search page for ``texts`` that runs ``model`` in the browser.
 
@@ -263,7 +319,9 @@ def export_web(
         sentence-transformers models (transformer or static), then numeric steps
         (decoder, quantizer or LSH) that :func:`skfusion.onnx.to_onnx` converts.
     outdir : str or path-like
-        Output folder (created; files of an earlier export are overwritten).
+        Output folder: new, empty, or an earlier export (whose files are replaced).
+        Files are written to temporary names and renamed into place, so a symlink in
+        the folder is replaced, never written through.
     texts : list of str
         The documents to search; encoded here as documents.
     ids : list of str, default=None
@@ -271,6 +329,9 @@ def export_web(
     node_modules : str or path-like, default=None
         Folder with the npm packages (see :func:`find_node_modules`).
     title : str, default="skfusion search"
+    force : bool, default=False
+        Also write into a non-empty folder that holds no earlier export, replacing
+        its files of the same names (``index.html``, ``skfusion.json``, ...).
 
     Returns
     -------
@@ -279,6 +340,9 @@ def export_web(
 
     Raises
     ------
+    FileExistsError
+        When ``outdir`` is a non-empty folder that holds no earlier export and
+        ``force=False``; nothing is written.
     skfusion.onnx.members.UnsupportedMemberError
         Naming a member that cannot run in a browser (TF-IDF or other scikit-learn
         members, remote or compiled engines).
@@ -297,44 +361,56 @@ def export_web(
     ids = [str(i) for i in range(len(texts))] if ids is None else [str(i) for i in ids]
     if len(ids) != len(texts):
         raise ValueError(f"ids has {len(ids)} entries for {len(texts)} texts.")
+    outdir = Path(outdir)
+    _check_outdir(outdir, force)
     embedder = model[0]
     head_steps(model)  # a clear error before any work when there is no head
     # Load (and so check) every member before writing anything.
     loaded = [load_member(embedder, i) for i in range(len(embedder.models))]
     assets = find_node_modules(node_modules)
 
-    outdir = Path(outdir)
-    (outdir / "members").mkdir(parents=True, exist_ok=True)
+    outdir.mkdir(parents=True, exist_ok=True)
+    members_dir = _real_dir(outdir / "members")
     weights = (
         np.ones(len(loaded)) if embedder.weights is None else np.asarray(embedder.weights)
     )
     members = []
     for i, (name, st_model) in enumerate(zip(embedder.member_names_, loaded, strict=True)):
         path = member_folder(i, name)
-        spec = export_member(
-            st_model,
-            outdir / "members" / path,
-            name=name,
-            max_length=embedder.max_seq_length,
-        )
+        # Written into a new folder, then renamed over the old one (or a symlink).
+        tmp = Path(tempfile.mkdtemp(dir=members_dir, prefix=f".{path}."))
+        try:
+            tmp.chmod(0o755)
+            spec = export_member(
+                st_model, tmp, name=name, max_length=embedder.max_seq_length
+            )
+            dest = members_dir / path
+            if dest.is_symlink() or dest.is_file():
+                dest.unlink()
+            elif dest.exists():
+                shutil.rmtree(dest)
+            tmp.rename(dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         spec.update(
             path=path,
             prompt=_member_prompt(embedder, name, st_model),
             weight=float(weights[i]),
         )
         members.append(spec)
-    (outdir / "head.onnx").write_bytes(to_onnx(model).SerializeToString())
+    _write(outdir / "head.onnx", to_onnx(model).SerializeToString())
 
     corpus_out = encode(model, texts, "document")
     head, rows, table = _head_spec(model, corpus_out)
     head["file"] = "head.onnx"
     if table is not None:
-        (outdir / head["table_file"]).write_bytes(table.tobytes())
+        _write(outdir / head["table_file"], table.tobytes())
     rows = np.ascontiguousarray(rows, dtype=np.uint8)
-    (outdir / "corpus.bin").write_bytes(rows.tobytes())
-    (outdir / "ids.json").write_text(json.dumps(ids))
+    _write(outdir / "corpus.bin", rows.tobytes())
+    _write(outdir / "ids.json", json.dumps(ids).encode())
     snippets = [t if len(t) <= _SNIPPET_CHARS else t[:_SNIPPET_CHARS] + "…" for t in texts]
-    (outdir / "docs.json").write_text(json.dumps(snippets, ensure_ascii=False))
+    _write(outdir / "docs.json", json.dumps(snippets, ensure_ascii=False).encode())
 
     config = {
         "title": title,
@@ -350,16 +426,18 @@ def export_web(
             "texts_file": "docs.json",
         },
     }
-    (outdir / "skfusion.json").write_text(json.dumps(config, indent=1, ensure_ascii=False))
     static = resources.files("skfusion.web") / "static"
     for name in ("index.html", "app.js"):
         text = (static / name).read_text(encoding="utf-8")
         if name == "index.html":
             text = text.replace("skfusion search", _escape(title))
-        (outdir / name).write_text(text, encoding="utf-8")
-    (outdir / "vendor").mkdir(exist_ok=True)
+        _write(outdir / name, text.encode("utf-8"))
+    vendor = _real_dir(outdir / "vendor")
     for package, file in _VENDOR:
-        shutil.copyfile(assets / package / "dist" / file, outdir / "vendor" / file)
+        _write(vendor / file, (assets / package / "dist" / file).read_bytes())
+    # Last: its presence marks the folder as a complete export (see _is_export).
+    config_text = json.dumps(config, indent=1, ensure_ascii=False)
+    _write(outdir / "skfusion.json", config_text.encode("utf-8"))
     return config
 
 

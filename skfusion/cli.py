@@ -496,11 +496,19 @@ def build_parser():
     return parser
 
 
-def _silence_libraries():
-    # The command owns its process, so turning off library progress output is fine here.
+def _quiet_libraries(quiet):
+    """Keep the command's output readable: the command owns its process, so setting
+    library output here is fine.
+
+    Always: transformers' load report (a table of expected key mismatches per model)
+    and its sub-second "Loading weights" bar. With ``--quiet``: every bar, the hub's
+    download bars included.
+    """
     import os
 
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if quiet:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TQDM_DISABLE", "1")
     try:
         from transformers.utils import logging as hf_logging
     except ImportError:
@@ -511,8 +519,7 @@ def _silence_libraries():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if args.quiet:
-        _silence_libraries()
+    _quiet_libraries(args.quiet)
     try:
         return args.func(args)
     except (CLIError, FileNotFoundError, ValueError, ImportError, OSError) as exc:

@@ -532,3 +532,21 @@ def test_export_web_follows_the_fitted_bits_not_a_changed_parameter(
     sess = ort.InferenceSession(str(tmp_path / "s" / "head.onnx"))
     Z = pipe[0].transform(tiny_corpus[:8]).astype(np.float32)
     np.testing.assert_array_equal(sess.run(None, {"X": Z})[0], quant.transform(Z))
+
+
+def test_quiet_leaves_only_the_result_line(tmp_path, passages_file, tiny_model_paths):
+    """--quiet silences every bar and library report, model loading included, in a
+    process of its own (as a user runs it)."""
+    import os
+    import subprocess
+
+    out = tmp_path / "quiet.skops"
+    argv = [sys.executable, "-m", "skfusion", "fit", "--member", tiny_model_paths[0],
+            "--train", str(passages_file), "--output-dim", "8", "--n-components", "16",
+            "--bits", "2", "--out", str(out), "--quiet"]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == ""
+    (line,) = res.stdout.splitlines()
+    assert line.startswith("fitted on ") and line.endswith(f"{out} (output width 8)")

@@ -69,6 +69,18 @@ def code_step(pipeline):
     -------
     step : BaseCodeTransformer or None
         Pass it to :func:`skfusion.search.search` as ``quantizer``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.decomposition import PCA
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from skfusion import PercentileQuantizer
+    >>> from skfusion.evaluation import code_step
+    >>> X = np.random.default_rng(0).standard_normal((50, 6))
+    >>> pipe = make_pipeline(PCA(4), PercentileQuantizer(bits=2)).fit(X)
+    >>> code_step(pipe) is pipe[-1], code_step(pipe[:1])
+    (True, None)
     """
     _, rest = split_pipeline(pipeline)
     last = rest[-1] if rest else pipeline
@@ -85,6 +97,20 @@ def encode(pipeline, texts, role="document"):
         ``encode_documents`` (``ConcatEmbedder`` does), the role selects the prompt.
     texts : list of str
     role : {"query", "document"}, default="document"
+
+    Returns
+    -------
+    output : ndarray of shape (n_texts, width)
+        The pipeline's output for ``texts`` in that role.
+
+    Examples
+    --------
+    >>> from sklearn.feature_extraction.text import TfidfVectorizer
+    >>> from skfusion import ConcatEmbedder
+    >>> from skfusion.evaluation import encode
+    >>> embedder = ConcatEmbedder([TfidfVectorizer()]).fit(["apt installs", "vim edits"])
+    >>> encode(embedder, ["apt"], role="query").shape
+    (1, 4)
     """
     if role not in ("query", "document"):
         raise ValueError(f"role must be 'query' or 'document', got {role!r}.")
@@ -117,6 +143,16 @@ def bytes_per_vector(pipeline, output):
     Returns
     -------
     n_bytes : int
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skfusion import RandomProjectionLSH
+    >>> from skfusion.evaluation import bytes_per_vector
+    >>> X = np.random.default_rng(0).standard_normal((20, 8))
+    >>> lsh = RandomProjectionLSH(64, random_state=0).fit(X)
+    >>> bytes_per_vector(lsh, lsh.transform(X)), bytes_per_vector(None, X)
+    (8, 64)
     """
     output = np.asarray(output)
     step = code_step(pipeline)
@@ -225,6 +261,20 @@ def evaluate_retrieval(
     -------
     scores : dict
         Each metric, plus ``"bytes_per_vector"``.
+
+    Examples
+    --------
+    >>> from sklearn.decomposition import TruncatedSVD
+    >>> from sklearn.feature_extraction.text import TfidfVectorizer
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from skfusion import ConcatEmbedder
+    >>> from skfusion.datasets import load_sample, load_sample_passages
+    >>> from skfusion.evaluation import evaluate_retrieval
+    >>> lsa = make_pipeline(TfidfVectorizer(), TruncatedSVD(64, random_state=0))
+    >>> embedder = ConcatEmbedder([lsa]).fit(load_sample_passages(limit=500))
+    >>> scores = evaluate_retrieval(embedder, load_sample("dev"), metrics=["ndcg@10"])
+    >>> sorted(scores), 0 < scores["ndcg@10"] < 1
+    (['bytes_per_vector', 'ndcg@10'], True)
     """
     docs = (
         encode(pipeline, dataset.corpus_texts, "document")

@@ -113,12 +113,24 @@ def ndcg_at_k(run: Run, qrels: Qrels, k: int = 10) -> float:
 
 
 def recall_at_k(run: Run, qrels: Qrels, k: int = 100) -> float:
-    """Mean fraction of each query's relevant documents found in its top ``k``."""
+    """Mean fraction of each query's relevant documents found in its top ``k``.
+
+    Examples
+    --------
+    >>> recall_at_k({"q": {"a": 0.9, "b": 0.8}}, {"q": {"b": 1, "c": 1}}, k=10)
+    0.5
+    """
     return _mean(_per_query(run, qrels, k, "recall"))
 
 
 def mrr_at_k(run: Run, qrels: Qrels, k: int = 10) -> float:
-    """Mean reciprocal rank of the first relevant document within the top ``k``."""
+    """Mean reciprocal rank of the first relevant document within the top ``k``.
+
+    Examples
+    --------
+    >>> mrr_at_k({"q": {"a": 0.9, "b": 0.8}}, {"q": {"b": 1}}, k=10)
+    0.5
+    """
     return _mean(_per_query(run, qrels, k, "mrr"))
 
 
@@ -157,6 +169,17 @@ def run_from_topk(
     scores, indices : ndarray of shape (n_queries, k)
         Higher score = better. Ranks are re-encoded as strictly decreasing scores so that
         the run keeps exactly the given order (ties included) under trec_eval's sort.
+
+    Returns
+    -------
+    run : dict of str to dict of str to float
+        ``{query_id: {doc_id: score}}``; padding indices (-1) are left out.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> run_from_topk(["q"], ["a", "b", "c"], np.array([[0.9, 0.9]]), np.array([[2, 0]]))
+    {'q': {'c': 2.0, 'a': 1.0}}
     """
     scores = np.asarray(scores)
     indices = np.asarray(indices)

@@ -461,7 +461,7 @@ default="auto"
         self._cleanup = None
 
     def __getstate__(self):
-        state = super().__getstate__()
+        state = dict(super().__getstate__())  # (may be the live __dict__)
         # A copy shares no working file: it copies the rows on its first add.
         state.pop("_cleanup", None)
         if "_owned" in state:
@@ -732,8 +732,11 @@ default="auto"
                     rows_name = f"rescore-{version}.bin"
                     files["rows"] = rows_name
                     write_atomically(path / rows_name, self._write_rows)
-                steps = {"shortlist": self.shortlist_, "rescore": self.rescore_}
-                steps["encoder"] = self.encoder
+                steps = {
+                    "shortlist": self.shortlist_,
+                    "rescore": self.rescore_,
+                    "encoder": self.encoder,
+                }
                 for name, est in steps.items():
                     if est is not None:
                         files[name] = f"{name}-{version}.skops"

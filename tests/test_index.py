@@ -1,6 +1,8 @@
 """Tests of skfusion.index: the two-stage CodeIndex and the faiss index builders."""
 
+import copy
 import json
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -409,9 +411,7 @@ def test_an_interrupted_save_leaves_the_previous_version(data, tmp_path):
     saved = _folder_bytes(tmp_path / "idx")
     # The encoder cannot be stored: the save fails after writing some of its files.
     bad = clone(index).set_params(encoder=make_pipeline(FunctionTransformer(_double)))
-    bad.fit(calib)
-    bad.encoder = None  # add floats
-    bad.add(db[:7]).set_params(encoder=make_pipeline(FunctionTransformer(_double)))
+    bad.fit(calib).add(db[:7])
     with pytest.raises(ValueError, match="does not trust"):
         bad.save(tmp_path / "idx")
     assert _folder_bytes(tmp_path / "idx") == saved
@@ -466,3 +466,20 @@ def test_version_1_folders_still_load(data, tmp_path):
     loaded.add(db[:1]).save(folder)
     assert not (folder / "rescore.bin").exists()
     assert CodeIndex.load(folder).n_vectors_ == 21
+
+
+def test_a_copy_writes_its_own_file_and_the_original_keeps_its_own(data, tmp_path):
+    calib, db = data
+    index = CodeIndex(PercentileQuantizer(bits=1, pack=True), directory=tmp_path)
+    index.fit(calib).add(db[:50])
+    for copy_ in (pickle.loads(pickle.dumps(index)), copy.deepcopy(index)):
+        copy_.add(db[50:53])
+        assert copy_.n_vectors_ == 53 and copy_.rescore_rows_.filename != (
+            index.rescore_rows_.filename
+        )
+    index.add(db[50:51])
+    assert index.n_vectors_ == 51
+    np.testing.assert_array_equal(index.search(db[:51], 1)[1].ravel(), np.arange(51))
+    path = Path(index.rescore_rows_.filename)
+    del index
+    assert not path.exists()  # the private working file goes with its index

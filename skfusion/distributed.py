@@ -732,7 +732,7 @@ def encode_on_cluster(
     n_workers : int, default=None
         Size of the local cluster to start when ``scheduler`` is None.
     progress : bool, default=True
-        Show Dask's progress bar.
+        Show Dask's progress bar (on stderr).
 
     Returns
     -------

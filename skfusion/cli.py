@@ -65,12 +65,20 @@ def _out_path(value, suffix, flag):
     return path
 
 
+def _existing_file(value, flag):
+    """The file ``flag`` names, which must exist and not be a directory."""
+    path = Path(value)
+    if path.is_dir():
+        raise CLIError(f"{flag}: {path} is a directory, not a file.")
+    if not path.is_file():
+        raise CLIError(f"{flag}: no such file: {path}")
+    return path
+
+
 def _load_model(args):
     from sklearn.pipeline import Pipeline
 
-    path = Path(args.model)
-    if not path.is_file():
-        raise CLIError(f"--model: no such file: {path}")
+    path = _existing_file(args.model, "--model")
     if path.suffix.lower() == ".skops":
         from . import persistence
 
@@ -108,9 +116,7 @@ def _load_model(args):
 def _read_passages(path, flag, limit=None):
     from .datasets import load_passages
 
-    path = Path(path)
-    if not path.is_file():
-        raise CLIError(f"{flag}: no such file: {path}")
+    path = _existing_file(path, flag)
     try:
         return load_passages(path, limit=limit)
     except UnicodeDecodeError as exc:
@@ -120,32 +126,16 @@ def _read_passages(path, flag, limit=None):
         ) from exc
 
 
-def _read_ids(path):
-    """The ``_id`` of every row of a .jsonl[.gz] file, or None (no ids, or a .txt)."""
-    import gzip
-
-    name = path.name.lower()
-    if ".jsonl" not in name:
-        return None
-    opener = gzip.open if name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    has_id = ["_id" in r for r in rows]
-    if not any(has_id):
-        return None
-    if not all(has_id):
-        # Row numbers for some rows and ids for others would be ambiguous.
-        raise CLIError(
-            f"--input: {path} gives an _id on {sum(has_id)} of {len(rows)} rows; give "
-            f"every row an _id, or none (rows are then named by number)."
-        )
-    return [str(r["_id"]) for r in rows]
-
-
 def _read_texts(path, flag):
     """(ids or None, texts) from a .txt (one per line) or .jsonl[.gz] file."""
+    from .datasets import load_passage_ids
+
     texts = _read_passages(path, flag)
-    return _read_ids(Path(path)), texts
+    try:
+        # The reader `encode --workers` uses too: the same ids, checked the same way.
+        return load_passage_ids(path), texts
+    except ValueError as exc:
+        raise CLIError(f"{flag}: {exc}") from exc
 
 
 def _training_passages(patterns, limit):
@@ -282,6 +272,7 @@ def _encode(args):
     if args.scheduler is not None or args.workers is not None:
         from .distributed import encode_on_cluster
 
+        _existing_file(args.input, "--input")
         n = encode_on_cluster(
             model, [args.input], args.out, role=args.role, scheduler=args.scheduler,
             n_workers=args.workers, progress=not args.quiet,
@@ -327,8 +318,7 @@ def _search(args):
         and index.with_name(index.name + ".npz").is_file()
     ):
         index = index.with_name(index.name + ".npz")  # as `encode --out` named it
-    if not index.is_file():
-        raise CLIError(f"--index: no such file: {index}")
+    index = _existing_file(index, "--index")
     try:
         database, ids = load_index(index, model=model)
     except ValueError as exc:

@@ -4,8 +4,9 @@ A BEIR folder holds ``corpus.jsonl`` (``{"_id", "title", "text"}`` per line),
 ``queries.jsonl`` (``{"_id", "text"}``) and ``qrels/<split>.tsv`` (``query-id``,
 ``corpus-id``, ``score``, tab separated, with a header line); the jsonl files may be
 gzipped (``.jsonl.gz``). :func:`load_beir` reads one split of such a folder,
-:func:`load_sample` the small sample shipped with skfusion, and :func:`load_passages`
-unlabelled passages for fitting decoders and quantizers.
+:func:`load_sample` the small sample shipped with skfusion, :func:`load_passages`
+unlabelled passages for fitting decoders and quantizers, and :func:`load_passage_ids`
+their ids.
 """
 
 import gzip
@@ -18,6 +19,7 @@ from pathlib import Path
 __all__ = [
     "RetrievalDataset",
     "load_beir",
+    "load_passage_ids",
     "load_passages",
     "load_sample",
     "load_sample_passages",
@@ -35,9 +37,11 @@ def _open_text(path: Path):
 
 def _find(folder: Path, stem: str) -> Path:
     """Return ``folder/stem.jsonl`` or ``folder/stem.jsonl.gz``, whichever exists."""
-    found = [
-        p for p in (folder / f"{stem}.jsonl", folder / f"{stem}.jsonl.gz") if p.is_file()
-    ]
+    candidates = (folder / f"{stem}.jsonl", folder / f"{stem}.jsonl.gz")
+    found = [p for p in candidates if p.is_file()]
+    folders = [p for p in candidates if p.is_dir()]
+    if not found and folders:
+        raise FileNotFoundError(f"{folders[0]} is a directory, not a file.")
     if not found:
         raise FileNotFoundError(
             f"No {stem}.jsonl or {stem}.jsonl.gz in {folder}: a BEIR folder needs "
@@ -228,13 +232,18 @@ def load_beir(path, split: str = "test") -> RetrievalDataset:
     {'ceni': 1}
     """
     folder = Path(path)
-    if not folder.is_dir():
+    if folder.exists() and not folder.is_dir():
         raise FileNotFoundError(
-            f"BEIR folder {str(folder)!r} does not exist or is not a directory."
+            f"BEIR folder {str(folder)!r} is a file; give the folder that holds "
+            "corpus.jsonl[.gz], queries.jsonl[.gz] and qrels/."
         )
+    if not folder.is_dir():
+        raise FileNotFoundError(f"BEIR folder {str(folder)!r} does not exist.")
     if not isinstance(split, str) or not split:
         raise ValueError(f"split must be a non-empty string such as 'test', got {split!r}.")
     qrels_path = folder / "qrels" / f"{split}.tsv"
+    if qrels_path.is_dir():
+        raise FileNotFoundError(f"{qrels_path} is a directory, not a qrels file.")
     if not qrels_path.is_file():
         available = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
         raise FileNotFoundError(
@@ -304,8 +313,7 @@ def load_passages(path, *, limit: int | None = None) -> list[str]:
             f"Cannot read passages from {path.name!r}: use a .jsonl, .jsonl.gz, .txt "
             "or .txt.gz file."
         )
-    if not path.is_file():
-        raise FileNotFoundError(f"Passage file {str(path)!r} does not exist.")
+    _check_file(path)
     passages: list[str] = []
     if limit == 0:
         return passages
@@ -325,6 +333,97 @@ def load_passages(path, *, limit: int | None = None) -> list[str]:
                     if len(passages) == limit:
                         break
     return passages
+
+
+def _check_file(path: Path):
+    if path.is_dir():
+        raise FileNotFoundError(f"Passage file {str(path)!r} is a directory, not a file.")
+    if not path.is_file():
+        raise FileNotFoundError(f"Passage file {str(path)!r} does not exist.")
+
+
+def _bad_id(value):
+    """What is wrong with an id (None if nothing)."""
+    if value is None:
+        return "null"
+    if not isinstance(value, str):
+        return f"a {type(value).__name__}"
+    if not value:
+        return "empty"
+    if not value.isprintable():
+        return f"{value!r}, which holds a tab, line break or other non-printable character"
+    return None
+
+
+def load_passage_ids(path) -> list[str] | None:
+    """Read the ``_id`` of every passage of a ``.jsonl[.gz]`` file, checked.
+
+    The ids name the rows :func:`load_passages` reads from the same file, in order;
+    ``skfusion encode`` and :func:`skfusion.distributed.transform` both read them
+    here, so the two agree on every file.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A ``.jsonl`` / ``.jsonl.gz`` passage file, or a ``.txt`` / ``.txt.gz`` one
+        (which has no ids).
+
+    Returns
+    -------
+    ids : list of str or None
+        One id per passage (integer ids as strings, as :func:`load_beir` reads
+        them); None for a ``.txt`` file or a ``.jsonl`` file where no row has an
+        ``_id`` (rows are then named by position).
+
+    Raises
+    ------
+    ValueError
+        When only some rows have an ``_id``; when an ``_id`` is null, empty, neither
+        a string nor an integer, or holds a tab, a line break or another
+        non-printable character (an id is written on one line of tab-separated
+        output, e.g. by ``skfusion search``); when two rows share an id. The message
+        names the line(s) and the id.
+
+    Examples
+    --------
+    >>> from skfusion.datasets import load_passage_ids, sample_path
+    >>> load_passage_ids(sample_path() / "corpus.jsonl.gz")[:2]
+    ['libjasypt-java', 'libjs-perfect-scrollbar']
+    """
+    path = Path(path)
+    if ".jsonl" not in path.name.lower():
+        return None
+    _check_file(path)
+    rows = list(_read_jsonl(path))
+    with_id = [lineno for lineno, obj in rows if "_id" in obj]
+    if not with_id:
+        return None
+    if len(with_id) != len(rows):
+        first = next(lineno for lineno, obj in rows if "_id" not in obj)
+        raise ValueError(
+            f"{path} gives an _id on {len(with_id)} of {len(rows)} rows (line {first} "
+            "has none); give every row an _id, or none (rows are then named by number)."
+        )
+    ids, seen = [], {}
+    for lineno, obj in rows:
+        value = obj["_id"]
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        what = _bad_id(value)
+        if what:
+            raise ValueError(
+                f"{path}, line {lineno}: _id is {what}; ids must be non-empty strings "
+                "or integers on one line (no tabs or line breaks), as they are written "
+                "one per line in tab-separated output."
+            )
+        if value in seen:
+            raise ValueError(
+                f"{path}, line {lineno}: duplicate _id {value!r} (first on line "
+                f"{seen[value]}); every passage needs its own id."
+            )
+        seen[value] = lineno
+        ids.append(value)
+    return ids
 
 
 def sample_path() -> Path:

@@ -11,12 +11,13 @@ The worker side is engine-agnostic: :func:`encode_partition` encodes one partiti
 directly. :func:`read_shards` reads a finished shard directory back.
 """
 
+import collections
 import contextlib
-import gzip
 import hashlib
 import json
 import os
 import pickle
+import sys
 import threading
 import uuid
 from numbers import Integral
@@ -28,7 +29,7 @@ from sklearn.pipeline import Pipeline
 from ._compat import HasMethods, Interval, StrOptions, validate_params
 from ._io import write_atomically
 from ._text import check_texts
-from .datasets import load_passages
+from .datasets import load_passage_ids, load_passages
 from .embedder import ConcatEmbedder
 from .evaluation import encode
 
@@ -200,23 +201,17 @@ def read_shards(directory):
 
 # -- worker side: module-level functions, so tasks pickle them by reference ------------
 
-# Per worker process: the unpickled pipeline of each job, so that each worker loads the
-# pipeline and its members once, however many tasks it runs.
+# Per worker process: the unpickled pipeline of each running job, so that each worker
+# loads the pipeline and its members once, however many tasks it runs. The driver drops
+# a job's entry on every worker when the job ends (_forget); _FORGOTTEN remembers ended
+# jobs, so a task of one that was still running does not put its pipeline back.
 _PIPELINES = {}
+_FORGOTTEN = collections.deque(maxlen=1024)
 
 
 def _read_file(path):
-    """(ids or None, texts) of one passage file, texts as :func:`load_passages` reads."""
-    texts = load_passages(path)
-    name = Path(path).name.lower()
-    if ".jsonl" not in name:
-        return None, texts
-    opener = gzip.open if name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        ids = [json.loads(line).get("_id") for line in f if line.strip()]
-    if all(isinstance(i, (str, int)) and not isinstance(i, bool) for i in ids):
-        return [str(i) for i in ids], texts
-    return None, texts
+    """(ids or None, texts) of one passage file, read as ``skfusion encode`` reads it."""
+    return load_passage_ids(path), load_passages(path)
 
 
 def _read_bag(items):
@@ -311,6 +306,8 @@ def _worker_pipeline(blob, token, cache_dir, device):
                     params["device"] = device
                 embedder.set_params(**params)
             _PIPELINES[token] = pipeline
+            if token in _FORGOTTEN:  # the job ended meanwhile (see _forget)
+                _PIPELINES.pop(token, None)
     return pipeline
 
 
@@ -320,6 +317,10 @@ def _encode_task(blob, token, texts, role, cache_dir, device):
 
 
 def _forget(token):
+    # Runs on the worker's event loop: no lock (a task may hold _LOAD_LOCK for a
+    # while). Recorded first, dropped second: with _worker_pipeline's store-then-check,
+    # the pipeline ends up dropped whichever order the two threads run in.
+    _FORGOTTEN.append(token)
     _PIPELINES.pop(token, None)
 
 
@@ -399,12 +400,58 @@ def _output_shape(pipeline, blob, token, role, cache_dir, device, client):
     return out.shape[1], out.dtype
 
 
+def _show_progress(client, futures):
+    """Dask's text progress bar on stderr (stdout is the caller's, e.g. the CLI's)."""
+    from distributed import futures_of
+    from distributed.diagnostics.progressbar import TextProgressBar
+
+    class _StderrProgressBar(TextProgressBar):
+        # TextProgressBar draws on sys.stdout; these two methods are its drawing.
+        def _draw_bar(self, remaining, all, **kwargs):
+            frac = (1 - remaining / all) if all else 1.0
+            bar = "#" * int(self.width * frac)
+            msg = f"\r[{bar:<{self.width}}] | {int(100 * frac)}% Completed"
+            with contextlib.suppress(ValueError):
+                sys.stderr.write(msg)
+                sys.stderr.flush()
+
+        def _draw_stop(self, **kwargs):
+            with contextlib.suppress(ValueError):
+                sys.stderr.write("\33[2K\r")
+                sys.stderr.flush()
+
+    # The client's own scheduler: the bar would otherwise look for a default client,
+    # which encode_on_cluster's (set_as_default=False) is not.
+    _StderrProgressBar(futures_of(futures), scheduler=client.scheduler.address)
+
+
 def _run(client, futures, progress):
     if progress:
-        from distributed import progress as progress_bar
-
-        progress_bar(futures)
+        _show_progress(client, futures)
     return client.gather(futures)
+
+
+def _forget_everywhere(client, token):
+    with contextlib.suppress(Exception):  # a closed client has no workers left to clean
+        client.run(_forget, token)
+
+
+def _forget_when_done(client, futures, token):
+    """Drop the job's pipeline on the workers once all ``futures`` ended, any way."""
+    pending = {f.key for f in futures}
+    lock = threading.Lock()
+
+    def done(future):
+        with lock:
+            pending.discard(future.key)
+            last = not pending
+        if last:
+            _forget_everywhere(client, token)
+
+    if not futures:
+        _forget_everywhere(client, token)
+    for f in futures:
+        f.add_done_callback(done)
 
 
 def _check_out_dir(out_dir):
@@ -447,8 +494,9 @@ def transform(
     """Encode a large corpus with a fitted pipeline on a Dask cluster.
 
     The pipeline is pickled once and sent once to each worker, which unpickles it once
-    and keeps it for all its tasks; members given by name or path load lazily there,
-    once per worker. Texts are read on the workers, de-duplicated and cut into encoding
+    and keeps it for all its tasks of this call, and drops it when the call's job ends
+    (done or failed); members given by name or path load lazily there, once per
+    worker and call. Texts are read on the workers, de-duplicated and cut into encoding
     tasks in the order one process would encode them (distinct texts, longest first, in
     whole model calls), so the codes are bitwise identical to
     ``pipeline.transform(all_texts)`` in one process on the same kind of device with the
@@ -490,8 +538,9 @@ def transform(
         Torch device of the members on the workers (e.g. ``"cuda"`` with one GPU per
         worker). ``None`` keeps the pipeline's setting.
     progress : bool, default=True
-        Show Dask's progress bar while the job runs (``out_dir`` given); tasks appear
-        in the dashboard as ``skfusion-encode`` either way.
+        Show Dask's progress bar on stderr while the job runs (this call then waits
+        for the job); tasks appear in the dashboard as ``skfusion-encode`` either
+        way.
 
     Returns
     -------
@@ -536,8 +585,6 @@ def transform(
     ...         codes.compute().shape
     (3, 9)
     """
-    import dask.array as da
-    from dask import delayed
     from sklearn.utils.validation import check_is_fitted
 
     check_is_fitted(pipeline)
@@ -557,12 +604,29 @@ def transform(
     cache_dir = None if cache_dir is None else os.path.expanduser(os.fspath(cache_dir))
 
     blob_bytes = pickle.dumps(pipeline, protocol=pickle.HIGHEST_PROTOCOL)
-    token = hashlib.blake2b(
-        blob_bytes + repr((role, cache_dir, device)).encode(), digest_size=8
-    ).hexdigest()
     job = uuid.uuid4().hex  # task names of this call
+    # The workers keep the pipeline under this name while the job runs, and drop it
+    # when it ends, successfully or not.
+    token = f"{job}-{hashlib.blake2b(blob_bytes, digest_size=8).hexdigest()}"
     # One copy per worker; tasks receive a reference, not the bytes per task.
     blob = client.scatter(blob_bytes, broadcast=True, hash=False)
+    try:
+        return _transform(
+            client, pipeline, blob, token, job, parts, out_dir, role, texts_per_task,
+            cache_dir, device, progress,
+        )  # fmt: skip
+    except BaseException:
+        _forget_everywhere(client, token)
+        raise
+
+
+def _transform(
+    client, pipeline, blob, token, job, parts, out_dir, role, texts_per_task, cache_dir,
+    device, progress,
+):  # fmt: skip
+    """The body of :func:`transform`, once the pipeline is on the cluster."""
+    import dask.array as da
+    from dask import delayed
 
     parts = client.persist(parts)
     sketches = client.compute([delayed(_sketch)(p, i) for i, p in enumerate(parts)])
@@ -570,6 +634,7 @@ def transform(
     sizes = [len(s[0]) for s in sketches]
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int).tolist()
     width, dtype = _output_shape(pipeline, blob, token, role, cache_dir, device, client)
+    futures = []
     if sum(sizes) == 0:
         codes = da.zeros((0, width), dtype=dtype)
     else:
@@ -592,25 +657,24 @@ def transform(
         # Submitted with decreasing priority: task 0 holds the longest texts and costs
         # the most, and running the costliest first keeps workers busy to the end.
         n_tasks = len(task_sizes)
-        encoded = [
-            da.from_delayed(
-                client.submit(
-                    _encode_task, blob, token, block, role, cache_dir, device,
-                    key=f"skfusion-encode-{job}-{i}", priority=n_tasks - i,
-                ),
-                (n, width),
-                dtype=dtype,
+        futures = [
+            client.submit(
+                _encode_task, blob, token, block, role, cache_dir, device,
+                key=f"skfusion-encode-{job}-{i}", priority=n_tasks - i,
             )
-            for i, (block, n) in enumerate(zip(blocks, task_sizes, strict=True))
+            for i, block in enumerate(blocks)
         ]  # fmt: skip
+        encoded = [
+            da.from_delayed(f, (n, width), dtype=dtype)
+            for f, n in zip(futures, task_sizes, strict=True)
+        ]
         codes = da.concatenate(encoded)[row_rank].rechunk((tuple(sizes), (width,)))
     if out_dir is None:
         # Persist while this call still holds the futures the graph depends on.
         codes = client.persist(codes)
+        _forget_when_done(client, futures, token)
         if progress:
-            from distributed import progress as progress_bar
-
-            progress_bar(codes)
+            _show_progress(client, codes)
         return codes
 
     names = [f"part-{i:05d}.npy" for i in range(len(parts))]
@@ -629,7 +693,7 @@ def transform(
         )
     ]
     _run(client, client.compute(writes), progress)
-    client.run(_forget, token)
+    _forget_everywhere(client, token)
     manifest = {
         "n_rows": int(sum(sizes)),
         "n_features": int(width),
@@ -668,7 +732,7 @@ def encode_on_cluster(
     n_workers : int, default=None
         Size of the local cluster to start when ``scheduler`` is None.
     progress : bool, default=True
-        Show Dask's progress bar.
+        Show Dask's progress bar (on stderr).
 
     Returns
     -------

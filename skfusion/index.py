@@ -19,10 +19,14 @@ run in a faiss ``IndexBinaryHNSW`` over 1-bit codes or LSH bits
 (``shortlist_index="hnsw"``).
 """
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
+import uuid
+import weakref
 from numbers import Integral
 from pathlib import Path
 
@@ -31,13 +35,28 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.utils.validation import check_is_fitted
 
 from ._compat import HasMethods, Interval, StrOptions, _fit_context, validate_params
+from ._io import write_atomically
 from .codes import BaseCodeTransformer
 from .persistence import dump, load
 from .search import search
 
 __all__ = ["CodeIndex", "build_faiss_index", "load_faiss_index", "save_faiss_index"]
 
-_FORMAT = "skfusion-code-index-1"
+_FORMAT = "skfusion-code-index-2"
+# Version 1 folders (fixed file names, no "files" in meta.json) still load.
+_FORMAT_1 = "skfusion-code-index-1"
+_FILES_1 = {
+    "shortlist": "shortlist.skops",
+    "rescore": "rescore.skops",
+    "encoder": "encoder.skops",
+    "arrays": "arrays.npz",
+    "rows": "rescore.bin",
+}
+# Files of some saved version: swept by the next save once meta.json names others.
+_VERSIONED = re.compile(r"(shortlist|rescore|encoder|arrays)-[0-9a-f]{16}\.(skops|npz|bin)")
+_LOCK_NAME = ".skfusion-index.lock"
+# Bytes copied per step when the on-disk rows are copied (save, copy-on-write).
+_COPY_BYTES = 1 << 24
 _FLOAT_STORES = {"float16": np.float16, "float32": np.float32}
 # Float64 entries of one rescoring block (queries x candidates x width): 32 MiB.
 _BLOCK_VALUES = 1 << 22
@@ -56,6 +75,50 @@ def _faiss():
 def _l2(X):
     norms = np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float32))
     return np.ascontiguousarray(X / np.maximum(norms, np.float32(1e-30))[:, None])
+
+
+@contextlib.contextmanager
+def _folder_lock(folder, exclusive):
+    """Hold ``folder/.skfusion-index.lock``: exclusive to save, shared to load.
+
+    A save that finds the lock held fails with a clear error instead of mixing its
+    files with another writer's; a load waits for a save in progress. Without
+    ``fcntl`` (Windows), or in a folder the process cannot write (a read-only copy
+    nobody saves to), nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    lock = Path(folder) / _LOCK_NAME
+    try:
+        f = open(lock, "a+b")
+    except OSError:
+        if exclusive:
+            raise
+        yield
+        return
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB if exclusive else fcntl.LOCK_SH)
+        except BlockingIOError:
+            raise RuntimeError(
+                f"{os.fspath(folder)} is being saved or loaded by another process or "
+                f"CodeIndex (it holds {lock}); save to another folder, or retry when "
+                "that is done."
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _remove_private(path, folder):
+    """Finalizer of an index's private working file (and of its temporary folder)."""
+    Path(path).unlink(missing_ok=True)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _is_fitted(est):
@@ -106,8 +169,11 @@ default="auto"
     oversample : int, default=10
         Candidates per result: the shortlist keeps ``k * oversample`` rows.
     directory : str or path-like, default=None
-        Folder of the on-disk file (``rescore.bin``), created if missing; None: a new
-        temporary folder. :meth:`fit` truncates the file.
+        Folder of the on-disk working file, created if missing; None: a new temporary
+        folder. Each :meth:`fit` starts a new private file there
+        (``.rescore-*.bin.tmp``, deleted with the index), so several indexes can share
+        a folder; a folder written by :meth:`save` changes only when :meth:`save`
+        writes to it.
     prefit : bool, default=False
         The code steps are fitted already (as in :meth:`from_pipeline`); :meth:`fit`
         then needs no data.
@@ -127,7 +193,8 @@ default="auto"
     n_vectors_ : int
         Number of vectors added.
     directory_ : pathlib.Path
-        Folder holding ``rescore.bin``.
+        Folder of the working file (for a loaded index, the saved folder, whose rows
+        are copied to a private working file on the first :meth:`add`).
     ram_bytes_per_vector_ : int
         Bytes per vector held in RAM (the shortlist's ``bytes_per_vector_``).
     disk_bytes_per_vector_ : int
@@ -320,9 +387,7 @@ default="auto"
         self : CodeIndex
         """
         self._fit_steps(X)
-        self._start(
-            np.zeros((0, self.ram_bytes_per_vector_), dtype=np.uint8), truncate=True
-        )
+        self._start(np.zeros((0, self.ram_bytes_per_vector_), dtype=np.uint8))
         return self
 
     def _fit_steps(self, X):
@@ -360,23 +425,48 @@ default="auto"
         )
         self.rescore_weights_ = self._check_weights(self.rescore_weights, "rescore_weights")
 
-    def _start(self, codes, truncate):
-        """Attach the in-RAM codes and the on-disk file (emptied when ``truncate``)."""
-        self.directory_ = Path(
-            tempfile.mkdtemp(prefix="skfusion-index-")
-            if self.directory is None
-            else self.directory
-        )
-        self.directory_.mkdir(parents=True, exist_ok=True)
-        if truncate or not self._path().exists():
-            self._path().write_bytes(b"")
+    def _start(self, codes):
+        """Attach the in-RAM codes and a new, empty private working file."""
+        folder = None if self.directory is None else Path(self.directory)
+        if folder is None:
+            self.directory_ = Path(tempfile.mkdtemp(prefix="skfusion-index-"))
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            self.directory_ = folder
+        self._new_working_file(temporary_folder=folder is None)
         self.codes_ = codes
         self._faiss_index = None
         self._open()
 
-    # -- layout -------------------------------------------------------------------
-    def _path(self):
-        return self.directory_ / "rescore.bin"
+    def _new_working_file(self, temporary_folder=False):
+        """A new private file in ``directory_``; the previous one is released.
+
+        Only this index writes to it, so no other index (in this process or another)
+        can truncate the file this one has mapped, nor can this one touch theirs.
+        """
+        self._release()
+        fd, name = tempfile.mkstemp(
+            dir=self.directory_, prefix=".rescore-", suffix=".bin.tmp"
+        )
+        os.close(fd)
+        self._rows_path = Path(name)
+        self._owned = True
+        folder = self.directory_ if temporary_folder else None
+        self._cleanup = weakref.finalize(self, _remove_private, name, folder)
+
+    def _release(self):
+        cleanup = getattr(self, "_cleanup", None)
+        if cleanup is not None:
+            cleanup()
+        self._cleanup = None
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())  # (may be the live __dict__)
+        # A copy shares no working file: it copies the rows on its first add.
+        state.pop("_cleanup", None)
+        if "_owned" in state:
+            state["_owned"] = False
+        return state
 
     @property
     def _disk_dtype(self):
@@ -406,21 +496,29 @@ default="auto"
     def _open(self):
         """Map the on-disk file (read-only); None while it is empty."""
         n = self.codes_.shape[0]
-        size = self._path().stat().st_size
+        path = self._rows_path
+        size = path.stat().st_size
         expected = n * self.disk_bytes_per_vector_
         if size != expected:
             raise ValueError(
-                f"{self._path()} holds {size} bytes but {n} vectors of "
+                f"{path} holds {size} bytes but {n} vectors of "
                 f"{self.disk_bytes_per_vector_} bytes need {expected}: the index files "
-                "do not belong together."
+                "do not belong together (was a file of the folder changed or replaced "
+                "outside CodeIndex.save?)."
             )
         self.rescore_rows_ = (
-            np.memmap(
-                self._path(), dtype=self._disk_dtype, mode="r", shape=(n, self._disk_width)
-            )
+            np.memmap(path, dtype=self._disk_dtype, mode="r", shape=(n, self._disk_width))
             if n
             else None
         )
+
+    def _write_rows(self, f):
+        """Copy the mapped on-disk rows (not the path, which a save may have replaced)."""
+        if self.rescore_rows_ is None:
+            return
+        flat = self.rescore_rows_.reshape(-1).view(np.uint8)
+        for s in range(0, flat.size, _COPY_BYTES):
+            f.write(flat[s : s + _COPY_BYTES].tobytes())
 
     # -- adding and searching -----------------------------------------------------
     def add(self, X):
@@ -444,7 +542,12 @@ default="auto"
             fine = self.rescore_.to_packed(self.rescore_.transform(V))
         else:
             fine = V.astype(self._disk_dtype)
-        with open(self._path(), "ab") as f:
+        if not self._owned:
+            # A loaded (or copied) index maps files it does not own: copy on write.
+            self._new_working_file()
+            with open(self._rows_path, "wb") as f:
+                self._write_rows(f)
+        with open(self._rows_path, "ab") as f:
             f.write(np.ascontiguousarray(fine).tobytes())
         self.codes_ = np.concatenate([self.codes_, codes])
         self._faiss_index = None
@@ -595,45 +698,87 @@ default="auto"
 
     # -- persistence --------------------------------------------------------------
     def save(self, path):
-        """Write the index to a folder: skops steps, npz codes, the raw on-disk file.
+        """Write the index to a folder as a new version, atomically.
+
+        The files of the version (skops steps, npz codes, the raw on-disk rows) get
+        new names and ``meta.json``, written last by an atomic rename, switches to
+        them; the previous version's files are then deleted. An interrupted save
+        leaves the previous version loadable, and indexes loaded from the folder keep
+        working (their rows stay mapped). A save holds the folder's lock file
+        (``.skfusion-index.lock``): a concurrent save to the same folder fails with a
+        clear error instead of mixing files.
 
         Parameters
         ----------
         path : str or path-like
-            Folder (created); an existing index there is replaced.
+            Folder (created); an index saved there before is replaced.
         """
         check_is_fitted(self, "codes_")
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        dump(self.shortlist_, path / "shortlist.skops")
-        if self.rescore_ is not None:
-            dump(self.rescore_, path / "rescore.skops")
-        if self.encoder is not None:
-            dump(self.encoder, path / "encoder.skops")
-        arrays = {"codes": self.codes_}
-        for name in ("shortlist_weights", "rescore_weights"):
-            if getattr(self, name + "_") is not None:
-                arrays[name] = getattr(self, name + "_")
-        np.savez(path / "arrays.npz", **arrays)
-        target = path / "rescore.bin"
-        if not target.exists() or not target.samefile(self._path()):
-            shutil.copyfile(self._path(), target)
-        meta = {
-            "format": _FORMAT,
-            "rescore": self.rescore if isinstance(self.rescore, str) else None,
-            "n_vectors": self.n_vectors_,
-            **{
-                p: getattr(self, p)
-                for p in (
-                    "shortlist_metric",
-                    "rescore_metric",
-                    "shortlist_index",
-                    "oversample",
-                    "batch_size",
-                )
-            },
-        }
-        (path / "meta.json").write_text(json.dumps(meta, indent=1))
+        with _folder_lock(path, exclusive=True):
+            old = _saved_files(path)
+            version = uuid.uuid4().hex[:16]
+            files = {}
+            try:
+                rows_name = old.get("rows") if old else None
+                if (
+                    self._owned
+                    or rows_name is None
+                    or not (path / rows_name).is_file()
+                    or not (path / rows_name).samefile(self._rows_path)
+                ):
+                    # (A loaded, unchanged index saved back in place keeps its rows.)
+                    rows_name = f"rescore-{version}.bin"
+                    files["rows"] = rows_name
+                    write_atomically(path / rows_name, self._write_rows)
+                steps = {
+                    "shortlist": self.shortlist_,
+                    "rescore": self.rescore_,
+                    "encoder": self.encoder,
+                }
+                for name, est in steps.items():
+                    if est is not None:
+                        files[name] = f"{name}-{version}.skops"
+                        dump(est, path / files[name])
+                arrays = {"codes": self.codes_}
+                for name in ("shortlist_weights", "rescore_weights"):
+                    if getattr(self, name + "_") is not None:
+                        arrays[name] = getattr(self, name + "_")
+                files["arrays"] = f"arrays-{version}.npz"
+                write_atomically(path / files["arrays"], lambda f: np.savez(f, **arrays))
+                files["rows"] = rows_name
+                meta = {
+                    "format": _FORMAT,
+                    "files": files,
+                    "rescore": self.rescore if isinstance(self.rescore, str) else None,
+                    "n_vectors": self.n_vectors_,
+                    **{
+                        p: getattr(self, p)
+                        for p in (
+                            "shortlist_metric",
+                            "rescore_metric",
+                            "shortlist_index",
+                            "oversample",
+                            "batch_size",
+                        )
+                    },
+                }
+                payload = json.dumps(meta, indent=1).encode()
+                write_atomically(path / "meta.json", lambda f: f.write(payload))
+            except BaseException:
+                for name in files.values():
+                    if name != (old or {}).get("rows"):
+                        (path / name).unlink(missing_ok=True)
+                raise
+            # The new version is in place; files of older ones (and of saves that were
+            # interrupted) go. Loaders hold the shared lock, so none is reading them.
+            keep = set(files.values())
+            stale = set((old or {}).values()) | {
+                p.name for p in path.iterdir() if _VERSIONED.fullmatch(p.name)
+            }
+            for name in stale - keep:
+                (path / name).unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path):
@@ -650,45 +795,74 @@ default="auto"
         Returns
         -------
         index : CodeIndex
-            Adding to it appends to ``path/rescore.bin``.
+            Maps the folder's rows read-only: the folder changes only when
+            :meth:`save` writes to it. The first :meth:`add` copies the rows to a
+            private working file in the folder, and :meth:`fit` starts a new one.
         """
         path = Path(path)
-        meta_path = path / "meta.json"
-        if not meta_path.is_file():
+        if not (path / "meta.json").is_file():
             raise FileNotFoundError(f"{os.fspath(path)} holds no CodeIndex (no meta.json).")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != _FORMAT:
-            raise ValueError(f"{os.fspath(path)} is not a {_FORMAT} folder.")
-
-        def _opt(name):
-            p = path / f"{name}.skops"
-            return load(p) if p.exists() else None
-
-        with np.load(path / "arrays.npz", allow_pickle=False) as arrays:
-            codes = arrays["codes"]
-            weights = {
-                n: arrays[n]
-                for n in ("shortlist_weights", "rescore_weights")
-                if n in arrays
+        with _folder_lock(path, exclusive=False):
+            meta = json.loads((path / "meta.json").read_text())
+            files = _saved_files(path, meta)
+            with np.load(path / files["arrays"], allow_pickle=False) as arrays:
+                codes = arrays["codes"]
+                weights = {
+                    n: arrays[n]
+                    for n in ("shortlist_weights", "rescore_weights")
+                    if n in arrays
+                }
+            steps = {
+                name: load(path / files[name]) if name in files else None
+                for name in ("shortlist", "rescore", "encoder")
             }
-        rescore = meta.pop("rescore") or _opt("rescore")
-        n = meta.pop("n_vectors")
-        meta.pop("format")
-        index = cls(
-            load(path / "shortlist.skops"),
-            rescore,
-            encoder=_opt("encoder"),
-            directory=path,
-            prefit=True,
-            **weights,
-            **meta,
-        )
-        if codes.shape[0] != n:
-            raise ValueError(f"{os.fspath(path)}: codes and meta.json disagree on rows.")
-        index._validate_params()
-        index._fit_steps(None)
-        index._start(codes, truncate=False)  # checks the file size against the codes
+            rescore = meta.pop("rescore") or steps["rescore"]
+            n = meta.pop("n_vectors")
+            for key in ("format", "files"):
+                meta.pop(key, None)
+            index = cls(
+                steps["shortlist"],
+                rescore,
+                encoder=steps["encoder"],
+                directory=path,
+                prefit=True,
+                **weights,
+                **meta,
+            )
+            if codes.shape[0] != n:
+                raise ValueError(
+                    f"{os.fspath(path)}: codes and meta.json disagree on rows."
+                )
+            index._validate_params()
+            index._fit_steps(None)
+            index.directory_ = path
+            index._cleanup = None
+            index._rows_path = path / files["rows"]
+            index._owned = False
+            index.codes_ = codes
+            index._faiss_index = None
+            index._open()  # checks the file size against the codes; maps it read-only
         return index
+
+
+def _saved_files(path, meta=None):
+    """The file names of the version ``meta.json`` names (None: no index there)."""
+    if meta is None:
+        try:
+            meta = json.loads((path / "meta.json").read_text())
+        except (OSError, ValueError):
+            return None
+    fmt = meta.get("format") if isinstance(meta, dict) else None
+    if fmt == _FORMAT_1:
+        return {k: v for k, v in _FILES_1.items() if (path / v).exists()}
+    if fmt != _FORMAT or not isinstance(meta.get("files"), dict):
+        if isinstance(fmt, str) and fmt.startswith("skfusion-code-index"):
+            raise ValueError(
+                f"{os.fspath(path)} holds a {fmt} folder, which this skfusion cannot "
+                f"read (it reads {_FORMAT_1} and {_FORMAT})."
+            )
+        raise ValueError(f"{os.fspath(path)} is not a {_FORMAT} folder.")
+    return dict(meta["files"])
 
 
 # -- faiss --------------------------------------------------------------------------

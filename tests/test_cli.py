@@ -550,3 +550,92 @@ def test_quiet_leaves_only_the_result_line(tmp_path, passages_file, tiny_model_p
     assert res.stderr == ""
     (line,) = res.stdout.splitlines()
     assert line.startswith("fitted on ") and line.endswith(f"{out} (output width 8)")
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ([{"_id": "a", "text": "1"}, {"_id": None, "text": "2"}], "line 2: _id is null"),
+        ([{"_id": "a\tb", "text": "one"}], "_id is 'a\\tb', which holds a tab"),
+        ([{"_id": "a\nb", "text": "one"}], "_id is 'a\\nb', which holds a tab, line"),
+        ([{"_id": "", "text": "one"}], "line 1: _id is empty"),
+        ([{"_id": 1.5, "text": "one"}], "line 1: _id is a float"),
+        (
+            [{"_id": i, "text": t} for i, t in zip("aba", "xyz", strict=True)],
+            "line 3: duplicate _id 'a' (first on line 1)",
+        ),
+        ([{"_id": 7, "text": "x"}, {"_id": "7", "text": "y"}], "duplicate _id '7'"),
+    ],
+)
+def test_ids_that_search_could_not_print_are_refused(
+    tmp_path, model_file, capsys, rows, message
+):
+    # They became "None", broke search's one-line "id<TAB>score" output, or named two
+    # rows alike.
+    source = tmp_path / "ids.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert _encode(model_file, source, tmp_path / "idx.npz") == 2
+    error = _error(capsys)
+    assert error.startswith("skfusion encode: error: --input:") and message in error
+    assert not (tmp_path / "idx.npz").exists()
+
+
+def test_integer_ids_are_read_as_strings(tmp_path, model_file, capsys):
+    source = tmp_path / "ids.jsonl"
+    source.write_text("".join(json.dumps({"_id": i, "text": f"row {i}"}) + "\n"
+                              for i in (10, 20)))  # fmt: skip
+    assert _encode(model_file, source, tmp_path / "idx.npz") == 0
+    assert sorted(_search(model_file, tmp_path / "idx.npz", capsys, "row")[1]) == [
+        "10",
+        "20",
+    ]
+
+
+def test_a_directory_given_for_a_file_says_so(
+    tmp_path, model_file, passages_file, tiny_model_paths, capsys
+):
+    folder = tmp_path / "folder.jsonl"
+    folder.mkdir()
+    index = tmp_path / "idx.npz"
+    assert _encode(model_file, passages_file, index) == 0
+    capsys.readouterr()
+    m, p, i = str(model_file), str(passages_file), str(index)
+    cases = {
+        "--model": ["encode", "--model", str(folder), "--input", p, "--out", i],
+        "--input": ["encode", "--model", m, "--input", str(folder), "--out", "x.npz"],
+        "--index": ["search", "--model", m, "--index", str(folder), "--query", "q"],
+        "--corpus": ["export-web", m, str(tmp_path / "web"), "--corpus", str(folder)],
+        "--train": [
+            "fit",
+            "--member",
+            tiny_model_paths[0],
+            "--train",
+            str(folder),
+            "--out",
+            str(tmp_path / "m.skops"),
+        ],  # fmt: skip
+        "--input ": [
+            "encode",
+            "--model",
+            m,
+            "--input",
+            str(folder),
+            "--out",
+            str(tmp_path / "shards"),
+            "--workers",
+            "1",
+        ],  # fmt: skip
+    }
+    for flag, argv in cases.items():
+        assert main([*argv, "--quiet"]) == 2, flag
+        error = _error(capsys)
+        assert f"{flag.strip()}: {folder} is a directory, not a file" in error, error
+    beir = tmp_path / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    (beir / "qrels" / "test.tsv").write_text("q\td\t1\n")
+    (beir / "queries.jsonl").write_text('{"_id": "q", "text": "x"}\n')
+    (beir / "corpus.jsonl").mkdir()
+    assert main(["evaluate", "--model", m, "--beir", str(beir), "--quiet"]) == 2
+    assert f"{beir / 'corpus.jsonl'} is a directory, not a file" in _error(capsys)
+    assert main(["evaluate", "--model", m, "--beir", p, "--quiet"]) == 2
+    assert "is a file; give the folder" in _error(capsys)

@@ -9,7 +9,10 @@ import copy
 import gzip
 import json
 import os
+import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -229,9 +232,15 @@ def test_worker_killed_mid_job_loses_and_duplicates_nothing(
 def test_progress_bar_shows_and_can_be_silenced(client, embedder, corpus, tmp_path, capsys):
     bag = db.from_sequence(corpus[:40], npartitions=2)
     transform(embedder, bag, out_dir=tmp_path / "quiet", progress=False)
-    assert "Completed" not in capsys.readouterr().out
+    quiet = capsys.readouterr()
+    assert "Completed" not in quiet.out + quiet.err
+    # On stderr: stdout is the caller's (skfusion encode prints its result there).
     transform(embedder, bag, out_dir=tmp_path / "loud", progress=True)
-    assert "Completed" in capsys.readouterr().out
+    loud = capsys.readouterr()
+    assert "Completed" in loud.err and "Completed" not in loud.out
+    transform(embedder, bag, progress=True).compute()
+    loud = capsys.readouterr()
+    assert "Completed" in loud.err and "Completed" not in loud.out
 
 
 def test_worker_local_caches(client, embedder, corpus, tmp_path):
@@ -278,7 +287,9 @@ def test_cli_encode_on_a_scheduler(client, pipeline, corpus, tmp_path, capsys):
     argv = ["encode", "--model", str(model), "--input", str(passages), "--out", str(out),
             "--role", "document", "--scheduler", address, "--quiet"]  # fmt: skip
     assert main(argv) == 0
-    assert f"encoded {len(corpus)} texts" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert f"encoded {len(corpus)} texts" in captured.out
+    assert "Completed" not in captured.out + captured.err  # --quiet: no progress bar
     ids, codes = read_shards(out)
     assert ids == [f"p{i}" for i in range(len(corpus))]
     texts = load_passages(passages)
@@ -287,3 +298,99 @@ def test_cli_encode_on_a_scheduler(client, pipeline, corpus, tmp_path, capsys):
         main([*argv[:-3], "--workers", "0"])
     assert exc.value.code == 2
     assert "--workers: must be an integer >= 1" in capsys.readouterr().err
+
+
+def _n_pipelines(dask_worker=None):
+    import skfusion.distributed as mod
+
+    return len(mod._PIPELINES)
+
+
+def _wait_for_no_pipelines(client, timeout=30):
+    # The release after a job that returned a dask.array runs when its last task ends.
+    deadline = time.monotonic() + timeout
+    while any(client.run(_n_pipelines).values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return client.run(_n_pipelines)
+
+
+def test_workers_release_the_pipeline_after_each_job(client, embedder, corpus, tmp_path):
+    # Every call's unpickled pipeline (and its loaded models) stayed on the workers.
+    bag = db.from_sequence(corpus[:80], npartitions=2)
+    codes = transform(embedder, bag, texts_per_task=64, progress=False)
+    assert codes.compute().tobytes() == embedder.transform(corpus[:80]).tobytes()
+    assert set(_wait_for_no_pipelines(client).values()) == {0}
+    transform(embedder, bag, out_dir=tmp_path / "ok", progress=False)
+    assert set(client.run(_n_pipelines).values()) == {0}
+    # Failing jobs: the members cannot load on a device that does not exist.
+    with pytest.raises(Exception, match="nodevice"):
+        transform(embedder, bag, out_dir=tmp_path / "bad", device="nodevice",
+                  progress=False)  # fmt: skip
+    assert set(_wait_for_no_pipelines(client).values()) == {0}
+    failing = transform(embedder, bag, device="nodevice", progress=False)
+    with pytest.raises(Exception, match="nodevice"):
+        failing.compute()
+    assert set(_wait_for_no_pipelines(client).values()) == {0}
+
+
+def test_passage_files_ids_are_checked_on_the_cluster(client, embedder, tmp_path):
+    # Ids on some rows only became positions (skfusion encode refused the same file).
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text('{"_id": "a", "text": "one"}\n{"text": "two"}\n')
+    with pytest.raises(ValueError, match=r"_id on 1 of 2 rows \(line 2 has none\)"):
+        transform(embedder, [mixed], out_dir=tmp_path / "s1", progress=False)
+    twice = tmp_path / "twice.jsonl"
+    twice.write_text('{"_id": 1, "text": "one"}\n{"_id": "1", "text": "two"}\n')
+    with pytest.raises(ValueError, match=r"line 2: duplicate _id '1' \(first on line 1\)"):
+        transform(embedder, [twice], out_dir=tmp_path / "s2", progress=False)
+    null = tmp_path / "null.jsonl"
+    null.write_text('{"_id": null, "text": "one"}\n')
+    with pytest.raises(ValueError, match="line 1: _id is null"):
+        transform(embedder, [null], out_dir=tmp_path / "s3", progress=False)
+
+
+def test_cli_encode_on_local_workers_with_progress(pipeline, corpus, tmp_path):
+    # Without --quiet it failed: "No clients found" (the bar looked for a default
+    # client). The bar goes to stderr; stdout holds the result line only.
+    model = tmp_path / "model.skops"
+    dump(pipeline, model)
+    passages = tmp_path / "passages.jsonl"
+    lines = [json.dumps({"_id": f"p{i}", "text": t}) + "\n" for i, t in enumerate(corpus)]
+    passages.write_text("".join(lines))
+    argv = [sys.executable, "-m", "skfusion", "encode", "--model", str(model), "--input",
+            str(passages), "--workers", "2"]  # fmt: skip
+    run = subprocess.run([*argv, "--out", str(tmp_path / "loud")], capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.splitlines() == [
+        f"encoded {len(corpus)} texts as documents -> shards in {tmp_path / 'loud'}"
+    ]
+    assert "100% Completed" in run.stderr
+    ids, codes = read_shards(tmp_path / "loud")
+    assert ids == [f"p{i}" for i in range(len(corpus))]
+    reference = encode(pipeline, load_passages(passages), "document")
+    assert codes.tobytes() == reference.tobytes()
+
+
+def test_readme_dask_example_runs_as_a_script(pipeline, corpus, tmp_path):
+    # As written it had no __main__ guard (Dask's spawned workers re-ran the script)
+    # and loaded a model.joblib, which skfusion encode refuses.
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### Encoding on a Dask cluster", 1)[1].split("\n### ", 1)[0]
+    code = re.findall(r"```python\n(.+?)\n```", section, flags=re.S)[0]
+    (tmp_path / "encode_corpus.py").write_text(code + "\n")
+    dump(pipeline, tmp_path / "model.skops")
+    rows = [{"_id": f"d{i}", "text": t} for i, t in enumerate(corpus[:40])]
+    for part in range(2):
+        lines = [json.dumps(r) + "\n" for r in rows[part * 20 : (part + 1) * 20]]
+        (tmp_path / f"corpus-{part}.jsonl").write_text("".join(lines))
+    run = subprocess.run([sys.executable, "encode_corpus.py"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.split() == ["40", "(40,", f"{pipeline.transform(['x']).shape[1]})"]
+    ids, codes = read_shards(tmp_path / "codes")
+    assert ids == [r["_id"] for r in rows]
+    reference = encode(pipeline, [r["text"] for r in rows], "document")
+    assert codes.tobytes() == reference.tobytes()

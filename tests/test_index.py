@@ -1,5 +1,8 @@
 """Tests of skfusion.index: the two-stage CodeIndex and the faiss index builders."""
 
+import copy
+import json
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -86,9 +89,9 @@ def test_rescore_rows_are_a_memmap_of_the_file(data, tmp_path):
     calib, db = data
     index = CodeIndex(PercentileQuantizer(bits=2, pack=True), PercentileQuantizer(bits=8))
     index.set_params(directory=tmp_path / "idx").fit(calib).add(db)
-    path = tmp_path / "idx" / "rescore.bin"
+    path = Path(index.rescore_rows_.filename)
     assert isinstance(index.rescore_rows_, np.memmap)
-    assert Path(index.rescore_rows_.filename) == path.resolve()
+    assert path.parent == (tmp_path / "idx").resolve()
     assert path.stat().st_size == db.shape[0] * 48 == index.disk_bytes_per_vector_ * len(db)
     np.testing.assert_array_equal(
         np.fromfile(path, dtype=np.uint8).reshape(len(db), 48), index.rescore_.transform(db)
@@ -120,16 +123,26 @@ def test_save_load_round_trip_in_a_fresh_process(data, tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True)
     np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), idx)
     np.testing.assert_array_equal(np.load(tmp_path / "s.npy"), scores)
-    # A loaded index keeps growing in place.
+    # A loaded index grows (copy on write), and its folder only on save.
     loaded = CodeIndex.load(tmp_path / "saved").add(db[:3])
     assert loaded.n_vectors_ == len(db) + 3
     np.testing.assert_array_equal(loaded.rescore_rows_[-3:], loaded.rescore_rows_[:3])
     np.testing.assert_array_equal(loaded.codes_[-3:], loaded.codes_[:3])
-    assert (tmp_path / "saved" / "rescore.bin").stat().st_size == (len(db) + 3) * 48 // 2
+    assert CodeIndex.load(tmp_path / "saved").n_vectors_ == len(db)
+    loaded.save(tmp_path / "saved")
+    assert CodeIndex.load(tmp_path / "saved").n_vectors_ == len(db) + 3
+    assert _rows_file(tmp_path / "saved").stat().st_size == (len(db) + 3) * 48 // 2
 
 
 def _double(X):
     return 2 * X
+
+
+def _rows_file(folder, name="rows"):
+    """The file of the saved version that meta.json names."""
+    return (
+        Path(folder) / json.loads((Path(folder) / "meta.json").read_text())["files"][name]
+    )
 
 
 def test_save_and_load_refuse_foreign_types(data, tmp_path):
@@ -142,7 +155,7 @@ def test_save_and_load_refuse_foreign_types(data, tmp_path):
         index.save(tmp_path / "bad")
     index.set_params(encoder=None).fit(calib).add(db).save(tmp_path / "ok")
     # A tampered folder: a step naming a foreign function is refused, not built.
-    sio.dump(FunctionTransformer(_double), tmp_path / "ok" / "shortlist.skops")
+    sio.dump(FunctionTransformer(_double), _rows_file(tmp_path / "ok", "shortlist"))
     with pytest.raises(Exception, match="_double|untrusted|trust"):
         CodeIndex.load(tmp_path / "ok")
 
@@ -310,7 +323,7 @@ def test_load_refuses_a_disk_file_of_another_index(data, tmp_path):
     calib, db = data
     index = CodeIndex(PercentileQuantizer(bits=1, pack=True), "float16").fit(calib).add(db)
     index.save(tmp_path / "a")
-    with open(tmp_path / "a" / "rescore.bin", "ab") as f:
+    with open(_rows_file(tmp_path / "a"), "ab") as f:
         f.write(b"\0" * 96)  # one row too many
     with pytest.raises(ValueError, match="do not belong together"):
         CodeIndex.load(tmp_path / "a")
@@ -321,3 +334,152 @@ def test_refit_with_another_width(data):
     index = CodeIndex(PercentileQuantizer(bits=1, pack=True)).fit(calib)
     index.fit(calib[:, :16]).add(db[:, :16])
     assert index.n_features_in_ == 16 and index.n_vectors_ == len(db)
+
+
+# -- no index corrupts another's files, nor an unsaved one its folder (issue 19) -------
+def _folder_bytes(folder):
+    """The saved files (not the private working files of live indexes)."""
+    return {
+        p.name: p.read_bytes()
+        for p in Path(folder).iterdir()
+        if p.is_file() and not p.name.endswith(".bin.tmp")
+    }
+
+
+def test_two_indexes_on_one_directory_do_not_truncate_each_other(data, tmp_path):
+    # On a shared rescore.bin the second fit truncated the first index's mapped file
+    # and its next search died of SIGBUS: run it in a subprocess so a crash fails here.
+    calib, db = data
+    np.save(tmp_path / "calib.npy", calib)
+    np.save(tmp_path / "db.npy", db)
+    code = f"""
+import numpy as np
+from skfusion import PercentileQuantizer
+from skfusion.index import CodeIndex
+calib, db = np.load({str(tmp_path / "calib.npy")!r}), np.load({str(tmp_path / "db.npy")!r})
+folder = {str(tmp_path / "shared")!r}
+a = CodeIndex(PercentileQuantizer(bits=1, pack=True), "float32", directory=folder)
+a.fit(calib).add(db)
+before = a.search(calib[:10], 5)
+b = CodeIndex(PercentileQuantizer(bits=2, pack=True), "float32", directory=folder)
+b.fit(calib).add(db[:7])
+after = a.search(calib[:10], 5)
+assert all((x == y).all() for x, y in zip(before, after))
+a.add(db[:3])
+assert b.n_vectors_ == 7 and b.search(db[:2], 1)[1].ravel().tolist() == [0, 1]
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", (out.returncode, out.stderr)
+
+
+def test_load_then_add_without_save_leaves_the_folder_intact(data, tmp_path):
+    calib, db = data
+    index = CodeIndex(PercentileQuantizer(bits=1, pack=True), "float16").fit(calib)
+    index.add(db[:500]).save(tmp_path / "idx")
+    saved = _folder_bytes(tmp_path / "idx")
+    expected = index.search(calib[:10], 5)
+    loaded = CodeIndex.load(tmp_path / "idx").add(db[500:])
+    assert loaded.n_vectors_ == len(db)
+    del loaded  # its private working file goes with it
+    assert not list((tmp_path / "idx").glob(".rescore-*"))
+    assert _folder_bytes(tmp_path / "idx") == saved
+    again = CodeIndex.load(tmp_path / "idx")
+    assert again.n_vectors_ == 500
+    for x, y in zip(again.search(calib[:10], 5), expected, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_fit_on_a_loaded_index_leaves_the_saved_rows_alone(data, tmp_path):
+    calib, db = data
+    CodeIndex(PercentileQuantizer(bits=1, pack=True), "float32").fit(calib).add(db).save(
+        tmp_path / "idx"
+    )
+    saved = _folder_bytes(tmp_path / "idx")
+    loaded = CodeIndex.load(tmp_path / "idx")
+    loaded.set_params(prefit=False).fit(calib).add(db[:5])
+    assert loaded.n_vectors_ == 5
+    assert _rows_file(tmp_path / "idx").stat().st_size == len(db) * 48 * 4
+    assert _folder_bytes(tmp_path / "idx") == saved
+    assert CodeIndex.load(tmp_path / "idx").n_vectors_ == len(db)
+
+
+def test_an_interrupted_save_leaves_the_previous_version(data, tmp_path):
+    calib, db = data
+    index = CodeIndex(PercentileQuantizer(bits=1, pack=True), "float16").fit(calib)
+    index.add(db[:100]).save(tmp_path / "idx")
+    saved = _folder_bytes(tmp_path / "idx")
+    # The encoder cannot be stored: the save fails after writing some of its files.
+    bad = clone(index).set_params(encoder=make_pipeline(FunctionTransformer(_double)))
+    bad.fit(calib).add(db[:7])
+    with pytest.raises(ValueError, match="does not trust"):
+        bad.save(tmp_path / "idx")
+    assert _folder_bytes(tmp_path / "idx") == saved
+    assert CodeIndex.load(tmp_path / "idx").n_vectors_ == 100
+
+
+def test_saving_over_an_index_drops_its_files(data, tmp_path):
+    # A stale encoder.skops of the previous index was loaded with the new one.
+    calib, db = data
+    scaler = StandardScaler().fit(calib)
+    CodeIndex(PercentileQuantizer(bits=1, pack=True), encoder=scaler).fit(calib).add(
+        db
+    ).save(tmp_path / "idx")
+    small = CodeIndex(PercentileQuantizer(bits=1, pack=True), "float32").fit(calib)
+    small.add(db[:4]).save(tmp_path / "idx")
+    again = CodeIndex.load(tmp_path / "idx")
+    assert again.encoder is None and again.n_vectors_ == 4
+    np.testing.assert_array_equal(again.search(db[:4], 1)[1].ravel(), [0, 1, 2, 3])
+    names = sorted(p.name for p in (tmp_path / "idx").iterdir())
+    assert len(names) == 5 and names[0] == ".skfusion-index.lock", names
+
+
+def test_a_concurrent_save_is_refused_with_a_clear_error(data, tmp_path):
+    fcntl = pytest.importorskip("fcntl")
+    calib, db = data
+    index = CodeIndex(PercentileQuantizer(bits=1, pack=True)).fit(calib).add(db[:9])
+    index.save(tmp_path / "idx")
+    # Another writer holds the folder's lock (a separate open file, as another
+    # process would).
+    with open(tmp_path / "idx" / ".skfusion-index.lock", "a+b") as other:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        with pytest.raises(RuntimeError, match="being saved or loaded by another"):
+            index.save(tmp_path / "idx")
+    index.add(db[:1]).save(tmp_path / "idx")
+    assert CodeIndex.load(tmp_path / "idx").n_vectors_ == 10
+
+
+def test_version_1_folders_still_load(data, tmp_path):
+    calib, db = data
+    index = CodeIndex(PercentileQuantizer(bits=1, pack=True), "float16").fit(calib)
+    index.add(db[:20]).save(tmp_path / "idx")
+    folder = tmp_path / "idx"
+    meta = json.loads((folder / "meta.json").read_text())
+    for name, old in (("shortlist", "shortlist.skops"), ("arrays", "arrays.npz")):
+        (folder / meta["files"][name]).rename(folder / old)
+    (folder / meta["files"]["rows"]).rename(folder / "rescore.bin")
+    del meta["files"]
+    meta["format"] = "skfusion-code-index-1"
+    (folder / "meta.json").write_text(json.dumps(meta))
+    loaded = CodeIndex.load(folder)
+    np.testing.assert_array_equal(loaded.search(db[:3], 1)[1].ravel(), [0, 1, 2])
+    loaded.add(db[:1]).save(folder)
+    assert not (folder / "rescore.bin").exists()
+    assert CodeIndex.load(folder).n_vectors_ == 21
+
+
+def test_a_copy_writes_its_own_file_and_the_original_keeps_its_own(data, tmp_path):
+    calib, db = data
+    index = CodeIndex(PercentileQuantizer(bits=1, pack=True), directory=tmp_path)
+    index.fit(calib).add(db[:50])
+    for copy_ in (pickle.loads(pickle.dumps(index)), copy.deepcopy(index)):
+        copy_.add(db[50:53])
+        assert copy_.n_vectors_ == 53 and copy_.rescore_rows_.filename != (
+            index.rescore_rows_.filename
+        )
+    index.add(db[50:51])
+    assert index.n_vectors_ == 51
+    np.testing.assert_array_equal(index.search(db[:51], 1)[1].ravel(), np.arange(51))
+    path = Path(index.rescore_rows_.filename)
+    del index
+    assert not path.exists()  # the private working file goes with its index

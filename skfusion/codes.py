@@ -506,6 +506,20 @@ class BaseQuantizer(BaseCodeTransformer):
     --------
     skfusion.quantize.PercentileQuantizer : One width for every dimension.
     skfusion.allocation.AllocatedQuantizer : Widths allocated by variance.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skfusion import AllocatedQuantizer, PercentileQuantizer
+    >>> from skfusion.codes import BaseQuantizer
+    >>> X = np.random.default_rng(0).standard_normal((200, 4))
+    >>> q = PercentileQuantizer(bits=2).fit(X)
+    >>> isinstance(q, BaseQuantizer), issubclass(AllocatedQuantizer, BaseQuantizer)
+    (True, True)
+    >>> q.code_metrics
+    ('codes', 'asymmetric', 'reconstruct')
+    >>> q.inverse_transform(q.transform(X[:1])).shape
+    (1, 4)
     """
 
     code_metrics = ("codes", "asymmetric", "reconstruct")

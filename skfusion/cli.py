@@ -110,6 +110,10 @@ def _load_model(args):
             f"--model: {path} holds a {type(model).__name__}, not a pipeline written by "
             "`skfusion fit`."
         )
+    # Bars follow this command's --quiet, not the setting the model was fitted with.
+    for _, step in model.steps:
+        if "show_progress_bar" in step.get_params(deep=False):
+            step.set_params(show_progress_bar=False if args.quiet else None)
     return model
 
 
@@ -235,6 +239,7 @@ def _build_pipeline(args):
                     stops=stops,
                     output_dim=args.output_dim,
                     random_state=args.random_state,
+                    show_progress_bar=quiet,
                 ),
             )
         )

@@ -111,16 +111,21 @@ def _stages(embedder, members, passages, train_z):
         # Same passages, same cache: the model runs no second time.
         yield f"{name} alone", Pipeline([("embed", alone.fit(passages))])
     yield "concatenation", Pipeline([("embed", embedder)])
-    for name, steps in _downstream_stages(train_z):
+    for name, steps in _downstream_stages(train_z, embedder.show_progress_bar):
         yield name, Pipeline([("embed", embedder), *steps])
 
 
-def _downstream_stages(train_z, random_state=0):
+def _downstream_stages(train_z, show_progress_bar, random_state=0):
     """Decoder, quantizer and LSH stages, each fitted on the embedded training passages."""
     width = train_z.shape[1]
     n_components = min(256, width)
     stops = tuple(s for s in (32, 64, 128, 256) if s < n_components) + (n_components,)
-    decoder = MatryoshkaDecoder(n_components, stops, random_state=random_state)
+    decoder = MatryoshkaDecoder(
+        n_components,
+        stops,
+        random_state=random_state,
+        show_progress_bar=show_progress_bar,
+    )
     decoder.fit(train_z)
     for dim in (n_components, 128):
         # output_dim is a prefix length: changing it needs no refit.
@@ -318,7 +323,7 @@ def run_demo(
         members,
         weights=weights,
         cache_dir=str(cache_dir),
-        show_progress_bar=False if quiet else True,
+        show_progress_bar=False if quiet else None,
     ).fit(passages)
     train_z = embedder.encode_documents(passages)
     full_bytes = 4 * embedder.n_features_out_

@@ -639,3 +639,15 @@ def test_a_directory_given_for_a_file_says_so(
     assert f"{beir / 'corpus.jsonl'} is a directory, not a file" in _error(capsys)
     assert main(["evaluate", "--model", m, "--beir", p, "--quiet"]) == 2
     assert "is a file; give the folder" in _error(capsys)
+
+
+def test_loaded_models_follow_this_commands_quiet(tmp_path, model_file, passages_file):
+    """A model fitted with --quiet still shows bars in a later command without it,
+    and the other way round."""
+    from argparse import Namespace
+
+    from skfusion.cli import _load_model
+
+    for quiet, expected in [(False, None), (True, False)]:
+        args = Namespace(model=str(model_file), trust_pickle=False, quiet=quiet)
+        assert _load_model(args)[0].show_progress_bar is expected

@@ -35,8 +35,10 @@ from skfusion._compat import (
     _fit_context,
     _wrap_data_with_container,
 )
+from skfusion._numeric import normalize_rows
 from skfusion._text import check_texts, check_unicode
-from skfusion.members import EncodeSettings, as_member
+from skfusion.members import EncodeSettings, MemberOutputError, as_member
+from skfusion.members.base import check_float32
 
 __all__ = ["ConcatEmbedder"]
 
@@ -102,6 +104,21 @@ def _named_members(models):
             e[0] = candidate
         taken.add(e[0])
     return [(e[0], e[1]) for e in entries]
+
+
+def _located(exc, texts):
+    """``exc`` (a bad row of a member's output) naming its text's position in X."""
+    if exc.text is None:
+        return exc
+    position = texts.index(exc.text)
+    located = MemberOutputError(
+        exc.member,
+        position,
+        exc.problem,
+        where=f"the text at position {position} of X ({exc.text[:60]!r})",
+    )
+    located.text = exc.text
+    return located
 
 
 class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -209,6 +226,14 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
 
     the ``w^2``-weighted mean of the members' cosines (exactly, unless a member's
     output is all zeros for ``a`` or ``b``).
+
+    **Member outputs** are checked after the cast to float32, whatever the member:
+    NaN, infinity, a value beyond float32's range (about 3.4e38) or a non-zero
+    vector that the cast flushes to zero or to subnormals (below about 1.2e-38)
+    raises :class:`~skfusion.members.MemberOutputError` (a ``ValueError``) naming
+    the member and the text's position in ``X``; such a vector is never returned or
+    cached (vectors computed by earlier calls are). An exact all-zero output is a
+    valid vector. Normalisation works at any float32 scale.
 
     **Input.** A list, tuple, 1-D numpy array or pandas Series of ``str``. Empty
     strings are texts like any other; ``None``, NaN or any non-``str`` element
@@ -552,10 +577,13 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             total = sum(math.ceil(len(p[4]) / self.batch_size) for p in plans)
             with self._progress(total) as bar:
                 for m, prompt, block, space, missing in plans:
-                    cache = self._compute(
-                        m, prompt, prompt_name, settings, unique, missing, block,
-                        cache, space, keys, bar,
-                    )  # fmt: skip
+                    try:
+                        cache = self._compute(
+                            m, prompt, prompt_name, settings, unique, missing, block,
+                            cache, space, keys, bar,
+                        )  # fmt: skip
+                    except MemberOutputError as exc:
+                        raise _located(exc, texts) from None
         finally:
             if cache is not None:
                 cache.close()
@@ -563,9 +591,9 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         for w, start, stop in zip(weights, offsets[:-1], offsets[1:], strict=True):
             block = out[:, start:stop]
             if self.normalize:
-                norms = np.linalg.norm(block, axis=1, keepdims=True)
-                # All-zero outputs stay zero instead of becoming NaN.
-                np.divide(block, norms, out=block, where=norms > 0)
+                # At any float32 scale (a plain norm over- or underflows); all-zero
+                # outputs stay zero instead of becoming NaN.
+                normalize_rows(block)
             if w != 1:
                 block *= w
         if len(unique) == len(texts):
@@ -610,6 +638,11 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
                 block[idx] = self._encode(
                     m, [unique[i] for i in idx], prompt_name, prompt, settings
                 )
+            except MemberOutputError as exc:
+                # Nothing of this call reaches the cache; what earlier calls computed does.
+                commit(cache)
+                exc.text = unique[idx[exc.row]]
+                raise
             except BaseException:
                 # Keep what earlier calls computed: a rerun encodes only the rest.
                 commit(cache)
@@ -635,7 +668,8 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
                 f"ConcatEmbedder member {m.name_!r} returned shape {values.shape} for "
                 f"{len(texts)} texts; expected ({len(texts)}, {m.dim_}) as at fit."
             )
-        return values
+        # Every member, whatever its adapter: nothing non-finite is returned or cached.
+        return check_float32(values, m.name_)
 
     # -- cache and progress ----------------------------------------------------------
 

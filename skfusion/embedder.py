@@ -286,9 +286,12 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     ``SentenceTransformer`` instances, ``StaticModel`` instances (as arrays and
     plain types) and fitted scikit-learn members are pickled *by value* (an
     instance has no reference that guarantees the same weights), each once: an
-    object given in ``models`` is stored as its member's state. An instance is
-    fingerprinted at fit and again before each cached transform, so changing its
-    weights never serves stale vectors. :func:`sklearn.base.clone` deep-copies
+    object given in ``models`` is stored as its member's state. A member that
+    encodes with the caller's object (``SentenceTransformer`` and ``StaticModel``
+    instances, encoder objects; ``Member.holds_caller_model``) is fingerprinted at
+    fit and again before each cached transform (an encoder object by its
+    ``fingerprint`` attribute; without one then, the cache is refused), so changing
+    it in place never serves stale vectors. :func:`sklearn.base.clone` deep-copies
     instance members; pass names or paths to avoid copying weights.
 
     Examples
@@ -451,10 +454,11 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         )
 
     @staticmethod
-    def _check_cacheable(member):
-        if member.fingerprint_ is None:
+    def _check_cacheable(member, current=""):
+        if member.fingerprint_ is None or current is None:
+            now = " now" if current is None else ""
             raise ValueError(
-                f"ConcatEmbedder member {member.name_!r} has no fingerprint, so its "
+                f"ConcatEmbedder member {member.name_!r} has no fingerprint{now}, so its "
                 "vectors cannot be cached (an id() would differ in every process). "
                 "Give one, e.g. EncoderMember(model, fingerprint='my-model v1'), or "
                 "set cache_dir=None."
@@ -557,7 +561,10 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
                 missing = np.arange(len(unique))
                 if cache is not None:
                     self._check_cacheable(m)
-                    space = namespace(*m.cache_parts(prompt_name, prompt, settings))
+                    parts = m.cache_parts(prompt_name, prompt, settings)
+                    if None in parts:  # e.g. an encoder object lost its fingerprint
+                        self._check_cacheable(m, current=None)
+                    space = namespace(*parts)
                     try:
                         found, n_bad = cache.get(space, keys, block)
                     except CacheUnavailableError as exc:

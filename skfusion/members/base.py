@@ -7,7 +7,9 @@ A :class:`~skfusion.ConcatEmbedder` turns each entry of ``models`` into a
   ``fingerprint_`` (a hash of what determines the vectors, part of every cache key);
 - ``loaded(settings)``: the model, loaded lazily (once, even from several threads) when
   the member was unpickled by reference;
-- ``cache_fingerprint(settings)``: the fingerprint of the model as it is *now*;
+- ``cache_fingerprint(settings)``: the fingerprint of the model as it is *now*
+  (a model held as the caller's object, ``holds_caller_model``, is fingerprinted
+  again, since it can be changed in place after fit);
 - ``prompt(role, prompts)`` and ``cache_parts(role, prompt, settings)``: how a role
   (``"query"``, ``"document"`` or ``None``) reaches the model, and what besides the
   text determines a vector;
@@ -223,6 +225,13 @@ class Member(BaseEstimator):
     #: that can fail half-way (a remote service) sets 1, so every batch that
     #: succeeded reaches the cache before an error.
     max_batches_per_call = None
+    #: Whether a member fit from an object (``ref_`` None) encodes with that very
+    #: object, which its owner can change in place after fit (a SentenceTransformer,
+    #: a StaticModel, an encoder object). Then :meth:`cache_fingerprint` fingerprints
+    #: it again (:meth:`model_fingerprint`) before every cached transform, so a
+    #: changed model never gets the vectors cached for the old one. Members that copy
+    #: (clone) what they are given, or hold no model, keep the fit-time fingerprint.
+    holds_caller_model = False
 
     def default_name(self):
         """Name used when ``models`` does not name the member."""
@@ -263,7 +272,7 @@ class Member(BaseEstimator):
         raise NotImplementedError
 
     def model_fingerprint(self, model):
-        """Fingerprint of a loaded model (by-reference members only)."""
+        """Fingerprint of a model (by-reference members and ``holds_caller_model``)."""
         raise NotImplementedError
 
     def loaded(self, settings):
@@ -291,7 +300,15 @@ class Member(BaseEstimator):
         return self._model is not None or self.ref_ is None
 
     def cache_fingerprint(self, settings):
-        """Fingerprint of the model as it is now (part of the cache key)."""
+        """Fingerprint of the model as it is now (part of the cache key).
+
+        None means the model cannot be fingerprinted now, so it must not be cached.
+        """
+        model = self.loaded(settings)
+        if self.ref_ is None and self.holds_caller_model:
+            # The caller's object can have been changed in place since fit.
+            self._current_fingerprint = self.model_fingerprint(model)
+            return self._current_fingerprint
         return self._current_fingerprint or self.fingerprint_
 
     def prompt(self, role, prompts):

@@ -284,3 +284,11 @@ def test_extreme_spread_gives_finite_code_values_and_scores(spread):
     for queries in (X[:5], q.transform(X[:5])):
         s, _ = search(queries, q.transform(X), 5, quantizer=q)
         assert np.isfinite(s).all()
+
+
+@pytest.mark.parametrize("scale", [1e150, 1e300, 1e-150])
+def test_calibration_outside_float32_range_raises_naming_x(scale):
+    # 1e150: std_ inf, silently; 1e300: an error about "variances", not X.
+    X = np.random.default_rng(0).standard_normal((64, 4)) * scale
+    with pytest.raises(ValueError, match=r"X has values of magnitude .*normalize"):
+        AllocatedQuantizer(bit_budget=6).fit(X)

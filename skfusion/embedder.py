@@ -595,14 +595,21 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             if cache is not None:
                 cache.close()
 
-        for w, start, stop in zip(weights, offsets[:-1], offsets[1:], strict=True):
+        blocks = zip(members, weights, offsets[:-1], offsets[1:], strict=True)
+        for i, (m, w, start, stop) in enumerate(blocks):
             block = out[:, start:stop]
             if self.normalize:
                 # At any float32 scale (a plain norm over- or underflows); all-zero
                 # outputs stay zero instead of becoming NaN.
                 normalize_rows(block)
             if w != 1:
-                block *= w
+                with np.errstate(over="ignore"):
+                    block *= w
+                if not np.isfinite(block).all():
+                    raise ValueError(
+                        f"weights[{i}]={w:g} times the output of member {m.name_!r} "
+                        "overflows float32; lower the weight, or set normalize=True."
+                    )
         if len(unique) == len(texts):
             return out
         position = dict(zip(unique, range(len(unique)), strict=True))

@@ -221,6 +221,15 @@ def test_member_outputs_of_any_float32_scale_are_normalised(scale):
     np.testing.assert_allclose(emb.transform(texts), expected, rtol=1e-6)
 
 
+def test_weight_overflowing_raw_outputs_raises():
+    encoder = ControlledEncoder()
+    encoder.scale = 1e37
+    emb = ConcatEmbedder([("ctl", encoder)], weights=[100.0], normalize=False).fit([])
+    with pytest.raises(ValueError, match=r"weights\[0\]=100 .*'ctl' overflows float32"):
+        emb.transform(["a"])
+    assert np.isfinite(emb.set_params(normalize=True).transform(["a"])).all()
+
+
 def test_exact_zero_member_output_is_valid_and_stays_zero():
     encoder = ControlledEncoder()
     encoder.bad = {"nothing known": 0.0}

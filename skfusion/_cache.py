@@ -8,7 +8,8 @@ One SQLite database per cache directory holds one row per (namespace, text):
   format version (the caller chooses the parts; see :func:`namespace`);
 - the *key* is a 128-bit BLAKE2b digest of the UTF-8 text;
 - the row stores the vector's length, dtype and a 64-bit checksum of (namespace,
-  key, vector).
+  key, vector). Only finite vectors are stored; a stored one with NaN or infinity
+  (written by an older version) is treated like one failing its checksum.
 
 Why SQLite: it is in the standard library, its transactions are atomic and durable, and
 with write-ahead logging (WAL) several processes can read while one writes; a process
@@ -205,8 +206,9 @@ class EmbeddingCache:
         out : ndarray of float32, shape (len(keys), dim)
             Receives the vector of every key found (a view, e.g. one member's
             column block of a larger array, is fine); other rows are left as they
-            are. A stored row of another width or dtype, or failing its checksum,
-            counts as missing (the caller recomputes and overwrites it).
+            are. A stored row of another width or dtype, failing its checksum, or
+            holding NaN or infinity, counts as missing (the caller recomputes and
+            overwrites it).
 
         Returns
         -------
@@ -214,7 +216,7 @@ class EmbeddingCache:
             Which rows of ``out`` were filled.
         n_invalid : int
             Number of stored rows of the right width rejected by the checksum,
-            blob-length or type checks.
+            finiteness, blob-length or type checks.
         """
         n, dim = out.shape
         if len(keys) != n:
@@ -285,6 +287,9 @@ class EmbeddingCache:
         good = _checksums(space, _words(got_keys, _KEY_BYTES // 4), vector_words) == (
             np.array(checksums, dtype=np.int64)
         )
+        # NaN or infinity (older versions cached whatever a member returned):
+        # recomputed and overwritten, never served again.
+        good &= np.isfinite(vector_words.view(np.float32)).all(axis=1)
         if not good.all():
             n_invalid += int(np.count_nonzero(~good))
             index, vector_words = index[good], vector_words[good]
@@ -303,11 +308,23 @@ class EmbeddingCache:
             Text digests, one per row of ``values``.
         values : array-like of shape (len(keys), dim)
             Vectors; stored as little-endian float32.
+
+        Raises
+        ------
+        ValueError
+            If a vector holds NaN or infinity (then nothing is written).
         """
         values = np.ascontiguousarray(values, dtype=_DTYPE)
         dim = values.shape[1]
         if len(keys) != len(values):
             raise ValueError(f"{len(keys)} keys for {len(values)} vectors")
+        finite = np.isfinite(values).all(axis=1)
+        if not finite.all():
+            # A bad vector in the cache would be served for every later request.
+            raise ValueError(
+                f"refusing to cache non-finite vectors (row {np.argmin(finite)} of "
+                f"{len(values)}); nothing was written."
+            )
         checksums = _checksums(
             space, _words(keys, _KEY_BYTES // 4), values.view("<u4")
         ).tolist()

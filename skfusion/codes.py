@@ -554,7 +554,19 @@ class BaseQuantizer(BaseCodeTransformer):
                 f"{setting} needs at least 2**{param} = {n_buckets} calibration rows, "
                 f"got n_samples={n}. Pass more rows or lower {param}."
             )
-        return np.asarray(X, dtype=np.float64)
+        X = np.asarray(X, dtype=np.float64)
+        # std_, bucket_values_ and code_values_ are float32: a scale float32 cannot
+        # hold would store them as inf, or all as zero.
+        peak = float(np.abs(X).max(initial=0.0))
+        f32 = np.finfo(np.float32)
+        if peak > float(f32.max) or 0 < peak < float(f32.smallest_subnormal) / 2:
+            raise ValueError(
+                f"{setting}: X has values of magnitude up to {peak:.3g}, which "
+                "float32 cannot hold (range about 1.4e-45 to 3.4e38), and the fitted "
+                "std_ and bucket values are float32; rescale X (e.g. L2-normalise "
+                "its rows with sklearn.preprocessing.normalize) first."
+            )
+        return X
 
     def _subsample_rows(self, n):
         rng = check_random_state(self.random_state)

@@ -19,6 +19,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from ._compat import Interval, StrOptions, _fit_context, validate_data
+from ._numeric import normalize_rows
 from ._progress import progress_bar
 
 __all__ = ["MatryoshkaDecoder"]
@@ -28,6 +29,11 @@ _BLOCK = 8192
 
 # Bytes gathered per dask computation during training (several batches at once).
 _GATHER_BYTES = 128 * 2**20
+
+# Largest magnitudes of the inputs that fit accepts: training and the statistics run
+# in float32, whose squares (norms, covariances) overflow near 1.8e19 and lose
+# precision below about 1e-19; these bounds keep a wide margin. Embeddings are ~1.
+_MIN_PEAK, _MAX_PEAK = 1e-8, 1e8
 
 # The paper's Matryoshka stops; ``stops="auto"`` keeps those below ``n_components``.
 _PAPER_STOPS = (32, 64, 128, 200, 256, 300, 384, 512, 768)
@@ -152,6 +158,8 @@ class _Moments:
     second-moment matrix does not lose precision to a large mean.
     """
 
+    peak = 0.0  # largest magnitude seen (a class default for older pickles)
+
     def __init__(self, n_features):
         self.n = 0
         self.shift = None
@@ -159,9 +167,19 @@ class _Moments:
         self.s2 = np.zeros((n_features, n_features))
 
     def update(self, rows):
-        """Add the rows of a :class:`_Rows`; nothing changes if one is not finite."""
+        """Add the rows of a :class:`_Rows`; nothing changes if one is not finite.
+
+        Also raises, before anything overflows, if a value's magnitude exceeds
+        ``_MAX_PEAK``, or if all values seen are non-zero but below ``_MIN_PEAK``.
+        """
         n, shift, s1, s2 = self.n, self.shift, self.s1.copy(), self.s2.copy()
+        peak = self.peak
         for start, block in rows.blocks():
+            stop = start + len(block) - 1
+            # Two reductions, no copy of the block (NaN if one is NaN).
+            block_peak = float(max(block.max(initial=0.0), -block.min(initial=0.0)))
+            if np.isfinite(block_peak) and block_peak > _MAX_PEAK:
+                raise _scale_error(block_peak, f" in rows {start} to {stop}")
             if shift is None:
                 shift = block.mean(axis=0)
             block -= shift
@@ -169,14 +187,17 @@ class _Moments:
             block_sum = block.sum(axis=0, dtype=np.float64)
             if not np.all(np.isfinite(block_sum)):  # float64 sums of float32 can't overflow
                 raise ValueError(
-                    f"Input X contains NaN or infinity in rows {start} to "
-                    f"{start + len(block) - 1}; remove or impute the non-finite values "
-                    "before fitting."
+                    f"Input X contains NaN or infinity in rows {start} to {stop} (or "
+                    "values beyond float32's range, about 3.4e38); remove or impute the "
+                    "non-finite values before fitting."
                 )
+            peak = max(peak, block_peak)
             s1 += block_sum
             s2 += (block.T @ block).astype(np.float64)
             del block  # before the next block is read: one block in memory at a time
-        self.n, self.shift, self.s1, self.s2 = n, shift, s1, s2
+        if 0 < peak < _MIN_PEAK:
+            raise _scale_error(peak, "")
+        self.n, self.shift, self.peak, self.s1, self.s2 = n, shift, peak, s1, s2
 
     @property
     def mean(self):
@@ -186,6 +207,16 @@ class _Moments:
     def covariance(self):
         m = self.s1 / self.n
         return self.s2 / self.n - np.outer(m, m)
+
+
+def _scale_error(peak, where):
+    return ValueError(
+        f"X has values of magnitude up to {peak:.3g}{where}; MatryoshkaDecoder "
+        f"trains in float32 and needs inputs whose largest magnitude is between "
+        f"{_MIN_PEAK:g} and {_MAX_PEAK:g} (embeddings are about 1). L2-normalise the "
+        "rows of X first, e.g. X = sklearn.preprocessing.normalize(X), as "
+        "ConcatEmbedder(normalize=True) does."
+    )
 
 
 def _principal_axes(cov):
@@ -202,7 +233,9 @@ def _principal_axes(cov):
 
 def _power(values, exponent):
     """``values ** -exponent`` with tiny values floored (relative to the largest)."""
-    floor = max(float(np.max(values, initial=0.0)) * 1e-6, 1e-12)
+    # Relative to the largest value (inputs as small as _MIN_PEAK have variances
+    # near 1e-16), an absolute floor only when every value is zero.
+    floor = float(np.max(values, initial=0.0)) * 1e-6 or 1e-12
     return np.maximum(values, floor) ** (-exponent)
 
 
@@ -771,11 +804,19 @@ class MatryoshkaDecoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         k = self._check_transform_params()
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
         W = self.components_[:k].astype(X.dtype, copy=False)
-        H = X @ W.T
-        H += self.bias_[:k].astype(X.dtype, copy=False)
-        if self.whiten:
-            H *= _power(self.explained_variance_[:k].astype(np.float64), self.whiten)
+        with np.errstate(over="ignore", invalid="ignore"):  # checked below
+            H = X @ W.T
+            H += self.bias_[:k].astype(X.dtype, copy=False)
+            if self.whiten:
+                H *= _power(self.explained_variance_[:k].astype(np.float64), self.whiten)
+        if not np.isfinite(H).all():
+            row = int(np.flatnonzero(~np.isfinite(H).all(axis=1))[0])
+            raise ValueError(
+                f"X row {row} (largest magnitude {float(np.abs(X[row]).max()):.3g}) "
+                f"overflows {X.dtype} in the decoder's projection; L2-normalise the rows "
+                "of X first, e.g. X = sklearn.preprocessing.normalize(X), or pass "
+                "float64."
+            )
         if self.normalize:
-            norms = np.linalg.norm(H, axis=1, keepdims=True)
-            H /= np.maximum(norms, np.finfo(H.dtype).tiny)
+            normalize_rows(H)  # at any scale: a plain norm over- or underflows
         return H.astype(X.dtype, copy=False)

@@ -35,9 +35,11 @@ from skfusion._compat import (
     _fit_context,
     _wrap_data_with_container,
 )
+from skfusion._numeric import normalize_rows
 from skfusion._progress import progress_bar
 from skfusion._text import check_texts, check_unicode
-from skfusion.members import EncodeSettings, as_member
+from skfusion.members import EncodeSettings, MemberOutputError, as_member
+from skfusion.members.base import check_float32
 
 __all__ = ["ConcatEmbedder"]
 
@@ -103,6 +105,21 @@ def _named_members(models):
             e[0] = candidate
         taken.add(e[0])
     return [(e[0], e[1]) for e in entries]
+
+
+def _located(exc, texts):
+    """``exc`` (a bad row of a member's output) naming its text's position in X."""
+    if exc.text is None:
+        return exc
+    position = texts.index(exc.text)
+    located = MemberOutputError(
+        exc.member,
+        position,
+        exc.problem,
+        where=f"the text at position {position} of X ({exc.text[:60]!r})",
+    )
+    located.text = exc.text
+    return located
 
 
 class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -212,6 +229,14 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     the ``w^2``-weighted mean of the members' cosines (exactly, unless a member's
     output is all zeros for ``a`` or ``b``).
 
+    **Member outputs** are checked after the cast to float32, whatever the member:
+    NaN, infinity, a value beyond float32's range (about 3.4e38) or a non-zero
+    vector that the cast flushes to zero or to subnormals (below about 1.2e-38)
+    raises :class:`~skfusion.members.MemberOutputError` (a ``ValueError``) naming
+    the member and the text's position in ``X``; such a vector is never returned or
+    cached (vectors computed by earlier calls are). An exact all-zero output is a
+    valid vector. Normalisation works at any float32 scale.
+
     **Input.** A list, tuple, 1-D numpy array or pandas Series of ``str``. Empty
     strings are texts like any other; ``None``, NaN or any non-``str`` element
     raises ``ValueError`` naming its position; an empty input gives a ``(0, D)``
@@ -263,9 +288,12 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     ``SentenceTransformer`` instances, ``StaticModel`` instances (as arrays and
     plain types) and fitted scikit-learn members are pickled *by value* (an
     instance has no reference that guarantees the same weights), each once: an
-    object given in ``models`` is stored as its member's state. An instance is
-    fingerprinted at fit and again before each cached transform, so changing its
-    weights never serves stale vectors. :func:`sklearn.base.clone` deep-copies
+    object given in ``models`` is stored as its member's state. A member that
+    encodes with the caller's object (``SentenceTransformer`` and ``StaticModel``
+    instances, encoder objects; ``Member.holds_caller_model``) is fingerprinted at
+    fit and again before each cached transform (an encoder object by its
+    ``fingerprint`` attribute; without one then, the cache is refused), so changing
+    it in place never serves stale vectors. :func:`sklearn.base.clone` deep-copies
     instance members; pass names or paths to avoid copying weights.
 
     Examples
@@ -428,10 +456,11 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         )
 
     @staticmethod
-    def _check_cacheable(member):
-        if member.fingerprint_ is None:
+    def _check_cacheable(member, current=""):
+        if member.fingerprint_ is None or current is None:
+            now = " now" if current is None else ""
             raise ValueError(
-                f"ConcatEmbedder member {member.name_!r} has no fingerprint, so its "
+                f"ConcatEmbedder member {member.name_!r} has no fingerprint{now}, so its "
                 "vectors cannot be cached (an id() would differ in every process). "
                 "Give one, e.g. EncoderMember(model, fingerprint='my-model v1'), or "
                 "set cache_dir=None."
@@ -534,7 +563,10 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
                 missing = np.arange(len(unique))
                 if cache is not None:
                     self._check_cacheable(m)
-                    space = namespace(*m.cache_parts(prompt_name, prompt, settings))
+                    parts = m.cache_parts(prompt_name, prompt, settings)
+                    if None in parts:  # e.g. an encoder object lost its fingerprint
+                        self._check_cacheable(m, current=None)
+                    space = namespace(*parts)
                     try:
                         found, n_bad = cache.get(space, keys, block)
                     except CacheUnavailableError as exc:
@@ -554,22 +586,32 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             total = sum(math.ceil(len(p[4]) / self.batch_size) for p in plans)
             with self._progress(total) as bar:
                 for m, prompt, block, space, missing in plans:
-                    cache = self._compute(
-                        m, prompt, prompt_name, settings, unique, missing, block,
-                        cache, space, keys, bar,
-                    )  # fmt: skip
+                    try:
+                        cache = self._compute(
+                            m, prompt, prompt_name, settings, unique, missing, block,
+                            cache, space, keys, bar,
+                        )  # fmt: skip
+                    except MemberOutputError as exc:
+                        raise _located(exc, texts) from None
         finally:
             if cache is not None:
                 cache.close()
 
-        for w, start, stop in zip(weights, offsets[:-1], offsets[1:], strict=True):
+        blocks = zip(members, weights, offsets[:-1], offsets[1:], strict=True)
+        for i, (m, w, start, stop) in enumerate(blocks):
             block = out[:, start:stop]
             if self.normalize:
-                norms = np.linalg.norm(block, axis=1, keepdims=True)
-                # All-zero outputs stay zero instead of becoming NaN.
-                np.divide(block, norms, out=block, where=norms > 0)
+                # At any float32 scale (a plain norm over- or underflows); all-zero
+                # outputs stay zero instead of becoming NaN.
+                normalize_rows(block)
             if w != 1:
-                block *= w
+                with np.errstate(over="ignore"):
+                    block *= w
+                if not np.isfinite(block).all():
+                    raise ValueError(
+                        f"weights[{i}]={w:g} times the output of member {m.name_!r} "
+                        "overflows float32; lower the weight, or set normalize=True."
+                    )
         if len(unique) == len(texts):
             return out
         position = dict(zip(unique, range(len(unique)), strict=True))
@@ -612,6 +654,11 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
                 block[idx] = self._encode(
                     m, [unique[i] for i in idx], prompt_name, prompt, settings
                 )
+            except MemberOutputError as exc:
+                # Nothing of this call reaches the cache; what earlier calls computed does.
+                commit(cache)
+                exc.text = unique[idx[exc.row]]
+                raise
             except BaseException:
                 # Keep what earlier calls computed: a rerun encodes only the rest.
                 commit(cache)
@@ -637,7 +684,8 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
                 f"ConcatEmbedder member {m.name_!r} returned shape {values.shape} for "
                 f"{len(texts)} texts; expected ({len(texts)}, {m.dim_}) as at fit."
             )
-        return values
+        # Every member, whatever its adapter: nothing non-finite is returned or cached.
+        return check_float32(values, m.name_)
 
     # -- cache and progress ----------------------------------------------------------
 

@@ -71,7 +71,8 @@ class RandomProjectionLSH(BaseCodeTransformer):
     float64 (with the float32 directions up-cast), float32 input in float32; bits of
     values extremely close to a threshold may therefore differ between the two.
     ``thresholds_`` are float32, so for float64 input a value is compared against the
-    float32 threshold.
+    float32 threshold. A projection that overflows (rows near the largest float32
+    value) raises ``ValueError`` instead of giving arbitrary bits.
 
     Examples
     --------
@@ -122,8 +123,23 @@ class RandomProjectionLSH(BaseCodeTransformer):
         rng = check_random_state(self.random_state)
         self.projection_ = rng.standard_normal((X.shape[1], self.n_bits)).astype(np.float32)
         if self.threshold == "median":
-            proj = X.astype(np.float32, copy=False) @ self.projection_
-            self.thresholds_ = np.median(proj, axis=0).astype(np.float32)
+            # In X's dtype, as transform projects (float64 values beyond float32's
+            # range made the float32 projection inf and every median NaN).
+            proj = self._project(X, "fit")
+            with np.errstate(over="ignore", under="ignore"):
+                self.thresholds_ = np.median(proj, axis=0).astype(np.float32)
+            # thresholds_ is float32: medians of X's scale must fit it (not inf, not
+            # flushed to zero).
+            peak = float(np.abs(X).max(initial=0.0))
+            flushed = 0 < peak < float(np.finfo(np.float32).smallest_subnormal) / 2
+            if not np.isfinite(self.thresholds_).all() or flushed:
+                raise ValueError(
+                    f"RandomProjectionLSH(threshold='median'): X has values of magnitude "
+                    f"up to {peak:.3g}, whose projections' medians float32 cannot hold "
+                    "(range about 1.4e-45 to 3.4e38), and thresholds_ is float32; "
+                    "rescale X (e.g. L2-normalise its rows with "
+                    "sklearn.preprocessing.normalize) first, or use threshold='zero'."
+                )
         else:
             self.thresholds_ = np.zeros(self.n_bits, dtype=np.float32)
         self._set_code_layout(*self._fitted_layout())
@@ -139,6 +155,19 @@ class RandomProjectionLSH(BaseCodeTransformer):
         # efficient matrix product, bounded whatever n_samples.
         return max(1, (1 << 22) // max(self.n_bits_, 1))
 
+    def _project(self, X, method):
+        with np.errstate(over="ignore", invalid="ignore"):
+            proj = X @ self.projection_.astype(X.dtype, copy=False)
+        if not np.isfinite(proj).all():
+            # The sign of inf - inf (NaN) is no bit at all: never guess one.
+            row = int(np.flatnonzero(~np.isfinite(proj).all(axis=1))[0])
+            raise ValueError(
+                f"RandomProjectionLSH.{method}: the projection of X row {row} "
+                f"(largest magnitude {float(np.abs(X[row]).max()):.3g}) overflows "
+                f"{X.dtype}; rescale X (e.g. L2-normalise its rows with "
+                "sklearn.preprocessing.normalize) or pass float64."
+            )
+        return proj
+
     def _encode(self, X):
-        proj = self.projection_.astype(X.dtype, copy=False)
-        return X @ proj > self.thresholds_.astype(X.dtype, copy=False)
+        return self._project(X, "transform") > self.thresholds_.astype(X.dtype, copy=False)

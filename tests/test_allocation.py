@@ -301,3 +301,11 @@ def test_default_budget_is_two_bits_a_feature_at_any_width(d, max_bits):
 def test_an_explicit_budget_too_large_for_the_input_is_an_error_not_a_clip():
     with pytest.raises(ValueError, match="bit_budget=100 exceeds"):
         AllocatedQuantizer(bit_budget=100).fit(_data(d=8))
+
+
+@pytest.mark.parametrize("scale", [1e150, 1e300, 1e-150])
+def test_calibration_outside_float32_range_raises_naming_x(scale):
+    # 1e150: std_ inf, silently; 1e300: an error about "variances", not X.
+    X = np.random.default_rng(0).standard_normal((64, 4)) * scale
+    with pytest.raises(ValueError, match=r"X has values of magnitude .*normalize"):
+        AllocatedQuantizer(bit_budget=6).fit(X)

@@ -158,6 +158,51 @@ def test_instance_member_changed_in_place_is_not_served_stale(
     assert np.abs(after - before).max() > 1e-3
 
 
+def test_non_finite_vectors_are_never_stored(tmp_path):
+    keys = text_keys(["a", "b"])
+    space = namespace("fingerprint")
+    for bad in (np.nan, np.inf, -np.inf):
+        values = np.ones((2, 3), dtype=np.float32)
+        values[1, 2] = bad
+        with EmbeddingCache(tmp_path) as cache:
+            with pytest.raises(ValueError, match=r"non-finite vectors \(row 1 of 2\)"):
+                cache.put(space, keys, values)
+    assert _rows(tmp_path) == 0  # not even the finite row: one transaction
+
+
+def test_non_finite_entries_of_older_versions_are_recomputed(tiny_corpus, tmp_path, caplog):
+    # Before validation, a member's NaN was cached and served even after the member
+    # recovered. Such an entry (with a valid checksum, as an older version wrote it)
+    # is now rejected like a corrupt one, recomputed and overwritten.
+    from skfusion._cache import _checksums  # to write as an older version did
+
+    emb = ConcatEmbedder([("lsa", _lsa(4))], cache_dir=tmp_path).fit(tiny_corpus)
+    expected = emb.transform(tiny_corpus)
+    db = tmp_path / CACHE_FILENAME
+    with sqlite3.connect(db) as conn:
+        space, key, vector = conn.execute(
+            "SELECT namespace, key, vector FROM embedding"
+        ).fetchone()
+        poisoned = np.frombuffer(vector, "<f4").copy()
+        poisoned[1] = np.nan
+        checksum = _checksums(
+            space,
+            np.frombuffer(key, "<u4")[None],
+            poisoned.view("<u4")[None],
+        )[0]
+        conn.execute(
+            "UPDATE embedding SET vector = ?, checksum = ? WHERE namespace = ? AND key = ?",
+            (poisoned.tobytes(), int(checksum), space, key),
+        )
+    with caplog.at_level(logging.WARNING, logger="skfusion"):
+        got = emb.transform(tiny_corpus)
+    assert "1 entries" in caplog.text
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    with sqlite3.connect(db) as conn:
+        stored = conn.execute("SELECT vector FROM embedding").fetchall()
+    assert all(np.isfinite(np.frombuffer(v, "<f4")).all() for (v,) in stored)
+
+
 # -- corruption and kills -------------------------------------------------------------
 
 

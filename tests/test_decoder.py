@@ -4,6 +4,7 @@ import pickle
 import subprocess
 import sys
 import tracemalloc
+import warnings
 
 import numpy as np
 import pytest
@@ -407,6 +408,58 @@ def test_non_finite_input(bad):
     X[3, 2] = bad
     with pytest.raises(ValueError, match="NaN|infinity"):
         _small().fit(X)
+
+
+@pytest.mark.parametrize("scale", [1e30, 1e12, 1e-12, 1e-30])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fit_outside_float32_safe_scale_raises_naming_x_and_the_fix(scale, dtype):
+    # 1e30: float32 covariances overflow (LinAlgError); 1e-30: they underflow to
+    # zero and the decoder came out silently wrong.
+    X = (_unit_rows(40, 6).astype(np.float64) * scale).astype(dtype)
+    fix = r"X has values of magnitude up to .*L2-normalise the rows of X.*normalize"
+    with pytest.raises(ValueError, match=fix):
+        _small().fit(X)
+    with pytest.raises(ValueError, match=fix):
+        _small().partial_fit(X)
+    dec = _small(max_epochs=0).fit(_unit_rows(40, 6))
+    if scale > 1:  # a later chunk: checked before it reaches the statistics
+        with pytest.raises(ValueError, match=fix):
+            dec.partial_fit(X)
+
+
+def test_fit_is_scale_equivariant_within_the_supported_range():
+    # The variance floor of the whitening was absolute (1e-12), so small inputs
+    # lost their whitening: PCA init must not depend on the scale.
+    X = _unit_rows(300, 12, rank=6).astype(np.float64)
+    params = dict(n_components=6, stops=(3, 6), max_epochs=0, random_state=0)
+    ref = MatryoshkaDecoder(**params).fit(X).transform(X)
+    for scale in (1e-7, 1e7):
+        got = MatryoshkaDecoder(**params).fit(X * scale).transform(X * scale)
+        np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e30, 1e36, 1e-30])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transform_normalises_rows_of_any_scale(scale, dtype):
+    X = _unit_rows(50, 6)
+    dec = _small().fit(X)
+    X_big = (X.astype(np.float64) * scale).astype(dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # was: overflow warnings and zero or NaN rows
+        out = dec.transform(X_big)
+    W, b = dec.components_.astype(np.float64), dec.bias_.astype(np.float64)
+    expected = X_big.astype(np.float64) / scale @ W.T + b / scale
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_transform_overflow_raises_naming_x():
+    dec = _small().fit(_unit_rows(50, 6))
+    # Every entry near float32's largest value, signed so the first output adds up.
+    X = np.tile(np.sign(dec.components_[0]), (5, 1)).astype(np.float32) * 3e38
+    with pytest.raises(ValueError, match=r"X row 0 .*overflows float32.*normalize"):
+        dec.transform(X)
+    assert np.isfinite(dec.transform(X.astype(np.float64))).all()
 
 
 def test_width_mismatch_and_not_fitted():

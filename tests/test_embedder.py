@@ -140,6 +140,105 @@ def test_all_zero_member_output_stays_zero(tiny_corpus):
     assert np.linalg.norm(X[1]) == pytest.approx(1.0, rel=1e-6)
 
 
+class ControlledEncoder:
+    """A user's encoder object whose output per text the test sets (``bad``)."""
+
+    fingerprint = "controlled-encoder v1"
+
+    def __init__(self):
+        self.bad = {}  # text -> the value every entry of its vector gets
+        self.scale = 1.0  # multiplies every vector
+        self.calls = []
+
+    def encode_document(self, texts):
+        self.calls.append(list(texts))
+        out = self.scale * np.array([[len(t) + 1.0, 1.0, -2.0, 0.5] for t in texts])
+        for i, t in enumerate(texts):
+            if t in self.bad:
+                out[i] = self.bad[t]
+        return out
+
+    encode_query = encode_document
+
+
+@pytest.mark.parametrize(
+    "value, match",
+    [
+        (np.nan, r"non-finite value \(nan\)"),
+        (np.inf, r"non-finite value \(inf\)"),
+        (1e300, r"magnitude 1e\+300, beyond float32's range"),  # inf after the cast
+        (1e-300, r"too small for float32"),  # zero after the cast
+        (1e-40, r"too small for float32"),  # subnormal after the cast
+    ],
+)
+def test_bad_member_output_raises_and_is_never_cached(value, match, tmp_path):
+    encoder = ControlledEncoder()
+    emb = ConcatEmbedder([("ctl", encoder)], cache_dir=tmp_path).fit([])
+    texts = ["fine", "broken", "fine", "also fine"]
+    expected = _unit(encoder.encode_document(["fine", "broken", "fine", "also fine"]))
+    encoder.bad = {"broken": value}
+    where = r"member 'ctl' returned .* for the text at position 1 of X \('broken'\)"
+    with pytest.raises(ValueError, match=where) as info:
+        emb.transform(texts)
+    assert info.match(match)
+    assert info.type.__name__ == "MemberOutputError"
+    with pytest.raises(ValueError, match=where):
+        emb.set_params(cache_dir=None).transform(texts)
+    emb.set_params(cache_dir=tmp_path)
+    # The member recovers: the right vectors, none of them a cached bad row.
+    encoder.bad = {}
+    np.testing.assert_allclose(emb.transform(texts), expected, rtol=1e-6)
+    encoder.calls.clear()
+    np.testing.assert_allclose(emb.transform(texts), expected, rtol=1e-6)
+    assert encoder.calls == []  # now all cached
+
+
+def test_bad_row_in_a_later_call_keeps_earlier_good_rows_cached(tmp_path):
+    encoder = ControlledEncoder()
+    emb = ConcatEmbedder(
+        [("ctl", encoder)], cache_dir=tmp_path, batch_size=1, show_progress_bar=False
+    ).fit([])
+    texts = ["aaaa", "bbb", "cc", "d"]  # longest first: the first call has "aaaa" only
+    encoder.bad, encoder.calls = {"cc": np.nan}, []
+    with pytest.raises(ValueError, match=r"position 2 of X \('cc'\)"):
+        emb.transform(texts)
+    assert encoder.calls[0] == ["aaaa"]
+    encoder.bad, encoder.calls = {}, []
+    X = emb.transform(texts)
+    assert np.isfinite(X).all()
+    encoded = [t for call in encoder.calls for t in call]
+    assert sorted(encoded) == ["bbb", "cc", "d"]  # "aaaa" came from the cache
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e-25, 2e37])
+def test_member_outputs_of_any_float32_scale_are_normalised(scale):
+    # Squares of these overflow or underflow float32: a plain norm gives zero rows
+    # (1e20, 2e37) or leaves the rows unnormalised (1e-25).
+    encoder = ControlledEncoder()
+    emb = ConcatEmbedder([("ctl", encoder)]).fit([])
+    texts = ["big or small", "other"]
+    expected = _unit(encoder.encode_document(texts))
+    encoder.scale = scale
+    np.testing.assert_allclose(emb.transform(texts), expected, rtol=1e-6)
+
+
+def test_weight_overflowing_raw_outputs_raises():
+    encoder = ControlledEncoder()
+    encoder.scale = 1e37
+    emb = ConcatEmbedder([("ctl", encoder)], weights=[100.0], normalize=False).fit([])
+    with pytest.raises(ValueError, match=r"weights\[0\]=100 .*'ctl' overflows float32"):
+        emb.transform(["a"])
+    assert np.isfinite(emb.set_params(normalize=True).transform(["a"])).all()
+
+
+def test_exact_zero_member_output_is_valid_and_stays_zero():
+    encoder = ControlledEncoder()
+    encoder.bad = {"nothing known": 0.0}
+    emb = ConcatEmbedder([("ctl", encoder)]).fit([])
+    X = emb.transform(["nothing known", "x"])
+    assert not X[0].any() and np.linalg.norm(X[1]) == pytest.approx(1.0)
+
+
 def test_sparse_member_output_is_densified(tiny_corpus):
     tfidf = TfidfVectorizer().fit(tiny_corpus)
     emb = ConcatEmbedder([tfidf]).fit(tiny_corpus)

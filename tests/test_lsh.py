@@ -135,3 +135,35 @@ def test_joblib_roundtrip_in_fresh_process(tmp_path):
         check=True,
     )
     np.testing.assert_array_equal(np.load(tmp_path / "b.npy"), lsh.transform(Z))
+
+
+@pytest.mark.parametrize("scale", [1e150, 1e-150])
+def test_median_thresholds_outside_float32_range_raise(scale):
+    # The float32 projection of 1e150-scale rows was inf, every median NaN and every
+    # bit 0; 1e-150-scale medians were stored as 0.
+    X = _data().astype(np.float64) * scale
+    lsh = RandomProjectionLSH(n_bits=16, threshold="median", random_state=0)
+    with pytest.raises(ValueError, match=r"X has values of magnitude .*normalize"):
+        lsh.fit(X)
+    # Signs are exact at any float64 scale.
+    ref = RandomProjectionLSH(n_bits=16, random_state=0).fit(X / scale)
+    zero = RandomProjectionLSH(n_bits=16, random_state=0).fit(X)
+    np.testing.assert_array_equal(zero.transform(X), ref.transform(X / scale))
+
+
+def test_median_thresholds_are_computed_in_the_input_dtype():
+    X = _data().astype(np.float64) + 0.25
+    lsh = RandomProjectionLSH(n_bits=16, threshold="median", random_state=0).fit(X)
+    proj = X @ lsh.projection_.astype(np.float64)
+    np.testing.assert_array_equal(
+        lsh.thresholds_, np.median(proj, axis=0).astype(np.float32)
+    )
+
+
+def test_projection_overflow_raises_instead_of_guessing_bits():
+    lsh = RandomProjectionLSH(n_bits=16, random_state=0).fit(_data())
+    # Every entry near float32's largest value, signed to add up on the first bit.
+    X = np.tile(np.sign(lsh.projection_[:, 0]), (3, 1)).astype(np.float32) * 3e38
+    with pytest.raises(ValueError, match=r"X row 0 .*overflows float32.*float64"):
+        lsh.transform(X)
+    assert lsh.transform(X.astype(np.float64)).shape == (3, 2)

@@ -478,6 +478,45 @@ def test_static_path_member_is_pickled_by_reference(tiny_static_model_path, tiny
     assert not pickle.loads(blob).members_[0].is_loaded
 
 
+def test_static_instance_changed_in_place_is_not_served_stale(
+    tiny_static_model_path, tiny_corpus, tmp_path
+):
+    from model2vec import StaticModel
+
+    model = StaticModel.from_pretrained(tiny_static_model_path)
+    emb = ConcatEmbedder([("m2v", model)], cache_dir=tmp_path).fit(tiny_corpus)
+    before = emb.transform(TEXTS)
+    model.embedding[:, :8] *= -3.0  # the caller's object, changed in place
+    after = emb.transform(TEXTS)
+    np.testing.assert_allclose(after, _unit(model.encode(TEXTS)), atol=1e-6)
+    assert np.abs(after - before).max() > 0.1
+    np.testing.assert_array_equal(emb.transform(TEXTS), after)  # cached again
+
+
+class SaltedEncoder(HashEncoder):
+    """An encoder object whose owner changes it and says so in ``fingerprint``."""
+
+    def __init__(self, salt):
+        self.salt = self.fingerprint = salt
+
+    def encode_document(self, texts):
+        return _hash_vectors(texts, self.salt)
+
+
+def test_encoder_object_fingerprint_is_read_again(tmp_path):
+    encoder = SaltedEncoder("v1")
+    emb = ConcatEmbedder([("enc", encoder)], cache_dir=tmp_path).fit([])
+    np.testing.assert_allclose(emb.transform(TEXTS), _unit(_hash_vectors(TEXTS, "v1")))
+    encoder.salt = encoder.fingerprint = "v2"
+    np.testing.assert_allclose(
+        emb.transform(TEXTS), _unit(_hash_vectors(TEXTS, "v2")), atol=1e-6
+    )
+    encoder.fingerprint = None  # no longer identifiable: refuse the cache
+    with pytest.raises(ValueError, match=r"'enc' has no fingerprint now"):
+        emb.transform(TEXTS)
+    assert emb.set_params(cache_dir=None).transform(TEXTS).shape == (5, 12)
+
+
 def test_encoder_without_fingerprint_cannot_be_cached(tmp_path):
     member = EncoderMember(query=hash_query, document=hash_document)
     emb = ConcatEmbedder([("h", member)]).fit([])

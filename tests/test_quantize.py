@@ -362,3 +362,14 @@ def test_pickles_from_before_the_code_protocol_still_transform(pack):
         np.testing.assert_array_equal(old.transform(X), expected)
         assert len(old.get_feature_names_out()) == expected.shape[1]
         np.testing.assert_array_equal(old.code_values_, est.code_values_)
+
+
+@pytest.mark.parametrize("scale", [1e150, 1e-150])
+def test_calibration_outside_float32_range_raises_naming_x(scale):
+    # std_ and bucket_values_ are float32: they came out inf (1e150) or all zero
+    # (1e-150, so inverse_transform returned zeros), silently.
+    X = np.random.default_rng(0).standard_normal((64, 3)) * scale
+    with pytest.raises(ValueError, match=r"X has values of magnitude .*normalize"):
+        PercentileQuantizer(bits=2).fit(X)
+    q = PercentileQuantizer(bits=2).fit(X / scale * 1e30)  # within float32: fine
+    assert np.isfinite(q.std_).all() and np.isfinite(q.bucket_values_).all()

@@ -19,7 +19,12 @@ implements the :class:`Member` protocol (load, fingerprint, prompt, encode, pick
 
 import os
 
-from skfusion.members.base import EncodeSettings, Member, as_float32
+from skfusion.members.base import (
+    EncodeSettings,
+    Member,
+    MemberOutputError,
+    as_float32,
+)
 from skfusion.members.encoder import EncoderMember, has_encode_methods
 from skfusion.members.remote import EmbeddingServiceError, OpenAIEmbeddingsMember
 from skfusion.members.sbert import SentenceTransformerMember, is_sentence_transformer
@@ -31,6 +36,7 @@ __all__ = [
     "EncodeSettings",
     "EncoderMember",
     "Member",
+    "MemberOutputError",
     "OpenAIEmbeddingsMember",
     "SentenceTransformerMember",
     "SklearnMember",

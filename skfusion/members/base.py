@@ -7,12 +7,16 @@ A :class:`~skfusion.ConcatEmbedder` turns each entry of ``models`` into a
   ``fingerprint_`` (a hash of what determines the vectors, part of every cache key);
 - ``loaded(settings)``: the model, loaded lazily (once, even from several threads) when
   the member was unpickled by reference;
-- ``cache_fingerprint(settings)``: the fingerprint of the model as it is *now*;
+- ``cache_fingerprint(settings)``: the fingerprint of the model as it is *now*
+  (a model held as the caller's object, ``holds_caller_model``, is fingerprinted
+  again, since it can be changed in place after fit);
 - ``prompt(role, prompts)`` and ``cache_parts(role, prompt, settings)``: how a role
   (``"query"``, ``"document"`` or ``None``) reaches the model, and what besides the
   text determines a vector;
 - ``encode(texts, role, prompt, settings)``: a float32 array of shape
-  ``(len(texts), dim_)``;
+  ``(len(texts), dim_)`` of finite values (:func:`as_float32` casts and checks;
+  the embedder checks again and raises :class:`MemberOutputError` before anything
+  is cached);
 - ``__getstate__``: what is pickled (plain Python types and numpy arrays, or the
   reference a model is reloaded from).
 """
@@ -26,7 +30,15 @@ import numpy as np
 from scipy import sparse
 from sklearn.base import BaseEstimator
 
-__all__ = ["EncodeSettings", "Member", "as_float32"]
+__all__ = [
+    "EncodeSettings",
+    "Member",
+    "MemberOutputError",
+    "as_float32",
+    "check_float32",
+]
+
+_F32_TINY = np.finfo(np.float32).tiny
 
 
 @dataclass(frozen=True)
@@ -48,8 +60,97 @@ class EncodeSettings:
     device: str | None = None
 
 
+class MemberOutputError(ValueError):
+    """A member returned a vector that is not usable as float32.
+
+    Raised for NaN or infinity, values beyond float32's range (about ±3.4e38,
+    which the cast turns into infinity), and non-zero rows that the cast flushes to
+    zero or to subnormal numbers (every entry below about 1.2e-38 in magnitude:
+    they have lost their direction or most of its precision). Such a vector is never
+    returned and never written to the embedding cache. A row that the member itself
+    returns as exactly zero (TF-IDF of a text with no known word) is valid.
+
+    Parameters
+    ----------
+    member : str
+        The member's name.
+    row : int
+        Where the bad vector is (a row of the member's output, or of ``X``).
+    problem : str
+        What is wrong with it.
+    where : str, default=None
+        How to name the row in the message (default ``"row {row} of its output"``).
+
+    Attributes
+    ----------
+    member : str
+    row : int
+    problem : str
+    text : str or None
+        The text whose vector it is, when the embedder knows it.
+    """
+
+    def __init__(self, member, row, problem, where=None):
+        self.member, self.row, self.problem = member, int(row), problem
+        self.text = None  # the embedder sets the text the row belongs to
+        where = where or f"row {row} of its output"
+        super().__init__(
+            f"ConcatEmbedder member {member!r} returned {problem} for {where}; such a "
+            "vector is neither returned nor cached. Fix the model (or scale its output "
+            "into float32's range, about 1.2e-38 to 3.4e38 in magnitude) and try again."
+        )
+
+
+def check_float32(values, name, original=None):
+    """Raise :class:`MemberOutputError` for the first unusable row of a member's output.
+
+    Parameters
+    ----------
+    values : ndarray of shape (n_texts, dim), dtype=float32
+        The output, after the cast to float32.
+    name : str
+        The member's name, for the error message.
+    original : ndarray of shape (n_texts, dim), default=None
+        The output before the cast, when it had another dtype: a row that had a
+        non-zero value there and is all zeros after the cast underflowed.
+
+    Returns
+    -------
+    values : ndarray
+        ``values``, unchanged.
+    """
+    finite = np.isfinite(values)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite.all(axis=1))[0])
+        if original is not None and np.isfinite(original[row]).all():
+            peak = float(np.abs(original[row]).max())
+            problem = f"a value of magnitude {peak:.3g}, beyond float32's range"
+        else:
+            problem = f"a non-finite value ({values[row][~finite[row]][0]})"
+        raise MemberOutputError(name, row, problem)
+    if values.size == 0:
+        return values
+    peak = np.abs(values).max(axis=1)
+    small = np.flatnonzero(peak < _F32_TINY)
+    if len(small):
+        had = peak[small] > 0
+        if original is not None:
+            had |= np.abs(original[small]).max(axis=1) > 0
+        if had.any():
+            row = int(small[np.flatnonzero(had)[0]])
+            was = original[row] if original is not None else values[row]
+            raise MemberOutputError(
+                name,
+                row,
+                "a vector too small for float32 (largest magnitude "
+                f"{float(np.abs(was).max()):.3g}; float32 keeps full precision from "
+                "1.2e-38)",
+            )
+    return values
+
+
 def as_float32(values, name):
-    """A member's output as a 2-D float32 ndarray (sparse outputs densified).
+    """A member's output as a checked 2-D float32 ndarray (sparse outputs densified).
 
     Parameters
     ----------
@@ -61,6 +162,12 @@ def as_float32(values, name):
     Returns
     -------
     ndarray of shape (n_texts, dim), dtype=float32
+
+    Raises
+    ------
+    MemberOutputError
+        If a row is not finite after the cast or was flushed to zero or subnormals
+        by it (see :func:`check_float32`).
     """
     if sparse.issparse(values):
         values = values.toarray()
@@ -70,7 +177,10 @@ def as_float32(values, name):
             f"ConcatEmbedder member {name!r} returned an array of shape "
             f"{values.shape}; a member must return one row per text."
         )
-    return values.astype(np.float32, copy=False)
+    with np.errstate(over="ignore", under="ignore"):
+        out = values.astype(np.float32, copy=False)
+    wider = out is not values and values.dtype.kind == "f"
+    return check_float32(out, name, original=values if wider else None)
 
 
 def normalized_reference(ref):
@@ -115,6 +225,13 @@ class Member(BaseEstimator):
     #: that can fail half-way (a remote service) sets 1, so every batch that
     #: succeeded reaches the cache before an error.
     max_batches_per_call = None
+    #: Whether a member fit from an object (``ref_`` None) encodes with that very
+    #: object, which its owner can change in place after fit (a SentenceTransformer,
+    #: a StaticModel, an encoder object). Then :meth:`cache_fingerprint` fingerprints
+    #: it again (:meth:`model_fingerprint`) before every cached transform, so a
+    #: changed model never gets the vectors cached for the old one. Members that copy
+    #: (clone) what they are given, or hold no model, keep the fit-time fingerprint.
+    holds_caller_model = False
 
     def default_name(self):
         """Name used when ``models`` does not name the member."""
@@ -155,7 +272,7 @@ class Member(BaseEstimator):
         raise NotImplementedError
 
     def model_fingerprint(self, model):
-        """Fingerprint of a loaded model (by-reference members only)."""
+        """Fingerprint of a model (by-reference members and ``holds_caller_model``)."""
         raise NotImplementedError
 
     def loaded(self, settings):
@@ -183,7 +300,15 @@ class Member(BaseEstimator):
         return self._model is not None or self.ref_ is None
 
     def cache_fingerprint(self, settings):
-        """Fingerprint of the model as it is now (part of the cache key)."""
+        """Fingerprint of the model as it is now (part of the cache key).
+
+        None means the model cannot be fingerprinted now, so it must not be cached.
+        """
+        model = self.loaded(settings)
+        if self.ref_ is None and self.holds_caller_model:
+            # The caller's object can have been changed in place since fit.
+            self._current_fingerprint = self.model_fingerprint(model)
+            return self._current_fingerprint
         return self._current_fingerprint or self.fingerprint_
 
     def prompt(self, role, prompts):

@@ -67,7 +67,9 @@ class EncoderMember(Member):
         ``fingerprint`` attribute if it is a str, else, for an import reference, the
         reference and its package's installed version. A member without any cannot
         be cached: with ``cache_dir`` set, the embedder raises. Never derived from
-        ``id()``, which differs between processes.
+        ``id()``, which differs between processes. An object's ``fingerprint``
+        attribute is read again before each cached transform: update it when you
+        change the object in place.
 
     Notes
     -----
@@ -91,6 +93,7 @@ class EncoderMember(Member):
     """
 
     kind = "encoder"
+    holds_caller_model = True  # an object or callables are used as is
 
     def __init__(
         self, model=None, *, query="encode_query", document="encode_document",

@@ -12,7 +12,7 @@ import urllib.request
 
 import numpy as np
 
-from skfusion.members.base import Member
+from skfusion.members.base import Member, MemberOutputError, as_float32
 
 __all__ = ["EmbeddingServiceError", "OpenAIEmbeddingsMember"]
 
@@ -320,6 +320,9 @@ class OpenAIEmbeddingsMember(Member):
             raise self._bad(f"width {values.shape[1]}, expected {self.dim_} as at fit")
         if values.shape[1] == 0:
             raise self._bad("empty vectors")
-        out = np.empty(values.shape, dtype=np.float32)
+        out = np.empty(values.shape)
         out[index] = values
-        return out
+        try:
+            return as_float32(out, self.name_)  # values beyond float32's range
+        except MemberOutputError as exc:
+            raise self._bad(f"{exc.problem} in vector {exc.row}") from None

@@ -150,6 +150,7 @@ class SentenceTransformerMember(Member):
     """
 
     kind = "sentence-transformers"
+    holds_caller_model = True  # an instance is used as is
 
     def __init__(self, model):
         self.model = model
@@ -189,13 +190,6 @@ class SentenceTransformerMember(Member):
 
     def model_fingerprint(self, model):
         return st_fingerprint(model)
-
-    def cache_fingerprint(self, settings):
-        model = self.loaded(settings)
-        if self.ref_ is None:
-            # Instances can be changed in place after fit.
-            self._current_fingerprint = st_fingerprint(model)
-        return self._current_fingerprint
 
     def prompt(self, role, prompts):
         if role is not None and role in prompts:

@@ -85,7 +85,8 @@ class StaticModelMember(Member):
     Static models have no prompts of their own; the embedder's ``prompts`` entry
     for the member is prepended to the text. ``max_seq_length`` is passed to
     ``encode`` per call (the model is never modified). The fingerprint hashes the
-    vectors, tokenizer and normalisation.
+    vectors, tokenizer and normalisation; an instance is fingerprinted again before
+    each cached transform, so changing it in place never serves stale vectors.
 
     Examples
     --------
@@ -95,6 +96,7 @@ class StaticModelMember(Member):
     """
 
     kind = "model2vec"
+    holds_caller_model = True  # an instance is used as is
 
     def __init__(self, model):
         self.model = model

@@ -547,7 +547,9 @@ def test_static_instance_is_pickled_once_and_plainly(kinds, tiny_corpus):
     blob = pickle.dumps(emb)
     # The StaticModel in `models` is stored once, as the member's plain state.
     assert b"model2vec" not in blob
-    assert len(blob) < member.embedding.nbytes * 1.5
+    # Stored twice would take at least 2x its embedding; the rest (tokenizer, TF-IDF)
+    # sits just under 0.5x, so a 1.5x bound failed by a byte now and then.
+    assert len(blob) < member.embedding.nbytes * 2
     twin = pickle.loads(blob)
     assert type(twin.models[0][1]) is type(member)
     assert twin.models[0][1] is twin.members_[0].model

@@ -994,6 +994,20 @@ def save_faiss_index(index, path):
     ----------
     index : faiss.Index or faiss.IndexBinary
     path : str or path-like
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from skfusion import RandomProjectionLSH
+    >>> from skfusion.index import build_faiss_index, load_faiss_index, save_faiss_index
+    >>> X = np.random.default_rng(0).standard_normal((500, 16)).astype(np.float32)
+    >>> lsh = RandomProjectionLSH(64, random_state=0).fit(X)
+    >>> index = build_faiss_index(lsh.transform(X), "flat", quantizer=lsh)
+    >>> path = tempfile.mkdtemp() + "/bits.faiss"
+    >>> save_faiss_index(index, path)
+    >>> load_faiss_index(path).ntotal
+    500
     """
     faiss = _faiss()
     write = (
@@ -1014,6 +1028,20 @@ def load_faiss_index(path):
     Returns
     -------
     index : faiss.Index or faiss.IndexBinary
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from skfusion import RandomProjectionLSH
+    >>> from skfusion.index import build_faiss_index, load_faiss_index, save_faiss_index
+    >>> X = np.random.default_rng(0).standard_normal((500, 16)).astype(np.float32)
+    >>> lsh = RandomProjectionLSH(64, random_state=0).fit(X)
+    >>> index = build_faiss_index(lsh.transform(X), "flat", quantizer=lsh)
+    >>> path = tempfile.mkdtemp() + "/bits.faiss"
+    >>> save_faiss_index(index, path)
+    >>> load_faiss_index(path).ntotal
+    500
     """
     faiss = _faiss()
     path = os.fspath(path)

@@ -1031,17 +1031,17 @@ def load_faiss_index(path):
 
     Examples
     --------
+    Float rows give a float index (inner product), read back with its rows:
+
     >>> import tempfile
     >>> import numpy as np
-    >>> from skfusion import RandomProjectionLSH
-    >>> from skfusion.index import build_faiss_index, load_faiss_index, save_faiss_index
-    >>> X = np.random.default_rng(0).standard_normal((500, 16)).astype(np.float32)
-    >>> lsh = RandomProjectionLSH(64, random_state=0).fit(X)
-    >>> index = build_faiss_index(lsh.transform(X), "flat", quantizer=lsh)
-    >>> path = tempfile.mkdtemp() + "/bits.faiss"
-    >>> save_faiss_index(index, path)
-    >>> load_faiss_index(path).ntotal
-    500
+    >>> from skfusion import index as skindex
+    >>> rows = np.eye(4, dtype=np.float32)
+    >>> path = tempfile.mkdtemp() + "/rows.faiss"
+    >>> skindex.save_faiss_index(skindex.build_faiss_index(rows, "flat"), path)
+    >>> scores, ids = skindex.load_faiss_index(path).search(rows[2:3], 1)
+    >>> ids.tolist()
+    [[2]]
     """
     faiss = _faiss()
     path = os.fspath(path)

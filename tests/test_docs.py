@@ -39,3 +39,42 @@ def test_label_free_weights_recipe_runs(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("pseudo-query nDCG@10") == len(grid)
     assert "test nDCG@10 with the chosen weights" in out
+
+
+def _public_api():
+    """(qualified name, object) of every class and function a public module exports."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import skfusion
+
+    names = ["skfusion"] + [
+        m.name
+        for m in pkgutil.walk_packages(skfusion.__path__, "skfusion.")
+        if not any(part.startswith("_") for part in m.name.split("."))
+    ]
+    for module_name in names:
+        module = importlib.import_module(module_name)
+        for name in getattr(module, "__all__", []):
+            obj = getattr(module, name)
+            if (inspect.isclass(obj) or inspect.isfunction(obj)) and (
+                obj.__module__ == module_name
+            ):
+                yield f"{module_name}.{name}", obj
+
+
+def test_every_public_class_and_function_has_a_runnable_example():
+    """Examples sections run as doctests (pyproject: --doctest-modules); an example
+    marked +SKIP must say why in the text before it."""
+    import inspect
+
+    missing = []
+    for name, obj in _public_api():
+        doc = inspect.getdoc(obj) or ""
+        examples = doc.partition("Examples\n--------")[2]
+        if ">>>" not in examples:
+            missing.append(name)
+        elif "+SKIP" in examples and "not run as a doctest" not in examples:
+            missing.append(f"{name} (skipped without a reason)")
+    assert not missing, "no runnable Examples section: " + ", ".join(missing)

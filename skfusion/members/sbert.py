@@ -17,7 +17,8 @@ from skfusion.members.base import (
     reference_name,
 )
 
-__all__ = ["SentenceTransformerMember", "is_sentence_transformer", "st_fingerprint"]
+# is_sentence_transformer and st_fingerprint serve this package (as_member) only.
+__all__ = ["SentenceTransformerMember"]
 
 # sentence-transformers' own look-up order (encode_query / encode_document).
 _PROMPT_CANDIDATES = {

@@ -14,7 +14,8 @@ from skfusion.members.base import (
     reference_name,
 )
 
-__all__ = ["StaticModelMember", "is_static_model"]
+# is_static_model serves this package (as_member) only.
+__all__ = ["StaticModelMember"]
 
 # What a StaticModel is rebuilt from (plain types and arrays: skops can persist it).
 _STATE_KEY = "skfusion-static-model"

@@ -5,7 +5,8 @@ from sklearn.base import clone
 
 from skfusion.members.base import Member, as_float32
 
-__all__ = ["SklearnMember", "is_text_transformer", "stable_state"]
+# is_text_transformer and stable_state serve this package (as_member) only.
+__all__ = ["SklearnMember"]
 
 
 def is_text_transformer(obj):

@@ -636,7 +636,7 @@ default="auto"
         (path / "meta.json").write_text(json.dumps(meta, indent=1))
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path, *, trusted_members=None):
         """Read an index written by :meth:`save`; its on-disk rows stay in that folder.
 
         Only skfusion's own classes and the scikit-learn / numpy types skops trusts
@@ -646,6 +646,9 @@ default="auto"
         ----------
         path : str or path-like
             Folder written by :meth:`save`.
+        trusted_members : list of str, default=None
+            Member references of the encoder you trust (import references, remote
+            endpoints), as for :func:`skfusion.persistence.load`.
 
         Returns
         -------
@@ -660,9 +663,12 @@ default="auto"
         if meta.get("format") != _FORMAT:
             raise ValueError(f"{os.fspath(path)} is not a {_FORMAT} folder.")
 
+        def _load(p):
+            return load(p, trusted_members=trusted_members)
+
         def _opt(name):
             p = path / f"{name}.skops"
-            return load(p) if p.exists() else None
+            return _load(p) if p.exists() else None
 
         with np.load(path / "arrays.npz", allow_pickle=False) as arrays:
             codes = arrays["codes"]
@@ -675,7 +681,7 @@ default="auto"
         n = meta.pop("n_vectors")
         meta.pop("format")
         index = cls(
-            load(path / "shortlist.skops"),
+            _load(path / "shortlist.skops"),
             rescore,
             encoder=_opt("encoder"),
             directory=path,

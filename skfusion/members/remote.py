@@ -212,7 +212,10 @@ class OpenAIEmbeddingsMember(Member):
     Notes
     -----
     A redirect is never followed (the error names its target): the texts and the
-    key go to ``base_url`` alone.
+    key go to ``base_url`` alone. A member restored by
+    :func:`skfusion.persistence.load` sends texts and a key only where the caller
+    confirmed (``trusted_members``): a model file does not choose which secret
+    goes where.
 
     Every response is checked before use: one finite vector per text, all of the
     fitted width, indices a permutation of the batch. Anything else raises
@@ -266,6 +269,17 @@ class OpenAIEmbeddingsMember(Member):
     @property
     def url(self):
         return str(self.base_url).rstrip("/") + "/embeddings"
+
+    def external_references(self):
+        # getattr: also called on a bare instance holding part of a file's state.
+        base_url = getattr(self, "base_url", None)
+        key_env = getattr(self, "api_key_env", None)
+        if key_env:
+            token = f"{key_env}@{base_url}"
+            what = f"sends your texts to {base_url} with the API key in ${key_env}"
+        else:
+            token, what = str(base_url), f"sends your texts to {base_url}"
+        return {token: f"{type(self).__name__}: {what}"}
 
     def _check_params(self, name):
         problems = []

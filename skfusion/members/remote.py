@@ -1,7 +1,6 @@
 """Hosted models behind the OpenAI-compatible ``/v1/embeddings`` protocol."""
 
 import email.utils
-import functools
 import hashlib
 import http.client
 import ipaddress
@@ -9,7 +8,6 @@ import json
 import logging
 import os
 import socket
-import ssl
 import threading
 import time
 import urllib.error
@@ -111,11 +109,6 @@ class _Deadline:
             pass
 
 
-@functools.cache
-def _tls_context():
-    return ssl.create_default_context()
-
-
 class _WatchedHTTPHandler(urllib.request.HTTPHandler):
     def __init__(self, deadline):
         super().__init__()
@@ -129,12 +122,13 @@ class _WatchedHTTPHandler(urllib.request.HTTPHandler):
 
 class _WatchedHTTPSHandler(urllib.request.HTTPSHandler):
     def __init__(self, deadline):
-        super().__init__(context=_tls_context())
+        super().__init__()
         self._deadline = deadline
 
     def https_open(self, req):
+        # No context given: http.client's default, as urllib.request.urlopen uses.
         make = self._deadline.connection_class(http.client.HTTPSConnection)
-        return self.do_open(make, req, context=_tls_context())
+        return self.do_open(make, req)
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

@@ -268,6 +268,8 @@ class OpenAIEmbeddingsMember(Member):
         # getattr: also called on a bare instance holding part of a file's state.
         base_url = getattr(self, "base_url", None)
         key_env = getattr(self, "api_key_env", None)
+        if base_url is None:  # sends nothing anywhere (fit refuses it)
+            return {}
         if key_env:
             token = f"{key_env}@{base_url}"
             what = f"sends your texts to {base_url} with the API key in ${key_env}"

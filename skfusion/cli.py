@@ -83,7 +83,7 @@ def _load_model(args):
         from . import persistence
 
         try:
-            model = persistence.load(path)
+            model = persistence.load(path, trusted_members=args.trust_members)
         except ValueError as exc:  # types it does not trust
             raise CLIError(f"--model: {exc}") from exc
         except Exception as exc:  # a truncated or foreign file
@@ -366,6 +366,20 @@ _TRUST_PICKLE_HELP = (
 )
 
 
+def _add_trust_members(parser):
+    parser.add_argument(
+        "--trust-members",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="REF",
+        help="member references the .skops model may use: an import reference it "
+        "imports and calls (package.module:factory) or an endpoint it sends texts "
+        "(and the key in $ENV) to (ENV@https://host/v1); the refusal names them. "
+        "Without it, a model holding any is refused.",
+    )
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="skfusion",
@@ -381,6 +395,7 @@ def build_parser():
         if model:
             p.add_argument("--model", required=True, help=".skops file from `skfusion fit`")
             p.add_argument("--trust-pickle", action="store_true", help=_TRUST_PICKLE_HELP)
+            _add_trust_members(p)
         p.set_defaults(func=func)
         return p
 
@@ -488,6 +503,7 @@ def build_parser():
         help="write into a non-empty folder that is no earlier export, replacing its "
         "files of the same names (index.html, skfusion.json, ...)",
     )
+    _add_trust_members(web)
     return parser
 
 

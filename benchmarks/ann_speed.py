@@ -2,11 +2,12 @@
 from skfusion output, and the two-stage CodeIndex, against exact search in the same run.
 
 Data (resampled from real embeddings): the debian-packages weighted concatenation
-(``two_stage.load_debian``) reduced to 128 dimensions by PCA fitted on the 1,000 train
-passages (the stand-in for decoder output); 1,000,000 database rows are corpus rows
-drawn with replacement plus Gaussian noise (half the per-dimension spread), then
-L2-normalised; the queries are the 1,000 real test queries. Packed bits are
-``RandomProjectionLSH(256)`` of the same rows (32 bytes per vector).
+(``_features.load_debian``, as in ``two_stage``) reduced to 128 dimensions by PCA
+fitted on the 1,000 train passages (the stand-in for decoder output); 1,000,000
+database rows are corpus rows drawn with replacement plus Gaussian noise (half the
+per-dimension spread), then L2-normalised; the queries are the 1,000 real test
+queries. Packed bits are ``RandomProjectionLSH(256)`` of the same rows (32 bytes per
+vector).
 
 Baselines, measured in the same run: faiss ``IndexFlatIP`` (float, exact) and
 ``IndexBinaryFlat`` (Hamming, exact), and :func:`skfusion.search.search`. Recall@10 of a
@@ -15,7 +16,7 @@ index: the share of its results whose Hamming distance is at most the exact 10th
 distance (ties at the boundary count as hits). Queries/s: 1,000 queries, one process,
 faiss with 2 threads, on a 2-core machine shared with other jobs (best of 2).
 
-    python benchmarks/ann_speed.py [N_ROWS]
+    python -m benchmarks.ann_speed [N_ROWS]
 
 Writes ``benchmarks/results/ann_speed.{json,md}``.
 """
@@ -23,19 +24,16 @@ Writes ``benchmarks/results/ann_speed.{json,md}``.
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 from sklearn.decomposition import PCA
 
-sys.path.insert(0, str(Path(__file__).parent))
+from skfusion import AllocatedQuantizer, RandomProjectionLSH
+from skfusion.index import CodeIndex, build_faiss_index
+from skfusion.search import search
 
-from _bench import write_results  # noqa: E402
-from two_stage import load_debian  # noqa: E402
-
-from skfusion import AllocatedQuantizer, RandomProjectionLSH  # noqa: E402
-from skfusion.index import CodeIndex, build_faiss_index  # noqa: E402
-from skfusion.search import search  # noqa: E402
+from ._bench import best_time, write_results
+from ._features import l2, load_debian
 
 DIM = 128
 N_BITS = 256
@@ -44,24 +42,24 @@ N_BITS = 256
 N_HNSW_FLOAT = 200_000
 
 
-def _l2(x):
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def _timed(fn, repeats=2):
-    best, out = np.inf, None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return out, best
+    """(result, best wall seconds of ``repeats`` calls)."""
+    seconds, out = best_time(fn, repeats)
+    return out, seconds
+
+
+def _built(build):
+    """(``build()``'s index, its build seconds)."""
+    t = time.perf_counter()
+    index = build()
+    return index, time.perf_counter() - t
 
 
 def make_data(n_rows, seed=0):
     data = load_debian()
     pca = PCA(DIM, random_state=0).fit(data["train"])
     corpus = pca.transform(data["corpus"]).astype(np.float32)
-    queries = _l2(pca.transform(data["queries"][data["rows"]["test"]]).astype(np.float32))
+    queries = l2(pca.transform(data["queries"][data["rows"]["test"]]).astype(np.float32))
     rng = np.random.default_rng(seed)
     scale = 0.5 * corpus.std(axis=0)
     X = np.empty((n_rows, DIM), dtype=np.float32)
@@ -69,8 +67,8 @@ def make_data(n_rows, seed=0):
     for s in range(0, n_rows, step):
         m = min(step, n_rows - s)
         rows = corpus[rng.integers(len(corpus), size=m)]
-        X[s : s + m] = _l2(rows + scale * rng.standard_normal((m, DIM)).astype(np.float32))
-    train = _l2(pca.transform(data["train"]).astype(np.float32))
+        X[s : s + m] = l2(rows + scale * rng.standard_normal((m, DIM)).astype(np.float32))
+    train = l2(pca.transform(data["train"]).astype(np.float32))
     return train, X, queries
 
 
@@ -110,55 +108,54 @@ def main(n_rows=1_000_000):
             flush=True,
         )
 
+    def sweep(kind, method, param, values, index, queries, recall, build, bytes_):
+        """One row per value of the search-time ``param`` (faiss ``nprobe`` or HNSW
+        ``efSearch``) of ``index``; ``recall(index.search(...))``."""
+        target = index.hnsw if param == "efSearch" else index
+        for value in values:
+            setattr(target, param, value)
+            out, sec = _timed(lambda: index.search(queries, 10))
+            add(kind, method, f"{param}={value}", recall(out), sec, build, bytes_)
+
     # -- float rows (inner product) -------------------------------------------------
-    t = time.perf_counter()
-    flat = build_faiss_index(X, "flat")
-    build = time.perf_counter() - t
+    flat, build = _built(lambda: build_faiss_index(X, "flat"))
     (_, ref), sec = _timed(lambda: flat.search(Q, 10))
     add("float", "faiss IndexFlatIP (exact)", "", 1.0, sec, build, 4 * DIM)
     (_, idx), sec = _timed(lambda: search(Q, X, 10, metric="ip"), repeats=1)
     add("float", "skfusion.search (exact)", "", recall_float(idx, ref), sec, 0.0, 4 * DIM)
-    t = time.perf_counter()
-    ivf = build_faiss_index(X, "ivf", nlist=1024)
-    build = time.perf_counter() - t
-    for nprobe in (1, 4, 16, 64):
-        ivf.nprobe = nprobe
-        (_, idx), sec = _timed(lambda i=ivf: i.search(Q, 10))
-        add(
-            "float",
-            "faiss IndexIVFFlat nlist=1024",
-            f"nprobe={nprobe}",
-            recall_float(idx, ref),
-            sec,
-            build,
-            4 * DIM,
-        )
+    ivf, build = _built(lambda: build_faiss_index(X, "ivf", nlist=1024))
+    sweep(
+        "float",
+        "faiss IndexIVFFlat nlist=1024",
+        "nprobe",
+        (1, 4, 16, 64),
+        ivf,
+        Q,
+        lambda out: recall_float(out[1], ref),
+        build,
+        4 * DIM,
+    )
     del ivf
     sub = X[:N_HNSW_FLOAT]
     _, ref_sub = build_faiss_index(sub, "flat").search(Q, 10)
-    t = time.perf_counter()
-    hnsw = build_faiss_index(sub, "hnsw", M=16)
-    build = time.perf_counter() - t
-    for ef in (16, 64, 256):
-        hnsw.hnsw.efSearch = ef
-        (_, idx), sec = _timed(lambda i=hnsw: i.search(Q, 10))
-        add(
-            "float",
-            f"faiss IndexHNSWFlat M=16 ({N_HNSW_FLOAT:,} rows)",
-            f"efSearch={ef}",
-            recall_float(idx, ref_sub),
-            sec,
-            build,
-            4 * DIM,
-        )
+    hnsw, build = _built(lambda: build_faiss_index(sub, "hnsw", M=16))
+    sweep(
+        "float",
+        f"faiss IndexHNSWFlat M=16 ({N_HNSW_FLOAT:,} rows)",
+        "efSearch",
+        (16, 64, 256),
+        hnsw,
+        Q,
+        lambda out: recall_float(out[1], ref_sub),
+        build,
+        4 * DIM,
+    )
     del hnsw
 
     # -- packed bits (Hamming) ------------------------------------------------------
     lsh = RandomProjectionLSH(N_BITS, random_state=0).fit(train)
     B, QB = lsh.transform(X), lsh.transform(Q)
-    t = time.perf_counter()
-    bflat = build_faiss_index(B, "flat", quantizer=lsh)
-    build = time.perf_counter() - t
+    bflat, build = _built(lambda: build_faiss_index(B, "flat", quantizer=lsh))
     (ref_d, _), sec = _timed(lambda: bflat.search(QB, 10))
     add("binary", "faiss IndexBinaryFlat (exact)", "", 1.0, sec, build, N_BITS // 8)
     (agree, _), sec = _timed(lambda: search(QB, B, 10, metric="hamming", quantizer=lsh))
@@ -171,38 +168,21 @@ def main(n_rows=1_000_000):
         0.0,
         N_BITS // 8,
     )
-    t = time.perf_counter()
-    bivf = build_faiss_index(B, "ivf", nlist=1024, quantizer=lsh)
-    build = time.perf_counter() - t
-    for nprobe in (1, 8, 32):
-        bivf.nprobe = nprobe
-        (d, _), sec = _timed(lambda i=bivf: i.search(QB, 10))
-        add(
-            "binary",
-            "faiss IndexBinaryIVF nlist=1024",
-            f"nprobe={nprobe}",
-            recall_binary(d, ref_d),
-            sec,
-            build,
-            N_BITS // 8,
+
+    def recall(out):
+        return recall_binary(out[0], ref_d)
+
+    for kind, params, method, param, values in (
+        ("ivf", {"nlist": 1024}, "faiss IndexBinaryIVF nlist=1024", "nprobe", (1, 8, 32)),
+        ("hnsw", {"M": 16}, "faiss IndexBinaryHNSW M=16", "efSearch", (16, 64, 256)),
+    ):
+        index, build = _built(
+            lambda kind=kind, params=params: build_faiss_index(
+                B, kind, quantizer=lsh, **params
+            )
         )
-    del bivf
-    t = time.perf_counter()
-    bhnsw = build_faiss_index(B, "hnsw", M=16, quantizer=lsh)
-    build = time.perf_counter() - t
-    for ef in (16, 64, 256):
-        bhnsw.hnsw.efSearch = ef
-        (d, _), sec = _timed(lambda i=bhnsw: i.search(QB, 10))
-        add(
-            "binary",
-            "faiss IndexBinaryHNSW M=16",
-            f"efSearch={ef}",
-            recall_binary(d, ref_d),
-            sec,
-            build,
-            N_BITS // 8,
-        )
-    del bhnsw
+        sweep("binary", method, param, values, index, QB, recall, build, N_BITS // 8)
+        del index  # free it before the next build
 
     # -- two-stage: codes in RAM, float16 rows on disk, recall vs exact float -------
     with tempfile.TemporaryDirectory() as tmp:

@@ -16,43 +16,35 @@ beta in {0, 0.5, 1}. nDCG@10 on dev and test; "recovery" is nDCG@10 relative to 
 cosine search on the float32 1,024-d concatenation (and, in brackets, relative to the
 float PCA-341 vectors). ``--grid`` also reports the beta chosen on dev, scored on test.
 
-Run: ``python benchmarks/code_similarity.py [--quiet]`` (about a minute once the
+Run: ``python -m benchmarks.code_similarity [--quiet]`` (about a minute once the
 features are cached). Writes ``benchmarks/results/code_similarity.{json,md}``.
 """
-
-import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 from sklearn.decomposition import PCA
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).parent))
+from skfusion.quantize import PercentileQuantizer
+from skfusion.search import spread_weights
 
-from _bench import write_results
-from _features import load_features, split_data  # noqa: E402
-
-from skfusion.evaluation import evaluate_embeddings  # noqa: E402
-from skfusion.quantize import PercentileQuantizer  # noqa: E402
-from skfusion.search import spread_weights  # noqa: E402
+from ._bench import Bench, arg_parser, write_results
+from ._features import load_features
 
 BETAS = (0.0, 0.5, 1.0)
 
 
-def evaluate(feats, split, queries, database, **kw):
-    rows, data = split_data(feats, split)
-    return evaluate_embeddings(queries[rows], database, data, **kw)["ndcg@10"]
-
-
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = arg_parser(__doc__)
     p.add_argument("--dim", type=int, default=341)
     p.add_argument("--bits", type=int, default=2)
-    p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
 
     feats = load_features()
+    bench = Bench.from_features(feats)
+
+    def evaluate(queries, database, split, **kw):
+        return float(bench.ndcg(split, queries, database, **kw))
+
     pca = PCA(args.dim, random_state=0).fit(feats["train"])
     H = {
         s: pca.transform(feats[s]).astype(np.float32)
@@ -62,8 +54,8 @@ def main(argv=None):
     codes_c = quant.transform(H["corpus"])
     codes_q = quant.transform(H["queries"])
     splits = ("dev", "test")
-    ref = {s: evaluate(feats, s, feats["queries"], feats["corpus"]) for s in splits}
-    ref_pca = {s: evaluate(feats, s, H["queries"], H["corpus"]) for s in splits}
+    ref = {s: evaluate(feats["queries"], feats["corpus"], s) for s in splits}
+    ref_pca = {s: evaluate(H["queries"], H["corpus"], s) for s in splits}
 
     variants = [(m, b) for m in ("codes", "asymmetric", "reconstruct") for b in BETAS]
     rows = []
@@ -71,7 +63,7 @@ def main(argv=None):
         q = codes_q if metric == "codes" else H["queries"]
         w = spread_weights(quant, beta) if beta else None
         nd = {
-            s: evaluate(feats, s, q, codes_c, metric=metric, quantizer=quant, weights=w)
+            s: evaluate(q, codes_c, s, metric=metric, quantizer=quant, weights=w)
             for s in splits
         }
         rows.append(
@@ -120,8 +112,7 @@ def main(argv=None):
             f"- {m}: beta={c['beta']:g}, test nDCG@10 {c['ndcg_test']:.4f} "
             f"({100 * c['ndcg_test'] / ref['test']:.1f}% of the float concatenation)"
         )
-    write_results("code_similarity", out, lines)
-    print("\n".join(lines))
+    write_results("code_similarity", out, lines, echo=True)
 
 
 if __name__ == "__main__":

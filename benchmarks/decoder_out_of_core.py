@@ -18,7 +18,7 @@ threads made a training step several times slower.
 
 Writes ``benchmarks/results/decoder_out_of_core.{json,md}``.
 
-    python benchmarks/decoder_out_of_core.py [--rows 2000000] [--dim 1024]
+    python -m benchmarks.decoder_out_of_core [--rows 2000000] [--dim 1024]
         [--check-rows 100000] [--keep]
 """
 
@@ -27,14 +27,13 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
-from _bench import write_results
 
-CACHE = Path(__file__).parent / ".cache"
+from ._bench import ROOT, module_command, write_results
+from ._features import CACHE
+
 PARAMS = dict(
     n_components=16,
     stops=(8, 16),
@@ -110,13 +109,13 @@ def _child(kind, path, check_rows):
 
 
 def _run_child(kind, path, check_rows):
-    root = str(Path(__file__).resolve().parent.parent)  # this checkout's skfusion
-    pythonpath = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    # This checkout's skfusion and benchmarks.
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     threads = dict(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     env = dict(os.environ, PYTHONPATH=pythonpath, **threads)
-    cmd = [sys.executable, __file__, "--child", kind, "--path", str(path)]
+    cmd = [*module_command(__spec__.name), "--child", kind, "--path", str(path)]
     cmd += ["--check-rows", str(check_rows)]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if res.returncode:
         raise RuntimeError(res.stderr)
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -181,8 +180,7 @@ def main():
         f"| same, fit time memmap / in memory | {check['memmap_fit_seconds']:.1f} s / "
         f"{check['in_memory_fit_seconds']:.1f} s |",
     ]
-    write_results("decoder_out_of_core", payload, md)
-    print("\n".join(md))
+    write_results("decoder_out_of_core", payload, md, echo=True)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,11 @@ stops, batch 1,024); PCA is ``init="pca", max_epochs=0``. For every variant the
 transform-time ``whiten`` exponent is swept (no refit), nDCG@10 is measured at the
 stops 32/64/128/256/384/512/768 by exact cosine search.
 
-    python benchmarks/decoder_quality.py [--quiet] [--device cpu|cuda] [--variants "a;b"]
+    python -m benchmarks.decoder_quality [--quiet] [--device cpu|cuda] [--variants "a;b"]
         [--out NAME]        # measure; writes benchmarks/results/NAME.json
-    python benchmarks/decoder_quality.py --make-bundle   # arrays for another machine
-    python benchmarks/decoder_quality.py --report cpu=results/A.json cuda=results/B.json
+    python -m benchmarks.decoder_quality --make-bundle   # arrays for another machine
+    python -m benchmarks.decoder_quality --report cpu=benchmarks/results/A.json \
+        cuda=benchmarks/results/B.json
 
 The committed results came from: the sweep on an H100 (``--device cuda``, saved as
 ``decoder_quality_sweep_cuda.json``), then ``--variants "default;pca" --device cpu
@@ -27,98 +28,27 @@ refitted on the H100 with the committed code), which writes
 import argparse
 import gzip
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).parent))
+from skfusion.decoder import MatryoshkaDecoder
 
-from _features import CACHE, ndcg10  # noqa: E402
+from ._bench import Bench, pyplot, save_plot, write_json, write_results
+from ._features import CACHE, load_features
+from ._models import VARIANTS, decoder_params
 
-from skfusion.decoder import MatryoshkaDecoder  # noqa: E402
-
-RESULTS = Path(__file__).parent / "results"
 BUNDLE = CACHE / "quality_bundle"
 EVAL_STOPS = (32, 64, 128, 256, 384, 512, 768)
 WHITEN_GRID = (0.0, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5)
 
-# name -> MatryoshkaDecoder parameters (on top of the common ones below).
-VARIANTS = {
-    "default": dict(),  # the library defaults, chosen from the sweep below
-    "pca": dict(init="pca", max_epochs=0, target_whiten=0.0),
-    "paper (random init, MSE)": dict(
-        init="random", loss="pairwise_mse", target_whiten=0.0, learning_rate=1e-3
-    ),
-    "pca init + MSE": dict(init="pca", learning_rate=1e-4, max_epochs=20),
-    "pca init + MSE lr1e-3": dict(init="pca", learning_rate=1e-3, max_epochs=20),
-    "pca init + MSE, whitened target .25": dict(target_whiten=0.25, max_epochs=20),
-    "pca init + MSE, whitened target .25, nw4": dict(
-        target_whiten=0.25, neighbor_weight=4.0, max_epochs=20
-    ),
-    "pca init + MSE nw4": dict(neighbor_weight=4.0, max_epochs=20),
-    "pca init + KL t.05": dict(loss="listwise_kl", temperature=0.05, max_epochs=20),
-    "pca init + KL t.02": dict(loss="listwise_kl", temperature=0.02, max_epochs=20),
-    "pca init + KL t.05 lr1e-3": dict(
-        loss="listwise_kl", temperature=0.05, learning_rate=1e-3, max_epochs=20
-    ),
-    "pca init + KL t.05, whitened target .25": dict(
-        loss="listwise_kl", temperature=0.05, target_whiten=0.25, max_epochs=20
-    ),
-    "pca init + KL t.1, whitened target .25": dict(
-        loss="listwise_kl", temperature=0.1, target_whiten=0.25, max_epochs=20
-    ),
-    "pca init + KL t.02, whitened target .25": dict(
-        loss="listwise_kl", temperature=0.02, target_whiten=0.25, max_epochs=20
-    ),
-    "pca init + KL t.05, 60 epochs": dict(
-        loss="listwise_kl", temperature=0.05, max_epochs=60, n_iter_no_change=5
-    ),
-    "pca init + MSE, whitened target .35": dict(target_whiten=0.35, max_epochs=20),
-    "pca init + MSE nw4 lr1e-3": dict(
-        neighbor_weight=4.0, learning_rate=1e-3, max_epochs=20
-    ),
-    # Second round, around the best of the first (listwise KL).
-    "pca init + KL t.02 lr3e-4": dict(
-        loss="listwise_kl", temperature=0.02, learning_rate=3e-4, max_epochs=20
-    ),
-    "pca init + KL t.02 lr1e-3": dict(
-        loss="listwise_kl", temperature=0.02, learning_rate=1e-3, max_epochs=20
-    ),
-    "pca init + KL t.01": dict(loss="listwise_kl", temperature=0.01, max_epochs=20),
-    "pca init + KL t.02, 40 epochs": dict(
-        loss="listwise_kl", temperature=0.02, max_epochs=40, n_iter_no_change=5
-    ),
-    "pca init + KL t.02 lr3e-4, whitened target .15": dict(
-        loss="listwise_kl",
-        temperature=0.02,
-        learning_rate=3e-4,
-        target_whiten=0.15,
-        max_epochs=20,
-    ),
-    "pca init + KL t.05 lr3e-4": dict(
-        loss="listwise_kl", temperature=0.05, learning_rate=3e-4, max_epochs=20
-    ),
-}
-COMMON = dict(n_components=768, batch_size=1024, random_state=0)
-# The sweep variants override these (the library defaults before the sweep); the
-# "default" variant uses the library defaults as they are now.
-SWEEP_BASE = dict(
-    init="pca",
-    loss="pairwise_mse",
-    learning_rate=1e-4,
-    temperature=0.05,
-    target_whiten=0.0,
-    whiten=0.0,
-    max_epochs=20,
-)
 
-
-def _params(name):
-    base = {} if name == "default" else SWEEP_BASE
-    return {**COMMON, **base, **VARIANTS[name]}
+def ndcg10(bench, queries, corpus, split):
+    """nDCG@10 of exact cosine search of float32 ``queries`` over ``corpus``."""
+    q, c = (np.asarray(a, dtype=np.float32) for a in (queries, corpus))
+    return bench.ndcg(split, q, c, metric="cosine")
 
 
 def _load(bundle):
@@ -129,14 +59,10 @@ def _load(bundle):
         for split in ("train", "corpus", "queries"):
             feats[split] = np.load(bundle / f"{split}.npy").astype(np.float32)
         return feats
-    from _features import load_features
-
     return load_features()
 
 
 def _make_bundle():
-    from _features import load_features
-
     feats = load_features()
     BUNDLE.mkdir(parents=True, exist_ok=True)
     for split in ("train", "corpus", "queries"):
@@ -148,13 +74,13 @@ def _make_bundle():
 
 def _evaluate(dec, feats):
     """nDCG@10 on dev and test for every whiten exponent and evaluation stop."""
-    out = {}
+    out, bench = {}, Bench.from_features(feats)
     for w in WHITEN_GRID:
         dec.set_params(whiten=w, output_dim=None, normalize=False)
         q, c = dec.transform(feats["queries"]), dec.transform(feats["corpus"])
         for split in ("dev", "test"):
             out.setdefault(split, {})[str(w)] = [
-                ndcg10(q[:, :k], c[:, :k], feats, split) for k in EVAL_STOPS
+                ndcg10(bench, q[:, :k], c[:, :k], split) for k in EVAL_STOPS
             ]
     dec.set_params(whiten=0.0, normalize=True)
     return out
@@ -187,7 +113,7 @@ def report(sources, out="decoder_quality"):
         merged["stops"] = r["stops"]
         merged["sources"][device] = str(Path(path).name)
         for name, v in r["variants"].items():
-            v = {**v, "params": _params(name), "device": device}
+            v = {**v, "params": decoder_params(name), "device": device}
             merged["variants"][f"{name} [{device}]"] = v
     full = merged["concatenation"]["test"]
     stops = merged["stops"]
@@ -228,7 +154,6 @@ def report(sources, out="decoder_quality"):
     merged["pca_dev_best_per_stop"] = np.max(
         [np.asarray(pca["dev"][w]) for w in pca["dev"]], axis=0
     ).tolist()
-    (RESULTS / f"{out}.json").write_text(json.dumps(merged, indent=1))
 
     head = " | ".join(str(s) for s in stops)
     md = [
@@ -287,13 +212,9 @@ def report(sources, out="decoder_quality"):
         "other jobs).",
         "",
     ]
-    (RESULTS / f"{out}.md").write_text("\n".join(md))
+    write_results(out, merged, "\n".join(md), indent=1)
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, vals, w in rows:
         if name.startswith("**") or (
@@ -310,8 +231,7 @@ def report(sources, out="decoder_quality"):
     ax.set_title("debian-packages: decoders vs PCA")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(RESULTS / f"{out}.png", dpi=120)
+    save_plot(fig, f"{out}.png")
     print("\n".join(md))
 
 
@@ -337,10 +257,11 @@ def main():
         return
     feats = _load(BUNDLE)
     names = list(VARIANTS) if args.variants is None else args.variants.split(";")
-    full = {s: ndcg10(feats["queries"], feats["corpus"], feats, s) for s in ("dev", "test")}
+    bench = Bench.from_features(feats)
+    full = {s: ndcg10(bench, feats["queries"], feats["corpus"], s) for s in Bench.splits}
     results = {"concatenation": full, "stops": list(EVAL_STOPS), "variants": {}}
     for name in tqdm(names, disable=args.quiet, desc="variants"):
-        params = {**_params(name), "device": args.device}
+        params = {**decoder_params(name), "device": args.device}
         start = time.perf_counter()
         dec = MatryoshkaDecoder(**params).fit(feats["train"])
         fit_s = time.perf_counter() - start
@@ -358,8 +279,7 @@ def main():
                 + " ".join(f"{x:.4f}" for x in scores["dev"][best])
             )
         # Written after every variant so an interrupted run keeps what it measured.
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / f"{args.out}.json").write_text(json.dumps(results, indent=1))
+        write_json(args.out, results, indent=1)
 
 
 if __name__ == "__main__":

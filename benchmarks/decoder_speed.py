@@ -18,7 +18,7 @@ CPU, 1 thread), ``decoder_speed_cuda`` (paper loss, H100, full epoch; measured w
 the previous version of the efficient loss, which kept the per-stop matrices for an
 analytic backward pass instead of computing the gradient in the forward pass).
 
-    python benchmarks/decoder_speed.py [--batches 12] [--threads N] [--device cpu]
+    python -m benchmarks.decoder_speed [--batches 12] [--threads N] [--device cpu]
         [--loss pairwise_mse|listwise_kl] [--tag NAME]
 """
 
@@ -28,7 +28,6 @@ import time
 
 import numpy as np
 import torch
-from _bench import write_results
 from tqdm import tqdm
 
 from skfusion._losses import (
@@ -38,6 +37,8 @@ from skfusion._losses import (
     matryoshka_pairwise_mse,
     matryoshka_pairwise_mse_naive,
 )
+
+from ._bench import write_results
 
 STOPS = (32, 64, 128, 200, 256, 300, 384, 512, 768)
 
@@ -176,8 +177,7 @@ def main(argv=None):
         f"largest gradient difference: {max_grad_diff:.2e}.",
         "",
     ]
-    write_results(f"{stem}", result, md)
-    print("\n".join(md))
+    write_results(f"{stem}", result, md, echo=True)
 
 
 if __name__ == "__main__":

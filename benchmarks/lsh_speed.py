@@ -10,28 +10,26 @@ Side by side in one process on the same float32 matrix (default 200,000 x 1,152 
 All three are one float32 matrix product plus a sign; the table shows what the blocking
 and the packing cost on top of it.
 
-Run: ``python benchmarks/lsh_speed.py [--rows 200000 --dim 1152 --bits 1024 --quiet]``.
+Run: ``python -m benchmarks.lsh_speed [--rows 200000 --dim 1152 --bits 1024 --quiet]``.
 Writes ``benchmarks/results/lsh_speed.{json,md}``.
 """
 
-import argparse
 import os
 
 import numpy as np
-from _bench import best_time, write_results
 from sklearn.random_projection import GaussianRandomProjection
 from tqdm import tqdm
 
 from skfusion.lsh import RandomProjectionLSH
 
+from ._bench import arg_parser, best_time, write_results
+
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = arg_parser(__doc__, repeats=3)
     p.add_argument("--rows", type=int, default=200_000)
     p.add_argument("--dim", type=int, default=1152)
     p.add_argument("--bits", type=int, default=1024)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
 
     X = np.random.default_rng(0).standard_normal((args.rows, args.dim), dtype=np.float32)
@@ -79,8 +77,7 @@ def main(argv=None):
         f"skfusion reaches {flops / base / 1e9:.0f} GFLOP/s in the projection "
         "(float32 matrix product, the whole cost).",
     ]
-    write_results("lsh_speed", out, lines)
-    print("\n".join(lines))
+    write_results("lsh_speed", out, lines, echo=True)
 
 
 if __name__ == "__main__":

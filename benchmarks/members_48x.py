@@ -19,28 +19,24 @@ Each (base, code family, mode) row is the candidate best on dev, with its test s
 its recovery of the float32 concatenation's test score and a 95% paired-bootstrap
 interval of that recovery over the 1,000 test queries.
 
-    python benchmarks/encode_members.py 12000 minilm,e5   # the extra train passages
-    python benchmarks/members_48x.py
+    python -m benchmarks.encode_members 12000 minilm,e5   # the extra train passages
+    python -m benchmarks.members_48x
 
 Writes ``benchmarks/results/members_48x.{json,md}`` (about 2 minutes on 2 cores once the
 decoder fits are cached, about a minute more for each new fit).
 """
 
 import json
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from scipy.stats import ortho_group
 from sklearn.decomposition import PCA
 
-sys.path.insert(0, str(Path(__file__).parent))
+from skfusion import PercentileQuantizer
 
-import members as mb  # noqa: E402
-from _bench import paired_bootstrap  # noqa: E402
-
-from skfusion import PercentileQuantizer  # noqa: E402
+from . import _members as mb
+from ._bench import json_default, paired_bootstrap, results_path, write_results
 
 NBYTES = 64
 PAIR = ("minilm", "e5")
@@ -58,7 +54,7 @@ def _itq(X, n_iter=50, seed=0):
 
 def rotated_candidates(b, H, width, bits, how):
     """Percentile codes of the centred first ``width`` outputs after a rotation."""
-    Hc = mb._centred({s: H[s][:, :width] for s in H})
+    Hc = mb.centred({s: H[s][:, :width] for s in H})
     R = (
         _itq(Hc["train"])
         if how == "itq"
@@ -85,12 +81,12 @@ def families(b, H):
         "allocated codes": ([], []),
         "rotated codes": ([], []),
     }
-    for center, Hc in ((False, H), (True, mb._centred(H))):
+    for center, Hc in ((False, H), (True, mb.centred(H))):
         for width, bits in ((256, 2), (512, 1), (128, 4)):
-            s, a = mb._code_candidates(b, Hc, width, bits)
+            s, a = mb.code_candidates(b, Hc, width, bits)
             out["percentile codes"][0].extend(({**p, "center": center}, f) for p, f in s)
             out["percentile codes"][1].extend(({**p, "center": center}, f) for p, f in a)
-        s, a = mb._allocated_candidates(b, Hc, NBYTES * 8, H["train"].shape[1])
+        s, a = mb.allocated_candidates(b, Hc, NBYTES * 8, H["train"].shape[1])
         out["allocated codes"][0].extend(({**p, "center": center}, f) for p, f in s)
         out["allocated codes"][1].extend(({**p, "center": center}, f) for p, f in a)
     for width, bits, how in ((256, 2, "random"), (512, 1, "random"), (512, 1, "itq")):
@@ -119,7 +115,7 @@ def bases(data, weights):
         ("default decoder, 12,000 passages", 12000, {}),
     ):
         Zn = {**Z, "train": mb.concat(mem, PAIR, weights, "train", n_train=n_train)}
-        key = f"minilm-e5-{wkey}-n{n_train}" + ("-" + mb._slug(params) if params else "")
+        key = f"minilm-e5-{wkey}-n{n_train}" + ("-" + mb.slug(params) if params else "")
         dec = mb.fit_decoder(key, Zn["train"], **params)
         dec.set_params(normalize=False, output_dim=None, whiten=0.0)
         H = {s: dec.transform(Zn[s]).astype(np.float32) for s in Zn}
@@ -165,10 +161,10 @@ def markdown(out):
 def main():
     t0 = time.perf_counter()
     data = mb.load_all(with_mpnet=False)
-    saved = json.loads((mb.RESULTS / "members.json").read_text())
+    saved = json.loads(results_path("members.json").read_text())
     label = " + ".join(mb.SHORT[m] for m in PAIR)
     weights = saved["concats"][label]["dev"]
-    b = mb.Bench(data)
+    b = mb.MembersBench(data)
     Zq = {s: mb.concat(data["members"], PAIR, weights, s) for s in ("queries", "corpus")}
     own = b.add(
         "48x",
@@ -214,12 +210,9 @@ def main():
         "rows": rows,
         "seconds": time.perf_counter() - t0,
     }
-    mb.RESULTS.mkdir(exist_ok=True)
-    (mb.RESULTS / "members_48x.json").write_text(
-        json.dumps(out, indent=1, default=mb._json)
+    write_results(
+        "members_48x", out, markdown(out), indent=1, default=json_default, echo=True
     )
-    (mb.RESULTS / "members_48x.md").write_text(markdown(out))
-    print(markdown(out))
 
 
 if __name__ == "__main__":

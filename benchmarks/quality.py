@@ -23,7 +23,7 @@ faiss RaBitQ (``IndexRaBitQ``, 1, 2 and 4 bits, float queries, bytes = ``code_si
 after PCA and after the default decoder) at matched bytes; 2 vs 3 members for LSH and
 codes.
 
-    python benchmarks/quality.py [--quiet] [--refit] [--fresh]
+    python -m benchmarks.quality [--quiet] [--refit] [--fresh]
 
 Timing on 2 shared cores: the two decoder fits take 5-9 minutes each (cached under
 ``benchmarks/.cache/quality``; ``--refit`` retrains them); the evaluation sections
@@ -33,12 +33,8 @@ so a stopped run resumes (``--fresh`` recomputes them). Writes
 through test nDCG@10 of the dev-chosen rows.
 """
 
-import argparse
-import json
 import pickle
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
@@ -46,20 +42,24 @@ from sklearn.decomposition import PCA
 from sklearn.model_selection import GridSearchCV, ParameterGrid
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).parent))
+from skfusion.allocation import AllocatedQuantizer
+from skfusion.datasets import load_beir
+from skfusion.lsh import RandomProjectionLSH
+from skfusion.quantize import PercentileQuantizer
+from skfusion.scoring import RetrievalScorer
+from skfusion.search import spread_weights
 
-from _bench import paired_bootstrap  # noqa: E402
-from _features import CACHE, DATA, load_features, load_texts, split_data  # noqa: E402
+from ._bench import (
+    Bench,
+    arg_parser,
+    paired_bootstrap,
+    pyplot,
+    save_plot,
+    write_results,
+)
+from ._features import CACHE, data_dir, load_features, load_texts
+from ._models import decoder_params
 
-from skfusion.allocation import AllocatedQuantizer  # noqa: E402
-from skfusion.datasets import load_beir  # noqa: E402
-from skfusion.evaluation import evaluate_embeddings  # noqa: E402
-from skfusion.lsh import RandomProjectionLSH  # noqa: E402
-from skfusion.quantize import PercentileQuantizer  # noqa: E402
-from skfusion.scoring import RetrievalScorer  # noqa: E402
-from skfusion.search import spread_weights  # noqa: E402
-
-RESULTS = Path(__file__).parent / "results"
 QCACHE = CACHE / "quality"
 FULL_BYTES = 1024 * 4
 STOPS = (32, 64, 128, 256, 384, 512, 768)
@@ -93,25 +93,18 @@ class _Members(TransformerMixin, BaseEstimator):
         return np.hstack(parts).astype(np.float32)
 
 
-class Bench:
-    """Features, qrels and the evaluation helpers shared by every section."""
+class QualityBench(Bench):
+    """Rows with bytes, compression and recovery of the float32 concatenation."""
 
     def __init__(self, feats):
+        super().__init__(feats["query_ids"], feats["corpus_ids"], feats["qrels"])
         self.f = feats
-        self.splits = {s: split_data(feats, s) for s in SPLITS}
         self.ref = self.both(feats["queries"], feats["corpus"])
-        self.rows = []
 
     def ndcg(self, split, queries, database, **kw):
         """nDCG@10 of ``search`` with the rows of ``split``'s queries."""
-        rows, data = self.splits[split]
         kw.setdefault("metric", "cosine" if _is_float(database) else "auto")
-        q = np.asarray(queries)[rows]
-        per_query = evaluate_embeddings(q, database, data, per_query=True, **kw)
-        return _Score(list(per_query["ndcg@10"]))
-
-    def both(self, queries, database, **kw):
-        return {s: self.ndcg(s, queries, database, **kw) for s in SPLITS}
+        return super().ndcg(split, queries, database, **kw)
 
     def add(self, section, method, mode, nbytes, nd, **extra):
         pq = getattr(nd["test"], "per_query", None)
@@ -130,8 +123,7 @@ class Bench:
         }
         if pq is not None:
             row["_per_query_test"] = pq  # for the bootstrap interval; not in the JSON
-        self.rows.append(row)
-        return row
+        return super().add(**row)
 
     def tune(self, section, method, mode, nbytes, candidates, **extra):
         """Score ``(params, fn(split) -> nDCG)`` candidates on dev; the best on test."""
@@ -148,21 +140,8 @@ class Bench:
         )
 
 
-class _Score(float):
-    """Mean nDCG@10 that keeps its per-query values (for bootstrap intervals)."""
-
-    def __new__(cls, values):
-        obj = super().__new__(cls, float(np.mean(values)) if values else 0.0)
-        obj.per_query = np.asarray(values, dtype=np.float64)
-        return obj
-
-
 def _is_float(a):
     return np.issubdtype(np.asarray(a).dtype, np.floating)
-
-
-def _l2(x):
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 # --------------------------------------------------------------------------- members
@@ -181,7 +160,7 @@ def members_section(b, quiet):
 
     # Weight search: GridSearchCV over member weights, scored on dev by RetrievalScorer.
     texts = load_texts()
-    dev = load_beir(DATA, "dev")
+    dev = load_beir(data_dir(), "dev")
     table = {"index": {}}
     for m in f["members"]:
         table[m] = np.vstack([f["members"][m][s] for s in ("train", "corpus", "queries")])
@@ -222,8 +201,6 @@ def _texts_of(texts, split):
 
 # ----------------------------------------------------------------- float reductions
 def _fit_decoder(name, X, refit, quiet):
-    from decoder_quality import _params
-
     from skfusion.decoder import MatryoshkaDecoder
 
     path = QCACHE / f"decoder_{name.replace(' ', '_').replace('(', '').replace(')', '')}"
@@ -232,7 +209,7 @@ def _fit_decoder(name, X, refit, quiet):
 
     if path.exists() and not refit:
         return joblib.load(path), None
-    params = {**_params(name), "random_state": 0}
+    params = {**decoder_params(name), "random_state": 0}
     start = time.perf_counter()
     dec = MatryoshkaDecoder(**params).fit(X)
     secs = time.perf_counter() - start
@@ -509,8 +486,6 @@ def rabitq_section(b, red, quiet):
     """
     import faiss
 
-    from skfusion.metrics import per_query_scores, run_from_topk
-
     for label in ("pca", "default decoder"):
         if label not in red:
             continue
@@ -523,11 +498,9 @@ def rabitq_section(b, red, quiet):
             index.add(corpus)
             nd = {}
             for split in SPLITS:
-                rows, data = b.splits[split]
+                rows = b.query_rows[split]
                 q = np.ascontiguousarray(H["queries"][rows, :dim], dtype=np.float32)
-                scores, idx = index.search(q, 10)
-                run = run_from_topk(data.query_ids, data.corpus_ids, scores, idx)
-                nd[split] = _Score(per_query_scores(run, data.qrels, "ndcg@10"))
+                nd[split] = b.score_topk(split, *index.search(q, 10))
             b.add(
                 "external",
                 f"faiss RaBitQ {name} {dim}, {bits} bit{'s' if bits > 1 else ''}",
@@ -601,12 +574,8 @@ def _pareto(rows):
     return front
 
 
-def _plot(rows, ref, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _plot(rows, ref, name):
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 5.5))
     colours = {"float": "tab:gray", "sym": "tab:blue", "asym": "tab:orange"}
     for mode, colour in colours.items():
@@ -637,8 +606,7 @@ def _plot(rows, ref, path):
     ax.set_ylabel("nDCG@10 (test)")
     ax.set_title("debian-packages: retrieval quality vs storage")
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_plot(fig, name)
     plt.close(fig)
 
 
@@ -713,10 +681,7 @@ def _markdown(out):
         "",
         "## Paper claims",
         "",
-    ]
-    for k, v in out["claims"].items():
-        lines.append(f"- **{k}**: {v}")
-    lines += [
+        *(f"- **{k}**: {v}" for k, v in out["claims"].items()),
         "",
         "## Member weights (GridSearchCV on dev, MiniLM weight 1)",
         "",
@@ -810,13 +775,12 @@ def _claims(out):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quiet", action="store_true")
+    ap = arg_parser(__doc__)
     ap.add_argument("--refit", action="store_true", help="retrain the cached decoders")
     ap.add_argument("--fresh", action="store_true", help="ignore finished sections")
     args = ap.parse_args(argv)
     start = time.perf_counter()
-    b = Bench(load_features())
+    b = QualityBench(load_features())
     out = {
         "dataset": "debian-packages",
         "n_train": 10_000,
@@ -860,11 +824,9 @@ def main(argv=None):
     out["targets"] = _targets(b.rows, b.ref["test"].per_query)
     out["claims"] = _claims(out)
     out["seconds"] = time.perf_counter() - start
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "quality.json").write_text(json.dumps(out, indent=1, default=float))
     md = _markdown(out)
-    (RESULTS / "quality.md").write_text(md)
-    _plot(b.rows, b.ref["test"], RESULTS / "quality.png")
+    write_results("quality", out, md, indent=1, default=float)
+    _plot(b.rows, b.ref["test"], "quality.png")
     if not args.quiet:
         print(md.split("## All rows")[0])
 

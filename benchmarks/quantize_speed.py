@@ -6,28 +6,27 @@ process; the best of ``--repeats`` runs is kept. Also reports the fraction of th
 machine's memory bandwidth (measured here with a large ``np.copyto``) that our transform
 reaches, counting the float input read and the uint8 codes written once.
 
-Run: ``python benchmarks/quantize_speed.py [--rows 200000 --dim 256 --bits 4 --quiet]``.
+Run: ``python -m benchmarks.quantize_speed [--rows 200000 --dim 256 --bits 4 --quiet]``.
 Writes ``benchmarks/results/quantize_speed.{json,md}``.
 """
 
-import argparse
+import os
 import platform
 
 import numpy as np
-from _bench import best_time, memory_bandwidth, write_results
 from sklearn.preprocessing import KBinsDiscretizer
 from tqdm import tqdm
 
 from skfusion.quantize import PercentileQuantizer
 
+from ._bench import arg_parser, best_time, memory_bandwidth, write_results
+
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = arg_parser(__doc__, repeats=3)
     p.add_argument("--rows", type=int, default=200_000)
     p.add_argument("--dim", type=int, default=256)
     p.add_argument("--bits", type=int, nargs="+", default=[4, 2])
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
 
     rng = np.random.default_rng(0)
@@ -67,7 +66,7 @@ def main(argv=None):
         "repeats": args.repeats,
         "copy_bandwidth_GBps": bw / 1e9,
         "machine": f"{platform.processor() or platform.machine()}, "
-        f"{__import__('os').cpu_count()} CPUs (shared)",
+        f"{os.cpu_count()} CPUs (shared)",
         "results": rows,
     }
     lines = [
@@ -95,8 +94,7 @@ def main(argv=None):
         "the 2**b - 1 compare passes run on cache-resident blocks, so the transform is "
         "compute-bound at 4 bits.",
     ]
-    write_results("quantize_speed", out, lines)
-    print("\n".join(lines))
+    write_results("quantize_speed", out, lines, echo=True)
 
 
 if __name__ == "__main__":

@@ -17,31 +17,29 @@ count. "Scan rate" is database bytes x queries / seconds: how fast rows are comp
 which exceeds the memory bandwidth when a block of the database serves many queries
 from cache.
 
-Run: ``python benchmarks/search_speed.py [--quiet]``.
+Run: ``python -m benchmarks.search_speed [--quiet]``.
 Writes ``benchmarks/results/search_speed.{json,md}``.
 """
 
-import argparse
 import os
 
 import faiss
 import numpy as np
-from _bench import best_time, memory_bandwidth, write_results
 from tqdm import tqdm
 
 from skfusion.search import search
 
+from ._bench import arg_parser, best_time, memory_bandwidth, write_results
+
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = arg_parser(__doc__, repeats=2)
     p.add_argument("--db", type=int, default=1_000_000)
     p.add_argument("--queries", type=int, default=300)
     p.add_argument("--numpy-queries", type=int, default=30)
     p.add_argument("--float-db", type=int, default=200_000)
     p.add_argument("--float-dim", type=int, default=256)
     p.add_argument("--float-queries", type=int, default=1000)
-    p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     rng = np.random.default_rng(0)
     bw = memory_bandwidth()
@@ -129,17 +127,20 @@ def main(argv=None):
             f"| {task} | {name} | {t:.2f} | {t / ref:.2f} | {nbytes / t / 1e9:.1f} | "
             f"{nbytes / t / bw:.2f} |"
         )
-    lines += [
-        "",
+    lines += ["", _agreement(hamming, flt)]
+    write_results("search_speed", out, lines, echo=True)
+
+
+def _agreement(hamming, flt):
+    """How often skfusion's and faiss's top-10 agree, and its two paths."""
+    return (
         f"Hamming: skfusion and faiss return the same indices for "
         f"{100 * hamming['same_indices_as_faiss']:.2f}% of the slots (faiss breaks "
         "ties arbitrarily, skfusion by lower index); numpy and faiss paths of skfusion "
         f"identical: {hamming['numpy_equals_faiss_path']}. Float: same indices for "
         f"{100 * flt['same_indices_as_faiss']:.2f}%; paths identical: "
-        f"{flt['numpy_equals_faiss_path']}.",
-    ]
-    write_results("search_speed", out, lines)
-    print("\n".join(lines))
+        f"{flt['numpy_equals_faiss_path']}."
+    )
 
 
 if __name__ == "__main__":

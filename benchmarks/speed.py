@@ -10,22 +10,18 @@ of which times skfusion and its named baseline in the same process:
   faiss IndexLSH.
 - ``search_speed``: Hamming and float top-k vs faiss IndexBinaryFlat / IndexFlatIP.
 
-Each writes its own ``results/<name>.{json,md}``; this script then gathers them into
+Each runs as ``python -m benchmarks.<name>`` in a child process and writes its own
+``results/<name>.{json,md}``; this script then gathers them into
 ``results/speed.{json,md}``. Ratios, not absolute times, are the claims: these machines
-are shared and noisy. Usage: ``python benchmarks/speed.py [--quiet] [--only NAME ...]``.
+are shared and noisy. Usage: ``python -m benchmarks.speed [--quiet] [--only NAME ...]``.
 """
 
-import argparse
-import importlib
 import json
 import platform
-import sys
+import subprocess
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from _bench import RESULTS, write_results  # noqa: E402
+from ._bench import ROOT, arg_parser, module_command, results_path, write_results
 
 BENCHMARKS = [
     "embedder_speed",
@@ -37,18 +33,18 @@ BENCHMARKS = [
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = arg_parser(__doc__)
     p.add_argument("--only", nargs="+", choices=BENCHMARKS, default=BENCHMARKS)
-    p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     gathered = {"machine": platform.platform(), "processor": platform.processor()}
     md = ["# Speed: every ratio, one run", ""]
     for name in args.only:
         start = time.perf_counter()
-        importlib.import_module(name).main(["--quiet"] if args.quiet else [])
-        gathered[name] = json.loads((RESULTS / f"{name}.json").read_text())
+        cmd = [*module_command(f"benchmarks.{name}"), *(["--quiet"] if args.quiet else [])]
+        subprocess.run(cmd, check=True, cwd=ROOT)
+        gathered[name] = json.loads(results_path(f"{name}.json").read_text())
         gathered[name]["wall_seconds"] = time.perf_counter() - start
-        md += [(RESULTS / f"{name}.md").read_text().strip(), ""]
+        md += [results_path(f"{name}.md").read_text().strip(), ""]
     write_results("speed", gathered, md)
 
 

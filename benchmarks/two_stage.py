@@ -3,8 +3,8 @@
 Data: the weighted three-member concatenation (all-MiniLM-L6-v2 x1, model2vec x0.5,
 TF-IDF -> SVD(384) x0.5, each member L2-normalised; 1,024-d) of the debian-packages
 corpus (10,000 passages) and queries (dev 500, test 1,000), read from the embedding
-cache of ``benchmarks/encode_members.py`` (branch ``bench``; ``SKFUSION_MEMBERS`` points
-at its ``.cache/members`` folder). Everything is fitted on the first 1,000 train
+cache of ``python -m benchmarks.encode_members`` (``benchmarks/.cache/members``;
+``SKFUSION_MEMBERS`` points at another one). Everything is fitted on the first 1,000 train
 passages (MiniLM has 1,000 cached); oversampling and the other settings are chosen on
 dev, the test column is reported.
 
@@ -26,118 +26,65 @@ Rows:
 Queries/s are single-process on this shared 2-core machine, measured in the same run
 for every row (best of 3 over the 1,000 test queries).
 
-    python benchmarks/two_stage.py
+    python -m benchmarks.two_stage
 
 Writes ``benchmarks/results/two_stage.{json,md,png}``.
 """
 
-import json
-import os
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 from sklearn.decomposition import PCA
 
-sys.path.insert(0, str(Path(__file__).parent))
+from skfusion import AllocatedQuantizer, PercentileQuantizer, RandomProjectionLSH
+from skfusion.index import CodeIndex, build_faiss_index
+from skfusion.search import search
 
-from _bench import write_results  # noqa: E402
+from ._bench import Bench, best_time, pyplot, save_plot, write_results
+from ._features import l2, load_debian
 
-from skfusion import AllocatedQuantizer, PercentileQuantizer, RandomProjectionLSH  # noqa: E402
-from skfusion.datasets import load_beir  # noqa: E402
-from skfusion.index import CodeIndex, build_faiss_index  # noqa: E402
-from skfusion.metrics import ndcg_at_k, run_from_topk  # noqa: E402
-from skfusion.search import search  # noqa: E402
-
-DATA = Path(os.environ.get("SKFUSION_DEBIAN", "/work/shared/data/debian-packages"))
-MEMBERS = Path(
-    os.environ.get("SKFUSION_MEMBERS", "/tmp/wt/bench/benchmarks/.cache/members")
-)
-WEIGHTS = {"minilm": 1.0, "m2v": 0.5, "tfidf": 0.5}
 N_TRAIN = 1000
 FULL_BYTES = 4096
 OVERSAMPLES = (1, 2, 5, 10, 20, 50)
-RESULTS = Path(__file__).parent / "results"
-
-
-def _l2(x):
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def _member(name, split):
-    chunks = MEMBERS / name / split
-    if chunks.is_dir():  # encode_members.py: chunks of 250 rows
-        parts = sorted(p for p in chunks.glob("[0-9]*.npy") if ".tmp" not in p.name)
-        return np.vstack([np.load(p) for p in parts])
-    return np.load(MEMBERS / name / f"{split}.npy")
-
-
-def load_debian():
-    """Weighted concatenation of train / corpus / queries, ids and qrels (dev, test)."""
-    ids = json.loads((MEMBERS / "ids.json").read_text())
-    out = {"corpus_ids": ids["corpus"], "query_ids": ids["queries"]}
-    for split in ("train", "corpus", "queries"):
-        parts = []
-        for name, w in WEIGHTS.items():
-            a = _member(name, split)
-            parts.append(w * _l2(a[:N_TRAIN] if split == "train" else a))
-        out[split] = np.hstack(parts).astype(np.float32)
-    out["qrels"] = {s: load_beir(DATA, s).qrels for s in ("dev", "test")}
-    pos = {q: i for i, q in enumerate(out["query_ids"])}
-    out["rows"] = {s: np.array([pos[q] for q in out["qrels"][s]]) for s in ("dev", "test")}
-    return out
-
-
-def ndcg(data, split, idx):
-    rows = data["rows"][split]
-    qids = [data["query_ids"][r] for r in rows]
-    k = idx.shape[1]
-    run = run_from_topk(
-        qids, data["corpus_ids"], np.tile(-np.arange(k), (len(rows), 1)), idx
-    )
-    return ndcg_at_k(run, data["qrels"][split], 10)
 
 
 def qps(fn, n, repeats=3):
-    best = np.inf
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return n / best
+    """Queries per second of ``fn`` answering ``n`` queries (best of ``repeats``)."""
+    return n / best_time(fn, repeats)[0]
 
 
-class Runner:
+class Runner(Bench):
     def __init__(self, data):
+        super().__init__(data["query_ids"], data["corpus_ids"], data["qrels"])
         self.data = data
-        self.rows = []
         q = data["queries"]
-        self.Q = {s: q[data["rows"][s]] for s in ("dev", "test")}
+        self.Q = {s: q[self.query_rows[s]] for s in self.splits}
         _, idx = search(self.Q["test"], data["corpus"], 10)
         self.ref = {
-            s: ndcg(data, s, search(self.Q[s], data["corpus"], 10)[1]) for s in self.Q
+            s: self.ndcg_idx(s, search(self.Q[s], data["corpus"], 10)[1]) for s in self.Q
         }
         self.ref_idx = idx
 
+    def ndcg_idx(self, split, idx):
+        """nDCG@10 of the split's queries from their top-k indices alone."""
+        return float(self.score_topk(split, None, idx))
+
     def add(self, section, method, ram, disk, topk, **extra):
         """topk(queries) -> indices; nDCG on dev and test and test queries/s."""
-        nd = {s: ndcg(self.data, s, topk(self.Q[s])) for s in ("dev", "test")}
-        row = {
-            "section": section,
-            "method": method,
-            "ram_bytes": int(ram),
-            "disk_bytes": int(disk),
-            "compression": FULL_BYTES / ram if ram else None,
-            "ndcg_dev": nd["dev"],
-            "ndcg_test": nd["test"],
-            "recovery_test": nd["test"] / self.ref["test"],
-            "qps": qps(lambda: topk(self.Q["test"]), len(self.Q["test"])),
+        nd = {s: self.ndcg_idx(s, topk(self.Q[s])) for s in self.splits}
+        row = super().add(
+            section=section,
+            method=method,
+            ram_bytes=int(ram),
+            disk_bytes=int(disk),
+            compression=FULL_BYTES / ram if ram else None,
+            ndcg_dev=nd["dev"],
+            ndcg_test=nd["test"],
+            recovery_test=nd["test"] / self.ref["test"],
+            qps=qps(lambda: topk(self.Q["test"]), len(self.Q["test"])),
             **extra,
-        }
-        self.rows.append(row)
+        )
         print(
             f"{section:10s} {method:60s} ram {ram:5d} disk {disk:5d} "
             f"dev {nd['dev']:.4f} test {nd['test']:.4f} "
@@ -151,7 +98,7 @@ class Runner:
         best = None
         for v in grid:
             topk = make_topk(v)
-            dev = ndcg(self.data, "dev", topk(self.Q["dev"]))
+            dev = self.ndcg_idx("dev", topk(self.Q["dev"]))
             if best is None or dev > best[0] + 1e-12:
                 best = (dev, v, topk)
             if dev >= self.ref["dev"] - 1e-12:
@@ -171,21 +118,21 @@ def one_stage(r):
         0,
         lambda Q: search(Q, C, 10)[1],
     )
-    flat = build_faiss_index(_l2(C), "flat")
+    flat = build_faiss_index(l2(C), "flat")
     r.add(
         "one-stage",
         "float32 concatenation, faiss IndexFlatIP",
         4096,
         0,
-        lambda Q: flat.search(_l2(Q), 10)[1],
+        lambda Q: flat.search(l2(Q), 10)[1],
     )
-    hnsw = build_faiss_index(_l2(C), "hnsw", ef_search=64)
+    hnsw = build_faiss_index(l2(C), "hnsw", ef_search=64)
     r.add(
         "one-stage",
         "float32 concatenation, faiss IndexHNSWFlat M=32 ef=64",
         4096,
         0,
-        lambda Q: hnsw.search(_l2(Q), 10)[1],
+        lambda Q: hnsw.search(l2(Q), 10)[1],
     )
 
 
@@ -294,12 +241,8 @@ def rabitq(r):
             )
 
 
-def _plot(rows, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _plot(rows, name):
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     groups = {
         "two-stage (RAM bytes)": [x for x in rows if x["section"] == "two-stage"],
@@ -322,12 +265,11 @@ def _plot(rows, path):
     ax.set_ylabel("test nDCG@10 recovery (%)")
     ax.set_title("debian-packages: recovery vs RAM bytes")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_plot(fig, name)
 
 
 def main():
-    data = load_debian()
+    data = load_debian(N_TRAIN)
     r = Runner(data)
     print(f"reference nDCG@10 dev {r.ref['dev']:.4f} test {r.ref['test']:.4f}", flush=True)
     one_stage(r)
@@ -369,7 +311,7 @@ def main():
         "target_met_by": [x["method"] for x in ok],
     }
     write_results("two_stage", payload, lines)
-    _plot(r.rows, RESULTS / "two_stage.png")
+    _plot(r.rows, "two_stage.png")
 
 
 if __name__ == "__main__":

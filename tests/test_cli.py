@@ -960,3 +960,38 @@ def test_n_components_wider_than_the_input_is_refused(
     assert main(base) == 0
     decoder = load(out).named_steps["dec"]
     assert decoder.n_components == 40 and decoder.components_.shape[0] == 40
+
+
+@pytest.mark.parametrize(
+    "codes",
+    [("--output-dim", "8"), ("--lsh-bits", "20"), ("--output-dim", "1", "--bits", "4"),
+     ("--output-dim", "8", "--bits", "3")],
+)  # fmt: skip
+def test_search_of_every_output_equals_the_python_search(
+    tmp_path, passages_file, tiny_model_paths, codes, capsys
+):
+    # Float rows, LSH bits (packed by the model), one 4-bit code (as wide packed as
+    # not) and 3-bit codes (packed across bytes by the index).
+    from skfusion.datasets import load_passage_ids, load_passages
+    from skfusion.evaluation import code_step, encode
+    from skfusion.search import search
+
+    model_file = tmp_path / "m.skops"
+    argv = ["fit", "--member", tiny_model_paths[0], "--train", str(passages_file),
+            "--out", str(model_file), "--quiet", *codes]  # fmt: skip
+    assert main(argv) == 0
+    index = tmp_path / "idx.npz"
+    assert _encode(model_file, passages_file, index) == 0
+    model = load(model_file)
+    docs = encode(model, load_passages(passages_file), "document")
+    step = code_step(model)
+    if step is not None:
+        assert np.load(index)["vectors"].shape[1] == step.bytes_per_vector_
+    queries = encode(model, QUERIES, "query")
+    scores, rows = search(queries, docs, k=6, quantizer=step)
+    ids = load_passage_ids(passages_file)
+    expected = [line for q in range(3) for line in _hits(q + 1, scores[q], rows[q], ids)]
+    txt = tmp_path / "queries.txt"
+    txt.write_text("\n".join(QUERIES))
+    assert _search_lines(capsys, model_file, index, "--queries", str(txt), "-k", "6") == (
+        0, expected)  # fmt: skip

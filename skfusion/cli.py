@@ -122,8 +122,11 @@ def _load_model(args):
             f"--model: {path} holds a {type(model).__name__}, not a pipeline written by "
             "`skfusion fit`."
         )
+    from .evaluation import split_pipeline
+
     # Bars follow this command's --quiet, not the setting the model was fitted with.
-    for _, step in model.steps:
+    embedder, rest = split_pipeline(model)
+    for step in (embedder, *rest):
         if "show_progress_bar" in step.get_params(deep=False):
             step.set_params(show_progress_bar=False if args.quiet else None)
     return model

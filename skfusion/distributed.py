@@ -15,11 +15,13 @@ import collections
 import contextlib
 import hashlib
 import json
+import math
 import os
 import pickle
 import sys
 import threading
 import uuid
+from dataclasses import dataclass
 from numbers import Integral
 from pathlib import Path
 
@@ -30,7 +32,7 @@ from ._compat import HasMethods, Interval, StrOptions, validate_params
 from ._io import write_atomically
 from ._text import check_texts
 from .datasets import load_passage_ids, load_passages
-from .embedder import ConcatEmbedder
+from .embedder import CallPlan, ConcatEmbedder
 from .evaluation import encode
 
 __all__ = [
@@ -41,12 +43,6 @@ __all__ = [
     "write_shard",
 ]
 
-# ConcatEmbedder hands its models the (unique, longest-first) texts in calls of
-# ``batch_size * 32`` texts and sentence-transformers batches inside each call, so a row's
-# floats depend on which texts share its call. Encoding tasks are cut at multiples of
-# this many batches, in the same order, so every model call matches the one-process run;
-# tests/test_distributed.py checks the result bitwise.
-_BATCHES_PER_TASK_UNIT = 32
 _MANIFEST = "manifest.json"
 # One lock per worker process: tasks on several threads of one worker share its copy of
 # the pipeline, whose members load lazily on first use.
@@ -359,31 +355,29 @@ def _input_partitions(texts):
     )
 
 
-def _plan(sketches, unit, texts_per_task, threads=1):
-    """Where each row's code comes from, reproducing ConcatEmbedder's encoding order.
+def _tasks(plan, texts_per_task, threads=1):
+    """Cut the embedder's call plan into encoding tasks.
 
-    Returns the global positions of the distinct texts in encoding order (first
-    occurrences, longest first, stable), the sizes of the encoding tasks, and for every
-    input row the rank of its text in that order. ``texts_per_task=None`` gives up to
-    4,096 texts per task, fewer where that leaves ``threads`` worker threads without
-    about four tasks each.
+    Returns the global positions of the distinct texts in encoding order, the sizes of
+    the encoding tasks (consecutive runs of that order), and for every input row the
+    position of its text in the concatenated task outputs. Each task is whole model
+    calls of every member: a worker's ``transform`` of a task's texts (already distinct
+    and in order) then plans exactly the calls the one-process plan has there, so the
+    codes are bitwise equal. ``texts_per_task=None`` gives up to 4,096 texts per task,
+    fewer where that leaves ``threads`` worker threads without about four tasks each.
     """
-    lengths = np.concatenate([s[0] for s in sketches])
-    digests = np.concatenate([s[1] for s in sketches])
-    _, first, inverse = np.unique(digests, return_index=True, return_inverse=True)
-    by_first = np.argsort(first, kind="stable")
-    by_length = np.argsort(-lengths[first[by_first]], kind="stable")
-    positions = first[by_first][by_length]
-    rank = np.empty(len(first), dtype=np.int64)
-    rank[by_first[by_length]] = np.arange(len(first))
+    n = len(plan.order)
     if texts_per_task is None:
-        texts_per_task = max(1, min(4096, -(-len(first) // (4 * max(threads, 1)))))
+        texts_per_task = max(1, min(4096, -(-n // (4 * max(threads, 1)))))
+    unit = math.lcm(*plan.call_sizes)  # a call boundary of every member
     per_task = -(-texts_per_task // unit) * unit
-    sizes = [min(per_task, len(positions) - s) for s in range(0, len(positions), per_task)]
-    return positions, tuple(sizes), rank[inverse.reshape(-1)]
+    sizes = tuple(min(per_task, n - s) for s in range(0, n, per_task))
+    rank = np.empty(n, dtype=np.int64)
+    rank[plan.order] = np.arange(n)
+    return plan.unique[plan.order], sizes, rank[plan.inverse]
 
 
-def _output_shape(pipeline, blob, token, role, cache_dir, device, client):
+def _output_shape(pipeline, worker, client):
     """(width, dtype) of the pipeline's output, loading no model where possible."""
     embedder = _first_step(pipeline)
     if isinstance(embedder, ConcatEmbedder):
@@ -394,8 +388,9 @@ def _output_shape(pipeline, blob, token, role, cache_dir, device, client):
                     x = np.asarray(step.transform(x))
         return x.shape[1], x.dtype
     probe = np.array([""], dtype=object)
+    w = worker
     out = client.submit(
-        _encode_task, blob, token, probe, role, cache_dir, device, pure=False
+        _encode_task, w.blob, w.token, probe, w.role, w.cache_dir, w.device, pure=False
     ).result()
     return out.shape[1], out.dtype
 
@@ -497,8 +492,9 @@ def transform(
     and keeps it for all its tasks of this call, and drops it when the call's job ends
     (done or failed); members given by name or path load lazily there, once per
     worker and call. Texts are read on the workers, de-duplicated and cut into encoding
-    tasks in the order one process would encode them (distinct texts, longest first, in
-    whole model calls), so the codes are bitwise identical to
+    tasks from the embedder's call plan (:meth:`ConcatEmbedder.call_plan
+    <skfusion.ConcatEmbedder.call_plan>`: distinct texts, longest first, in whole model
+    calls of every member), so the codes are bitwise identical to
     ``pipeline.transform(all_texts)`` in one process on the same kind of device with the
     same number of torch threads. Lost tasks (a worker that dies) are recomputed by Dask;
     shards are written atomically, so a retried task neither duplicates nor truncates
@@ -526,8 +522,9 @@ def transform(
         The cluster to use; ``None`` uses the current client (``distributed.Client``
         created last in this process).
     texts_per_task : int, default=None
-        Distinct texts per encoding task, rounded up to whole model calls of the
-        embedder (``batch_size * 32`` texts for a ConcatEmbedder). ``None``: 4,096, or
+        Distinct texts per encoding task, rounded up to whole model calls of every
+        member (:meth:`ConcatEmbedder.call_plan <skfusion.ConcatEmbedder.call_plan>`;
+        ``batch_size * 32`` texts for most members). ``None``: 4,096, or
         fewer so that every worker thread gets about four tasks. The codes are the same
         whatever the task size.
     cache_dir : str or path-like, default=None
@@ -610,76 +607,117 @@ def transform(
     token = f"{job}-{hashlib.blake2b(blob_bytes, digest_size=8).hexdigest()}"
     # One copy per worker; tasks receive a reference, not the bytes per task.
     blob = client.scatter(blob_bytes, broadcast=True, hash=False)
+    worker = _WorkerArgs(blob, token, role, cache_dir, device)
     try:
-        return _transform(
-            client, pipeline, blob, token, job, parts, out_dir, role, texts_per_task,
-            cache_dir, device, progress,
-        )  # fmt: skip
+        parts = client.persist(parts)
+        plan = _plan_job(client, pipeline, parts, worker, texts_per_task, progress)
+        codes, futures = _submit(client, plan, parts, worker, job)
+        if out_dir is None:
+            # Persist while this call still holds the futures the graph depends on.
+            codes = client.persist(codes)
+            _forget_when_done(client, futures, token)
+            if progress:
+                _show_progress(client, codes)
+            return codes
+        _write(client, plan, codes, parts, out_dir, job, progress)
+        _forget_everywhere(client, token)
+        return out_dir
     except BaseException:
         _forget_everywhere(client, token)
         raise
 
 
-def _transform(
-    client, pipeline, blob, token, job, parts, out_dir, role, texts_per_task, cache_dir,
-    device, progress,
-):  # fmt: skip
-    """The body of :func:`transform`, once the pipeline is on the cluster."""
+@dataclass(frozen=True)
+class _WorkerArgs:
+    """What every encoding task of a job passes to :func:`_encode_task`."""
+
+    blob: object  # the scattered pickle of the pipeline
+    token: str
+    role: str | None
+    cache_dir: str | None
+    device: str | None
+
+
+@dataclass(frozen=True)
+class _JobPlan:
+    """Stage 1's result: the job's shape and its encoding tasks."""
+
+    rows: list  # rows per input partition
+    width: int
+    dtype: np.dtype
+    positions: np.ndarray | None  # global positions of the distinct texts, in order
+    task_sizes: tuple  # distinct texts per encoding task
+    row_rank: np.ndarray | None  # per input row, its row in the tasks' outputs
+
+
+def _plan_job(client, pipeline, parts, worker, texts_per_task, progress):
+    """Stage 1, plan: sketch the partitions on the cluster and cut the tasks from the
+    embedder's call plan (:meth:`ConcatEmbedder.call_plan`)."""
+    from dask import delayed
+
+    sketches = client.compute([delayed(_sketch)(p, i) for i, p in enumerate(parts)])
+    sketches = _run(client, sketches, progress)
+    rows = [len(s[0]) for s in sketches]
+    width, dtype = _output_shape(pipeline, worker, client)
+    if sum(rows) == 0:
+        return _JobPlan(rows, width, dtype, None, (), None)
+    lengths = np.concatenate([s[0] for s in sketches])
+    digests = np.concatenate([s[1] for s in sketches])
+    embedder = _first_step(pipeline)
+    if isinstance(embedder, ConcatEmbedder):
+        plan = embedder.call_plan(digests, lengths=lengths)
+    else:
+        # Another text transformer: its calls are unknown; de-duplicate and go longest
+        # first all the same.
+        plan = CallPlan.from_lengths(lengths, digests)
+    threads = sum(client.nthreads().values())
+    positions, task_sizes, row_rank = _tasks(plan, texts_per_task, threads)
+    return _JobPlan(rows, width, dtype, positions, task_sizes, row_rank)
+
+
+def _submit(client, plan, parts, worker, job):
+    """Stage 2, submit: one encoding task per run of the plan, and the codes as a
+    ``dask.array`` in input order (not yet computed) with the tasks' futures."""
     import dask.array as da
     from dask import delayed
 
-    parts = client.persist(parts)
-    sketches = client.compute([delayed(_sketch)(p, i) for i, p in enumerate(parts)])
-    sketches = _run(client, sketches, progress)
-    sizes = [len(s[0]) for s in sketches]
-    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int).tolist()
-    width, dtype = _output_shape(pipeline, blob, token, role, cache_dir, device, client)
-    futures = []
-    if sum(sizes) == 0:
-        codes = da.zeros((0, width), dtype=dtype)
-    else:
-        embedder = _first_step(pipeline)
-        unit = (
-            embedder.batch_size * _BATCHES_PER_TASK_UNIT
-            if isinstance(embedder, ConcatEmbedder)
-            else 1
-        )
-        threads = sum(client.nthreads().values())
-        positions, task_sizes, row_rank = _plan(sketches, unit, texts_per_task, threads)
-        all_texts = da.concatenate(
-            [
-                da.from_delayed(delayed(_texts_array)(p), (n,), dtype=object)
-                for p, n in zip(parts, sizes, strict=True)
-            ]
-        )
-        ordered = all_texts[positions].rechunk((task_sizes,))
-        blocks = client.compute(list(ordered.to_delayed()))
-        # Submitted with decreasing priority: task 0 holds the longest texts and costs
-        # the most, and running the costliest first keeps workers busy to the end.
-        n_tasks = len(task_sizes)
-        futures = [
-            client.submit(
-                _encode_task, blob, token, block, role, cache_dir, device,
-                key=f"skfusion-encode-{job}-{i}", priority=n_tasks - i,
-            )
-            for i, block in enumerate(blocks)
-        ]  # fmt: skip
-        encoded = [
-            da.from_delayed(f, (n, width), dtype=dtype)
-            for f, n in zip(futures, task_sizes, strict=True)
+    if not plan.task_sizes:
+        return da.zeros((0, plan.width), dtype=plan.dtype), []
+    all_texts = da.concatenate(
+        [
+            da.from_delayed(delayed(_texts_array)(p), (n,), dtype=object)
+            for p, n in zip(parts, plan.rows, strict=True)
         ]
-        codes = da.concatenate(encoded)[row_rank].rechunk((tuple(sizes), (width,)))
-    if out_dir is None:
-        # Persist while this call still holds the futures the graph depends on.
-        codes = client.persist(codes)
-        _forget_when_done(client, futures, token)
-        if progress:
-            _show_progress(client, codes)
-        return codes
+    )
+    ordered = all_texts[plan.positions].rechunk((plan.task_sizes,))
+    blocks = client.compute(list(ordered.to_delayed()))
+    # Submitted with decreasing priority: task 0 holds the longest texts and costs
+    # the most, and running the costliest first keeps workers busy to the end.
+    n_tasks = len(plan.task_sizes)
+    w = worker
+    futures = [
+        client.submit(
+            _encode_task, w.blob, w.token, block, w.role, w.cache_dir, w.device,
+            key=f"skfusion-encode-{job}-{i}", priority=n_tasks - i,
+        )
+        for i, block in enumerate(blocks)
+    ]  # fmt: skip
+    encoded = [
+        da.from_delayed(f, (n, plan.width), dtype=plan.dtype)
+        for f, n in zip(futures, plan.task_sizes, strict=True)
+    ]
+    codes = da.concatenate(encoded)[plan.row_rank]
+    return codes.rechunk((tuple(plan.rows), (plan.width,))), futures
 
+
+def _write(client, plan, codes, parts, out_dir, job, progress):
+    """Stage 3, write: one shard per input partition with its ids, then the manifest."""
+    from dask import delayed
+
+    offsets = np.concatenate([[0], np.cumsum(plan.rows)]).astype(int).tolist()
     names = [f"part-{i:05d}.npy" for i in range(len(parts))]
-    blocks = [np.zeros((0, width), dtype)] * len(parts)
-    if sum(sizes):
+    blocks = [np.zeros((0, plan.width), plan.dtype)] * len(parts)
+    if plan.task_sizes:
         blocks = codes.to_delayed()[:, 0]
     writes = [
         delayed(write_shard)(
@@ -693,19 +731,17 @@ def _transform(
         )
     ]
     _run(client, client.compute(writes), progress)
-    _forget_everywhere(client, token)
     manifest = {
-        "n_rows": int(sum(sizes)),
-        "n_features": int(width),
-        "dtype": np.dtype(dtype).str,
+        "n_rows": int(sum(plan.rows)),
+        "n_features": int(plan.width),
+        "dtype": np.dtype(plan.dtype).str,
         "shards": [
             {"codes": name, "ids": name + ".ids.json", "rows": n}
-            for name, n in zip(names, sizes, strict=True)
+            for name, n in zip(names, plan.rows, strict=True)
         ],
     }
     payload = json.dumps(manifest, indent=1).encode()
     write_atomically(out_dir / _MANIFEST, lambda f: f.write(payload))
-    return out_dir
 
 
 def encode_on_cluster(

@@ -13,6 +13,7 @@ import math
 import os
 import time
 import warnings
+from dataclasses import dataclass
 from numbers import Integral
 
 import numpy as np
@@ -41,7 +42,7 @@ from skfusion._text import check_texts, check_unicode
 from skfusion.members import EncodeSettings, MemberOutputError, as_member
 from skfusion.members.base import check_float32
 
-__all__ = ["ConcatEmbedder"]
+__all__ = ["CallPlan", "ConcatEmbedder"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +121,162 @@ def _located(exc, texts):
     )
     located.text = exc.text
     return located
+
+
+def _first_occurrences(keys):
+    """``(unique, inverse)`` of ``keys``: the position of each distinct key's first
+    occurrence (increasing), and for each key the index of its own in ``unique``."""
+    n = len(keys)
+    if isinstance(keys, np.ndarray) and keys.dtype != object:
+        # Vectorised, for the millions of fixed-width digests a cluster plans from.
+        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        by_first = np.argsort(first, kind="stable")
+        relabel = np.empty(len(first), dtype=np.intp)
+        relabel[by_first] = np.arange(len(first))
+        return first[by_first].astype(np.intp), relabel[inverse.reshape(-1)]
+    index = dict.fromkeys(keys)
+    if len(index) == n:  # the common case: nothing to map
+        return np.arange(n), np.arange(n)
+    for i, key in enumerate(index):
+        index[key] = i
+    inverse = np.fromiter(map(index.__getitem__, keys), np.intp, n)
+    unique = np.full(len(index), n, dtype=np.intp)
+    np.minimum.at(unique, inverse, np.arange(n))
+    return unique, inverse
+
+
+@dataclass(frozen=True, eq=False)
+class CallPlan:
+    """The model calls :class:`ConcatEmbedder` makes to embed some texts, per member.
+
+    Built by :meth:`ConcatEmbedder.call_plan`; :meth:`ConcatEmbedder.transform`
+    executes it, and :func:`skfusion.distributed.transform` cuts its cluster tasks
+    from it, so a cluster run makes the same model calls as one process. Each
+    distinct text is encoded once per member; every member takes the distinct
+    texts in the same order, longest first (ties in input order, so calls pad
+    little), and cuts that order into calls of ``call_sizes[m]`` texts.
+
+    Parameters
+    ----------
+    member_names : tuple of str
+        The members, in output order.
+    call_sizes : tuple of int
+        Texts per model call of each member (its last call may hold fewer).
+    unique : ndarray of shape (n_unique,), dtype=intp
+        Position in the input of each distinct text's first occurrence, increasing.
+    inverse : ndarray of shape (n_texts,), dtype=intp
+        For each input text, the index in ``unique`` of its distinct text.
+    order : ndarray of shape (n_unique,), dtype=intp
+        Indices into ``unique``: the encoding order of the distinct texts.
+
+    Attributes
+    ----------
+    calls : tuple of tuple of ndarray
+        ``calls[m][k]``: the input positions (first occurrences) of the texts that
+        member ``m``'s ``k``-th model call encodes, in the order it receives them.
+
+    See Also
+    --------
+    ConcatEmbedder.call_plan : The plan for some texts.
+
+    Notes
+    -----
+    This is the plan without a cache. With ``cache_dir``, :meth:`ConcatEmbedder.transform`
+    encodes only the texts the cache lacks, in the plan's order, in calls of at most
+    ``call_sizes[m]`` texts sized from the member's measured speed.
+
+    Examples
+    --------
+    >>> from sklearn.feature_extraction.text import TfidfVectorizer
+    >>> from skfusion.embedder import ConcatEmbedder
+    >>> texts = ["vim edits text", "apt", "git tracks changes", "apt"]
+    >>> embedder = ConcatEmbedder([("tfidf", TfidfVectorizer())], batch_size=1)
+    >>> plan = embedder.fit(texts).call_plan(texts)
+    >>> plan.unique, plan.inverse
+    (array([0, 1, 2]), array([0, 1, 2, 1]))
+    >>> plan.call_sizes
+    (32,)
+    >>> [[texts[i] for i in call] for call in plan.calls[0]]
+    [['git tracks changes', 'vim edits text', 'apt']]
+    """
+
+    member_names: tuple
+    call_sizes: tuple
+    unique: np.ndarray
+    inverse: np.ndarray
+    order: np.ndarray
+
+    @classmethod
+    def from_lengths(cls, lengths, keys, *, call_sizes=(1,), member_names=None):
+        """The plan for texts known by their lengths and identities only.
+
+        What a caller that does not hold the texts (a cluster's driver holding their
+        lengths and digests) plans from; :meth:`ConcatEmbedder.call_plan` builds
+        its plans with it.
+
+        Parameters
+        ----------
+        lengths : array-like of int, shape (n_texts,)
+            Length of each text in characters (``len(text)``).
+        keys : sequence of hashable or ndarray, shape (n_texts,)
+            Equal keys for equal texts: the texts themselves, or fixed-width digests
+            of them (a non-object numpy array is compared with numpy).
+        call_sizes : tuple of int, default=(1,)
+            Texts per model call of each member.
+        member_names : tuple of str, default=None
+            Name of each member; ``None``: ``"0"``, ``"1"``, ...
+
+        Returns
+        -------
+        plan : CallPlan
+            The plan.
+
+        Examples
+        --------
+        >>> from skfusion.embedder import CallPlan
+        >>> # Texts of 3, 12, 3 and 7 characters; the first and third are equal.
+        >>> plan = CallPlan.from_lengths([3, 12, 3, 7], list("abac"), call_sizes=(2,))
+        >>> plan.unique, plan.order
+        (array([0, 1, 3]), array([1, 2, 0]))
+        >>> plan.calls
+        ((array([1, 3]), array([0])),)
+        """
+        lengths = np.asarray(lengths)
+        if lengths.ndim != 1 or len(lengths) != len(keys):
+            raise ValueError(
+                f"lengths must hold one length per key: got shape {lengths.shape} for "
+                f"{len(keys)} keys."
+            )
+        if lengths.size and (lengths.dtype.kind not in "iu" or lengths.min() < 0):
+            raise ValueError("lengths must be non-negative integers (len(text) each).")
+        sizes = tuple(int(s) for s in call_sizes)
+        if not sizes or min(sizes) < 1:
+            raise ValueError(
+                f"call_sizes must give each member a positive size, got {call_sizes!r}."
+            )
+        if member_names is None:
+            member_names = tuple(str(i) for i in range(len(sizes)))
+        if len(member_names) != len(sizes):
+            raise ValueError(
+                f"member_names has {len(member_names)} names for {len(sizes)} call sizes."
+            )
+        unique, inverse = _first_occurrences(keys)
+        # Longest first, as sentence-transformers sorts, so calls and batches pad little.
+        order = np.argsort(-lengths[unique].astype(np.int64), kind="stable")
+        return cls(tuple(member_names), sizes, unique, inverse, order.astype(np.intp))
+
+    def _cuts(self, member):
+        """Slices of ``order``: member ``member``'s model calls."""
+        size, n = self.call_sizes[member], len(self.order)
+        return [slice(s, min(s + size, n)) for s in range(0, n, size)]
+
+    @property
+    def calls(self):
+        """Per member, its model calls: the input positions of each call's texts."""
+        return tuple(
+            tuple(self.unique[self.order[cut]] for cut in self._cuts(m))
+            for m in range(len(self.call_sizes))
+        )
 
 
 class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -520,7 +677,55 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         """
         return _wrap_data_with_container("transform", self._embed(X, "document"), X, self)
 
-    def _embed(self, X, prompt_name):
+    def call_plan(self, X, *, lengths=None):
+        """The model calls :meth:`transform` makes to embed ``X``, member by member.
+
+        Parameters
+        ----------
+        X : list, tuple, numpy.ndarray or pandas.Series of str
+            Texts. With ``lengths``: one key per text instead, equal keys for equal
+            texts (e.g. 16-byte digests as a numpy ``"S16"`` array), for a caller
+            that does not hold the texts, such as a cluster's driver.
+        lengths : array-like of int, default=None
+            ``len(text)`` of each text, when ``X`` holds keys.
+
+        Returns
+        -------
+        plan : CallPlan
+            Which distinct texts each member's model calls encode, in what order.
+            The plan does not depend on ``prompt_name``, ``weights`` or
+            ``normalize``; it depends on ``batch_size``.
+
+        Examples
+        --------
+        >>> from sklearn.feature_extraction.text import TfidfVectorizer
+        >>> from skfusion.embedder import ConcatEmbedder
+        >>> texts = ["apt", "vim edits text", "apt", "git"]
+        >>> embedder = ConcatEmbedder([TfidfVectorizer()], batch_size=2).fit(texts)
+        >>> plan = embedder.call_plan(texts)
+        >>> plan.member_names, plan.call_sizes
+        (('tfidfvectorizer',), (64,))
+        >>> [texts[i] for i in plan.calls[0][0]]  # distinct, longest first
+        ['vim edits text', 'apt', 'git']
+        """
+        members = self._fitted_members()
+        if lengths is None:
+            return self._plan(check_texts(X), members)
+        return self._plan(X, members, lengths)
+
+    def _plan(self, keys, members, lengths=None):
+        if lengths is None:  # keys are the texts
+            lengths = np.fromiter(map(len, keys), np.int64, len(keys))
+        # A member that can fail half-way (a remote service) asks for fewer batches.
+        sizes = [
+            self.batch_size * (m.max_batches_per_call or _BATCHES_PER_CHUNK)
+            for m in members
+        ]
+        return CallPlan.from_lengths(
+            lengths, keys, call_sizes=tuple(sizes), member_names=tuple(self.member_names_)
+        )
+
+    def _fitted_members(self):
         check_is_fitted(self)
         if not hasattr(self, "members_"):
             raise ValueError(
@@ -529,13 +734,17 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             )
         # Parameters may have been changed with set_params after fit.
         self._validate_params()
-        texts = check_texts(X)
         members = self.members_
         if len(self.models) != len(members):
             raise ValueError(
                 f"models has {len(self.models)} members but the embedder was fit with "
                 f"{len(members)}; call fit again after changing models."
             )
+        return members
+
+    def _embed(self, X, prompt_name):
+        members = self._fitted_members()
+        texts = check_texts(X)
         weights = self._check_weights(len(members))
         prompts = self._check_prompts(self.member_names_)
         n_out = self.n_features_out_
@@ -546,8 +755,9 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             check_unicode(texts, user=f"the member {strict[0]!r}")
         settings = self._settings()
 
-        # Encode each distinct text once.
-        unique = list(dict.fromkeys(texts))
+        # Each distinct text once per member, in the plan's order and model calls.
+        plan = self._plan(texts, members)
+        unique = [texts[i] for i in plan.unique]
         out = np.empty((len(unique), n_out), dtype=np.float32)
         offsets = np.concatenate([[0], np.cumsum(self.dims_)])
 
@@ -555,12 +765,14 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         keys = text_keys(unique) if cache is not None else None
         plans = []
         try:
-            for m, start, stop in zip(members, offsets[:-1], offsets[1:], strict=True):
+            for k, (m, start, stop) in enumerate(
+                zip(members, offsets[:-1], offsets[1:], strict=True)
+            ):
                 m.loaded(settings)
                 prompt = m.prompt(prompt_name, prompts.get(m.name_, {}))
                 block = out[:, start:stop]
                 space = None
-                missing = np.arange(len(unique))
+                todo = plan.order
                 if cache is not None:
                     self._check_cacheable(m)
                     parts = m.cache_parts(prompt_name, prompt, settings)
@@ -580,16 +792,16 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
                                 n_bad,
                                 m.name_,
                             )
-                        missing = np.flatnonzero(~found)
-                plans.append((m, prompt, block, space, missing))
+                        todo = plan.order[~found[plan.order]]
+                plans.append((m, plan.call_sizes[k], prompt, block, space, todo))
 
-            total = sum(math.ceil(len(p[4]) / self.batch_size) for p in plans)
+            total = sum(math.ceil(len(p[5]) / self.batch_size) for p in plans)
             with self._progress(total) as bar:
-                for m, prompt, block, space, missing in plans:
+                for m, call_size, prompt, block, space, todo in plans:
                     try:
                         cache = self._compute(
-                            m, prompt, prompt_name, settings, unique, missing, block,
-                            cache, space, keys, bar,
+                            m, prompt, prompt_name, settings, unique, todo, call_size,
+                            block, cache, space, keys, bar,
                         )  # fmt: skip
                     except MemberOutputError as exc:
                         raise _located(exc, texts) from None
@@ -612,22 +824,20 @@ class ConcatEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
                         f"weights[{i}]={w:g} times the output of member {m.name_!r} "
                         "overflows float32; lower the weight, or set normalize=True."
                     )
-        if len(unique) == len(texts):
-            return out
-        position = dict(zip(unique, range(len(unique)), strict=True))
-        return out[np.fromiter(map(position.__getitem__, texts), np.intp, len(texts))]
+        return out if len(unique) == len(texts) else out[plan.inverse]
 
     def _compute(
-        self, m, prompt, prompt_name, settings, unique, missing, block, cache, space,
-        keys, bar,
+        self, m, prompt, prompt_name, settings, unique, order, largest, block, cache,
+        space, keys, bar,
     ):  # fmt: skip
-        """Encode the texts at ``missing`` into ``block`` (and the cache) by chunks."""
-        if len(missing) == 0:
+        """Encode ``unique[order]`` into ``block`` (and the cache), in model calls.
+
+        Without a cache, the calls are the plan's: ``order`` cut every ``largest``
+        texts (CallPlan.calls).
+        """
+        if len(order) == 0:
             return cache
-        # Longest first, as sentence-transformers sorts, so chunks pad little.
-        order = missing[np.argsort([-len(unique[i]) for i in missing], kind="stable")]
         batch = self.batch_size
-        largest = batch * (m.max_batches_per_call or _BATCHES_PER_CHUNK)
         # With a cache, start with one batch and size each later model call (whole
         # batches) from the measured speed to take about half the commit interval,
         # so a slow member commits every ~_COMMIT_EVERY_S, not once per huge chunk.

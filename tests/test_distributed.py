@@ -34,6 +34,7 @@ from skfusion.cli import main  # noqa: E402
 from skfusion.datasets import load_passages  # noqa: E402
 from skfusion.distributed import read_shards, transform  # noqa: E402
 from skfusion.evaluation import encode  # noqa: E402
+from skfusion.members import EncoderMember  # noqa: E402
 from skfusion.persistence import dump  # noqa: E402
 
 
@@ -78,6 +79,53 @@ def embedder(tiny_model_paths, corpus):
 @pytest.fixture(scope="module")
 def pipeline(embedder, corpus):
     return make_pipeline(embedder, PercentileQuantizer(bits=4, random_state=0)).fit(corpus)
+
+
+def _text_lengths(texts):
+    return np.array([[len(t), 1.0] for t in texts])
+
+
+class _ThreeBatchesPerCall(EncoderMember):
+    """A user's member that asks for 3 batches per model call (as a remote one does)."""
+
+    max_batches_per_call = 3
+
+
+@pytest.mark.parametrize("texts_per_task", [None, 1, 400])
+def test_tasks_are_whole_model_calls_of_the_embedders_plan(
+    tiny_model_paths, corpus, texts_per_task
+):
+    from skfusion.distributed import _sketch, _tasks
+
+    paged = _ThreeBatchesPerCall(query=_text_lengths, document=_text_lengths)
+    emb = ConcatEmbedder(
+        [*tiny_model_paths, ("paged", paged)], batch_size=2, show_progress_bar=False
+    ).fit(corpus)
+    plan = emb.call_plan(corpus)
+    assert plan.call_sizes == (64, 64, 6)
+    # The driver sees lengths and digests only, partition by partition.
+    half = len(corpus) // 2
+    sketches = [_sketch((None, corpus[:half]), 0), _sketch((None, corpus[half:]), 1)]
+    lengths = np.concatenate([s[0] for s in sketches])
+    digests = np.concatenate([s[1] for s in sketches])
+    positions, sizes, row_rank = _tasks(
+        emb.call_plan(digests, lengths=lengths), texts_per_task, threads=2
+    )
+    np.testing.assert_array_equal(positions, plan.unique[plan.order])
+    ordered = [corpus[i] for i in positions]
+    assert [ordered[r] for r in row_rank] == corpus
+    assert sum(sizes) == len(plan.unique)
+    assert len(sizes) >= (1 if texts_per_task == 400 else 2)
+    # What each worker's transform does with its task (distinct texts, in order) is
+    # exactly the plan's calls, member by member: whole calls of every member.
+    task_calls = [[] for _ in plan.call_sizes]
+    start = 0
+    for size in sizes:
+        task_plan = emb.call_plan(ordered[start : start + size])
+        for m, calls in enumerate(task_plan.calls):
+            task_calls[m] += [positions[start + call].tolist() for call in calls]
+        start += size
+    assert task_calls == [[c.tolist() for c in calls] for calls in plan.calls]
 
 
 def _encode_keys(stream):

@@ -24,7 +24,9 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.utils import estimator_checks
 from sklearn.utils._param_validation import InvalidParameterError
 
-from skfusion.embedder import ConcatEmbedder
+from skfusion._numeric import normalize_rows
+from skfusion.embedder import CallPlan, ConcatEmbedder
+from skfusion.members import EncoderMember
 
 
 def _lsa(k=8):
@@ -720,3 +722,112 @@ def test_progress_bar_shows_for_long_work_by_default(show, n_texts, shown, capsy
     out, err = capsys.readouterr()
     assert out == ""  # progress never mixes with a command's output
     assert ("ConcatEmbedder" in err) is shown, err
+
+
+# -- the call plan -------------------------------------------------------------------
+
+
+def _text_lengths(texts):
+    return np.array([[len(t), 1.0] for t in texts])
+
+
+class _ThreeBatchesPerCall(EncoderMember):
+    """A user's member that asks for 3 batches per model call (as a remote one does)."""
+
+    max_batches_per_call = 3
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    texts=st.lists(st.text(alphabet="ab ", max_size=5), max_size=40),
+    batch_size=st.integers(1, 3),
+)
+def test_call_plan_covers_each_distinct_text_once_per_member(texts, batch_size):
+    member = _ThreeBatchesPerCall(query=_text_lengths, document=_text_lengths)
+    emb = ConcatEmbedder(
+        [("lsa", TfidfVectorizer(analyzer="char")), ("paged", member)],
+        batch_size=batch_size,
+    ).fit(["ab", "b a"])
+    plan = emb.call_plan(texts)
+    assert plan.member_names == ("lsa", "paged")
+    assert plan.call_sizes == (32 * batch_size, 3 * batch_size)
+    # unique: the first occurrence of each distinct text; inverse maps every row back.
+    assert [texts[i] for i in plan.unique] == list(dict.fromkeys(texts))
+    assert [texts[plan.unique[j]] for j in plan.inverse] == texts
+    encoding_order = plan.unique[plan.order]
+    # Longest first, ties in input order.
+    assert [(-len(texts[i]), i) for i in encoding_order] == sorted(
+        (-len(texts[i]), i) for i in plan.unique
+    )
+    for m, size in enumerate(plan.call_sizes):
+        calls = plan.calls[m]
+        # Every distinct text exactly once, in encoding order, in full calls but the last.
+        flat = np.concatenate(calls) if calls else np.zeros(0, np.intp)
+        np.testing.assert_array_equal(flat, encoding_order)
+        assert all(len(c) == size for c in calls[:-1])
+        assert all(0 < len(c) <= size for c in calls[-1:])
+    # A caller holding only lengths and digests (a cluster's driver) gets the same plan.
+    digests = np.array([t.encode("utf-8") for t in texts], dtype="S16")
+    by_digest = emb.call_plan(digests, lengths=[len(t) for t in texts])
+    for field in ("unique", "inverse", "order"):
+        np.testing.assert_array_equal(getattr(by_digest, field), getattr(plan, field))
+
+
+def test_transform_makes_exactly_the_plans_model_calls():
+    encoder = ControlledEncoder()
+    emb = ConcatEmbedder([("ctl", encoder)], batch_size=1, show_progress_bar=False)
+    distinct = [f"text {'x' * (i % 7)} {i % 10}" for i in range(45)]  # many ties
+    texts = distinct + distinct[::-1]
+    emb.fit(texts)
+    encoder.calls.clear()
+    emb.transform(texts)
+    plan = emb.call_plan(texts)
+    assert len(plan.calls[0]) == 2  # 32 + 13: several calls
+    assert encoder.calls == [[texts[i] for i in call] for call in plan.calls[0]]
+
+
+def test_transform_equals_executing_the_plan(tiny_model_paths, tiny_corpus):
+    # batch_size=2: calls of 64 texts, so the rows of the tiny models depend on which
+    # texts share a call and a batch.
+    texts = tiny_corpus + [t.upper() for t in tiny_corpus] + tiny_corpus[3:20]
+    texts += [f"{a} {b}" for a, b in zip(tiny_corpus, tiny_corpus[5:], strict=False)]
+    emb = ConcatEmbedder(
+        [*tiny_model_paths, ("lsa", _lsa())], batch_size=2, show_progress_bar=False
+    ).fit(texts)
+    plan = emb.call_plan(texts)
+    assert min(len(calls) for calls in plan.calls) >= 2
+    settings = emb._settings()
+
+    def execute(calls_of):
+        blocks = []
+        for m, calls in zip(emb.members_, calls_of, strict=True):
+            block = np.empty((len(plan.unique), m.dim_), dtype=np.float32)
+            row = {int(p): j for j, p in enumerate(plan.unique)}
+            for call in calls:
+                texts_ = [texts[i] for i in call]
+                block[[row[int(p)] for p in call]] = m.encode(texts_, None, "", settings)
+            blocks.append(normalize_rows(block))
+        return np.concatenate(blocks, axis=1)[plan.inverse]
+
+    got = emb.transform(texts)
+    assert got.tobytes() == execute(plan.calls).tobytes()
+    # The test can fail: other calls (the first text alone, then the plan's cuts
+    # shifted by one) put other texts in one batch and change the bits.
+    shifted = []
+    for calls, n in zip(plan.calls, plan.call_sizes, strict=True):
+        flat = np.concatenate(calls)
+        shifted.append([flat[:1]] + [flat[s : s + n] for s in range(1, len(flat), n)])
+    assert got.tobytes() != execute(shifted).tobytes()
+
+
+def test_call_plan_refuses_bad_input_naming_the_fix(fitted):
+    with pytest.raises(NotFittedError):
+        ConcatEmbedder([_lsa()]).call_plan(["a"])
+    with pytest.raises(ValueError, match=r"X\[1\] is None"):
+        fitted.call_plan(["a", None])
+    with pytest.raises(ValueError, match="one length per key"):
+        fitted.call_plan(np.array([b"a", b"b"], dtype="S16"), lengths=[1])
+    with pytest.raises(ValueError, match="non-negative integers"):
+        fitted.call_plan(["a", "b"], lengths=[1.5, 2])
+    with pytest.raises(ValueError, match="call_sizes must give each member"):
+        CallPlan.from_lengths([1], ["a"], call_sizes=(0,))

@@ -20,6 +20,11 @@ Contract
   blocking, batching or which path found it.
 - Index arrays may hold :data:`PAD` (-1), faiss's marker of a neighbour it could not
   find; a padded entry gets the score ``-inf`` and sorts last.
+- Inverted lists (IVF): :func:`train_centroids` (spherical k-means, faiss) on float
+  rows, :func:`assign_lists` / :func:`probe_lists` by inner product with the centroids
+  (ties to the lower list), :func:`inverted_lists` groups rows by list, ascending
+  within each list; with every list probed, :func:`ivf_candidates` equals
+  :func:`candidates`.
 - faiss is optional: :func:`get_faiss` returns the module or None;
   :func:`require_faiss` returns it or raises an ImportError naming what to install.
 """

@@ -16,7 +16,9 @@ bits (LSH bits, 1-bit codes) into ``IndexBinaryFlat`` / ``IndexBinaryHNSW`` /
 :func:`load_faiss_index` persist either kind. Multi-bit percentile codes have no faiss
 equivalent: keep them as the rescoring stage of :class:`CodeIndex`, whose shortlist can
 run in a faiss ``IndexBinaryHNSW`` over 1-bit codes or LSH bits
-(``shortlist_index="hnsw"``).
+(``shortlist_index="hnsw"``), or score only the codes of the inverted lists nearest to
+each query (``shortlist_index="ivf"``, any codes). Candidates, exact rescoring, ties and
+padding come from the scoring engine :func:`skfusion.search.search` runs on.
 """
 
 import contextlib
@@ -146,7 +148,8 @@ default="auto"
         How the rescoring compares float queries with the on-disk rows: "auto" is
         "cosine" for float rows, "asymmetric" for codes.
     shortlist_weights, rescore_weights : array-like of shape (width,), default=None
-        Per-dimension weights of each stage (e.g. :func:`skfusion.search.spread_weights`).
+        Per-dimension weights of each stage (e.g. :func:`skfusion.search.spread_weights`),
+        applied as :func:`skfusion.search.search` applies ``weights``.
     shortlist_index : {"exact", "hnsw", "ivf"}, default="exact"
         "exact": the shortlist scores every code (ties by lower index); "hnsw": a faiss
         ``IndexBinaryHNSW`` over the packed codes (Hamming; only for 1-bit codes and
@@ -743,8 +746,8 @@ default="auto"
         Returns
         -------
         indices : ndarray of shape (n_queries, k), dtype int64
-            Best first by ``shortlist_metric_`` (ties by lower index for the exact
-            shortlist; -1 pads rows an HNSW search could not fill).
+            Best first by ``shortlist_metric_`` (ties by lower index for the exact and
+            IVF shortlists; -1 pads rows an HNSW or IVF search could not fill).
         """
         check_is_fitted(self, "codes_")
         if isinstance(k, bool) or not isinstance(k, Integral) or k < 1:
@@ -771,7 +774,9 @@ default="auto"
             Rescoring similarities (exact float64 dot products of the float32 vectors
             :func:`skfusion.search.search` compares for ``rescore_metric_``).
         indices : ndarray of shape (n_queries, k), dtype int64
-            Rows in insertion order, best first; equal scores by lower index.
+            Rows in insertion order, best first; equal scores by lower index. -1 (score
+            ``-inf``) pads a query whose approximate shortlist ("hnsw", "ivf") found
+            fewer than ``k`` rows.
         """
         check_is_fitted(self, "codes_")
         oversample = self.oversample if oversample is None else oversample

@@ -84,6 +84,14 @@ def _unpack_uniform(packed, bits, n_features):
     if bits == 8:
         return np.ascontiguousarray(packed)
     n = packed.shape[0]
+    if bits in (2, 4):
+        # Whole codes per byte, the first in the high bits: shift and mask (much
+        # faster than repacking bit planes, whose packbits runs per code).
+        per, mask = 8 // bits, np.uint8((1 << bits) - 1)
+        out = np.empty((n, packed.shape[1] * per), dtype=np.uint8)
+        for t in range(per):
+            out[:, t::per] = (packed >> np.uint8(8 - bits * (t + 1))) & mask
+        return np.ascontiguousarray(out[:, :n_features])
     stream = np.unpackbits(packed, axis=1, count=n_features * bits)
     if bits == 1:
         return stream

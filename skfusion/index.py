@@ -16,7 +16,9 @@ bits (LSH bits, 1-bit codes) into ``IndexBinaryFlat`` / ``IndexBinaryHNSW`` /
 :func:`load_faiss_index` persist either kind. Multi-bit percentile codes have no faiss
 equivalent: keep them as the rescoring stage of :class:`CodeIndex`, whose shortlist can
 run in a faiss ``IndexBinaryHNSW`` over 1-bit codes or LSH bits
-(``shortlist_index="hnsw"``).
+(``shortlist_index="hnsw"``), or score only the codes of the inverted lists nearest to
+each query (``shortlist_index="ivf"``, any codes). Candidates, exact rescoring, ties and
+padding come from the scoring engine :func:`skfusion.search.search` runs on.
 """
 
 import contextlib
@@ -32,8 +34,10 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.base import BaseEstimator, clone
+from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
+from . import _engine
 from ._compat import HasMethods, Interval, StrOptions, _fit_context, validate_params
 from ._io import write_atomically
 from .codes import BaseCodeTransformer
@@ -58,23 +62,6 @@ _LOCK_NAME = ".skfusion-index.lock"
 # Bytes copied per step when the on-disk rows are copied (save, copy-on-write).
 _COPY_BYTES = 1 << 24
 _FLOAT_STORES = {"float16": np.float16, "float32": np.float32}
-# Float64 entries of one rescoring block (queries x candidates x width): 32 MiB.
-_BLOCK_VALUES = 1 << 22
-
-
-def _faiss():
-    try:
-        import faiss
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "faiss is not installed: pip install 'skfusion[faiss]' (faiss-cpu)."
-        ) from exc
-    return faiss
-
-
-def _l2(X):
-    norms = np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float32))
-    return np.ascontiguousarray(X / np.maximum(norms, np.float32(1e-30))[:, None])
 
 
 @contextlib.contextmanager
@@ -161,11 +148,23 @@ default="auto"
         How the rescoring compares float queries with the on-disk rows: "auto" is
         "cosine" for float rows, "asymmetric" for codes.
     shortlist_weights, rescore_weights : array-like of shape (width,), default=None
-        Per-dimension weights of each stage (e.g. :func:`skfusion.search.spread_weights`).
-    shortlist_index : {"exact", "hnsw"}, default="exact"
-        "exact": the shortlist is an exact :func:`skfusion.search.search` over the
-        codes; "hnsw": a faiss ``IndexBinaryHNSW`` over the packed codes (Hamming;
-        only for 1-bit codes and LSH bits), approximate and faster on millions of rows.
+        Per-dimension weights of each stage (e.g. :func:`skfusion.search.spread_weights`),
+        applied as :func:`skfusion.search.search` applies ``weights``.
+    shortlist_index : {"exact", "hnsw", "ivf"}, default="exact"
+        "exact": the shortlist scores every code (ties by lower index); "hnsw": a faiss
+        ``IndexBinaryHNSW`` over the packed codes (Hamming; only for 1-bit codes and
+        LSH bits), approximate and faster on millions of rows; "ivf": an inverted file
+        (approximate): :meth:`fit` trains ``nlist`` centroids on its float rows
+        (spherical k-means, faiss), :meth:`add` files every row in the list of its
+        nearest centroid (inner product, from the float vector), and a query scores
+        only the codes of its ``nprobe`` nearest lists, by the shortlist metric. With
+        ``nprobe == nlist_`` it returns what "exact" returns.
+    nlist : int, default=None
+        Lists of ``shortlist_index="ivf"``; None: ``4 * sqrt(n)`` of the ``n`` rows
+        :meth:`fit` trains on, at most ``n // 39`` (at least 1). At most ``n``.
+    nprobe : int, default=8
+        Lists a query of ``shortlist_index="ivf"`` visits (at most ``nlist_``); read at
+        search time, so ``set_params(nprobe=...)`` after :meth:`fit` applies at once.
     oversample : int, default=10
         Candidates per result: the shortlist keeps ``k * oversample`` rows.
     directory : str or path-like, default=None
@@ -179,6 +178,8 @@ default="auto"
         then needs no data.
     batch_size : int, default=16384
         Database block size of the shortlist search.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the k-means of ``shortlist_index="ivf"``.
 
     Attributes
     ----------
@@ -188,7 +189,7 @@ default="auto"
         The fitted rescoring quantizer (None for float rows).
     n_features_in_ : int
         Width of the vectors the code steps were fitted on.
-    codes_ : ndarray of shape (n_vectors, ram_bytes_per_vector_), dtype uint8
+    codes_ : ndarray of shape (n_vectors, shortlist_.bytes_per_vector_), dtype uint8
         The packed in-RAM codes.
     n_vectors_ : int
         Number of vectors added.
@@ -196,9 +197,14 @@ default="auto"
         Folder of the working file (for a loaded index, the saved folder, whose rows
         are copied to a private working file on the first :meth:`add`).
     ram_bytes_per_vector_ : int
-        Bytes per vector held in RAM (the shortlist's ``bytes_per_vector_``).
+        Bytes per vector held in RAM: the shortlist's ``bytes_per_vector_``, plus the
+        4-byte row number of the inverted lists for ``shortlist_index="ivf"``.
     disk_bytes_per_vector_ : int
         Bytes per vector on disk.
+    nlist_ : int
+        Number of inverted lists (``shortlist_index="ivf"`` only).
+    centroids_ : ndarray of shape (nlist_, n_features_in_), dtype float32
+        The unit-norm list centroids (``shortlist_index="ivf"`` only).
 
     See Also
     --------
@@ -232,11 +238,14 @@ default="auto"
         ],
         "shortlist_weights": ["array-like", None],
         "rescore_weights": ["array-like", None],
-        "shortlist_index": [StrOptions({"exact", "hnsw"})],
+        "shortlist_index": [StrOptions({"exact", "hnsw", "ivf"})],
+        "nlist": [Interval(Integral, 1, None, closed="left"), None],
+        "nprobe": [Interval(Integral, 1, None, closed="left")],
         "oversample": [Interval(Integral, 1, None, closed="left")],
         "directory": [str, os.PathLike, None],
         "prefit": ["boolean"],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "random_state": ["random_state"],
     }
 
     def __init__(
@@ -250,10 +259,13 @@ default="auto"
         shortlist_weights=None,
         rescore_weights=None,
         shortlist_index="exact",
+        nlist=None,
+        nprobe=8,
         oversample=10,
         directory=None,
         prefit=False,
         batch_size=16384,
+        random_state=None,
     ):
         self.shortlist = shortlist
         self.rescore = rescore
@@ -263,14 +275,17 @@ default="auto"
         self.shortlist_weights = shortlist_weights
         self.rescore_weights = rescore_weights
         self.shortlist_index = shortlist_index
+        self.nlist = nlist
+        self.nprobe = nprobe
         self.oversample = oversample
         self.directory = directory
         self.prefit = prefit
         self.batch_size = batch_size
+        self.random_state = random_state
 
     # -- construction -------------------------------------------------------------
     @classmethod
-    def from_pipeline(cls, pipeline, rescore="float16", **params):
+    def from_pipeline(cls, pipeline, rescore="float16", *, X=None, **params):
         """An index whose shortlist is the pipeline's last step (a fitted code step).
 
         Parameters
@@ -280,6 +295,9 @@ default="auto"
             the steps before it (if any) are the ``encoder``.
         rescore : {"float16", "float32"} or fitted BaseQuantizer, default="float16"
             The on-disk representation of the encoder's output.
+        X : array-like or texts, default=None
+            Rows the lists of ``shortlist_index="ivf"`` are trained on (passed through
+            the encoder; not added). Needed for "ivf" only.
         **params
             Other :class:`CodeIndex` parameters.
 
@@ -296,7 +314,7 @@ default="auto"
                 f"RandomProjectionLSH); got {type(pipeline).__name__}."
             )
         encoder = pipeline[:-1] if len(steps) > 1 else None
-        return cls(steps[-1][1], rescore, encoder=encoder, prefit=True, **params).fit()
+        return cls(steps[-1][1], rescore, encoder=encoder, prefit=True, **params).fit(X)
 
     def _vectors(self, X, name, check_width=True):
         """Encoder output (or the validated float rows) as a float32 2-D array."""
@@ -378,7 +396,8 @@ default="auto"
         ----------
         X : array-like of shape (n_samples, n_features) or texts, default=None
             Calibration rows (encoded by ``encoder`` first); not added to the index.
-            Needed unless ``prefit=True``.
+            Needed unless ``prefit=True``; with ``shortlist_index="ivf"`` they also
+            train the lists (then needed with ``prefit=True`` too).
         y : None
             Ignored. Present for API consistency by convention.
 
@@ -386,12 +405,19 @@ default="auto"
         -------
         self : CodeIndex
         """
-        self._fit_steps(X)
-        self._start(np.zeros((0, self.ram_bytes_per_vector_), dtype=np.uint8))
+        V = None
+        if X is not None and (not self.prefit or self.shortlist_index == "ivf"):
+            V = self._vectors(X, "X", check_width=False)
+        self._fit_steps(V)
+        self._train_lists(V)
+        self._start(np.zeros((0, self.shortlist_.bytes_per_vector_), dtype=np.uint8))
         return self
 
-    def _fit_steps(self, X):
-        """Fitted (or prefit) code steps, resolved metrics and weights."""
+    def _fit_steps(self, V):
+        """Fitted (or prefit) code steps, resolved metrics and weights.
+
+        ``V``: the float rows (encoder output) to fit the steps on, unless ``prefit``.
+        """
         store = isinstance(self.rescore, str)
         if self.prefit:
             for name, est in (("shortlist", self.shortlist), ("rescore", self.rescore)):
@@ -403,11 +429,10 @@ default="auto"
             self.shortlist_ = self.shortlist
             self.rescore_ = None if store else self.rescore
         else:
-            if X is None:
+            if V is None:
                 raise ValueError(
                     "fit needs calibration rows X unless prefit=True (fitted steps)."
                 )
-            V = self._vectors(X, "X", check_width=False)
             self.shortlist_ = clone(self.shortlist).fit(V)
             self.rescore_ = None if store else clone(self.rescore).fit(V)
         self.n_features_in_ = int(self.shortlist_.n_features_in_)
@@ -425,6 +450,98 @@ default="auto"
         )
         self.rescore_weights_ = self._check_weights(self.rescore_weights, "rescore_weights")
 
+    def _train_lists(self, V):
+        """The IVF centroids (``shortlist_index="ivf"``), trained on the float rows V."""
+        for name in ("nlist_", "centroids_"):
+            self.__dict__.pop(name, None)  # (a previous fit's lists)
+        if self.shortlist_index != "ivf":
+            return
+        if V is None:
+            raise ValueError(
+                "shortlist_index='ivf' trains its lists on the rows passed to fit: pass "
+                "X to fit (with prefit=True X only trains the lists; with from_pipeline "
+                "pass X=...)."
+            )
+        if V.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {V.shape[1]} columns but the code steps were fitted on "
+                f"{self.n_features_in_}."
+            )
+        n = V.shape[0]
+        nlist = self.nlist
+        if nlist is None:
+            nlist = max(1, min(int(4 * np.sqrt(n)), n // 39))
+        if nlist > n:
+            raise ValueError(
+                f"nlist={nlist} exceeds the {n} rows fit trains the lists on: pass more "
+                "rows to fit or a smaller nlist."
+            )
+        faiss = _engine.require_faiss("shortlist_index='ivf'")
+        seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
+        self.centroids_ = _engine.train_centroids(V, nlist, seed, faiss)
+        self.nlist_ = int(nlist)
+        self._check_nprobe()
+
+    @property
+    def _has_lists(self):
+        """Whether the last fit trained IVF lists (kept up to date by every add)."""
+        return "nlist_" in self.__dict__
+
+    def _check_nprobe(self):
+        """``nprobe`` (read at search time, so it may have been set after fit)."""
+        if not self._has_lists:
+            raise ValueError(
+                "shortlist_index='ivf' was set after fit, which trains the lists: "
+                "call fit again."
+            )
+        nprobe = self.nprobe
+        if isinstance(nprobe, bool) or not isinstance(nprobe, Integral) or nprobe < 1:
+            raise ValueError(f"nprobe must be a positive integer, got {nprobe!r}.")
+        if nprobe > self.nlist_:
+            raise ValueError(
+                f"nprobe={nprobe} exceeds the nlist_={self.nlist_} lists of this index: "
+                f"a query visits at most every list; set nprobe to at most {self.nlist_}."
+            )
+        return int(nprobe)
+
+    def _set_lists(self, assignment):
+        """Group the rows by list (``assignment``: the list of every row)."""
+        self._ivf_order, self._ivf_offsets = _engine.inverted_lists(assignment, self.nlist_)
+
+    def _list_assignment(self):
+        """The list of every row, rebuilt from the grouped rows (int32)."""
+        out = np.empty(self._ivf_order.size, dtype=np.int32)
+        counts = np.diff(self._ivf_offsets)
+        out[self._ivf_order] = np.repeat(np.arange(self.nlist_, dtype=np.int32), counts)
+        return out
+
+    def _inverted_lists(self):
+        return self._ivf_order, self._ivf_offsets
+
+    def _load_lists(self, path, ivf_centroids, ivf_order, ivf_offsets):
+        """Attach saved IVF lists after checking that they fit the codes."""
+        n, nlist = self.codes_.shape[0], ivf_centroids.shape[0]
+        ok = (
+            ivf_centroids.shape == (nlist, self.n_features_in_)
+            and ivf_offsets.shape == (nlist + 1,)
+            and ivf_order.shape == (n,)
+            and ivf_offsets[0] == 0
+            and ivf_offsets[-1] == n
+            and bool(np.all(np.diff(ivf_offsets) >= 0))
+            and np.issubdtype(ivf_order.dtype, np.integer)
+            and (n == 0 or (ivf_order.min() >= 0 and ivf_order.max() < n))
+            and (n == 0 or bool(np.all(np.bincount(ivf_order, minlength=n) == 1)))
+        )
+        if not ok:
+            raise ValueError(
+                f"{os.fspath(path)}: the IVF lists do not match the codes (was a file "
+                "of the folder changed or replaced outside CodeIndex.save?)."
+            )
+        self.centroids_ = np.ascontiguousarray(ivf_centroids, dtype=np.float32)
+        self.nlist_ = int(nlist)
+        self._ivf_order = ivf_order
+        self._ivf_offsets = ivf_offsets.astype(np.int64)
+
     def _start(self, codes):
         """Attach the in-RAM codes and a new, empty private working file."""
         folder = None if self.directory is None else Path(self.directory)
@@ -436,6 +553,8 @@ default="auto"
         self._new_working_file(temporary_folder=folder is None)
         self.codes_ = codes
         self._faiss_index = None
+        if self._has_lists:
+            self._set_lists(np.zeros(codes.shape[0], dtype=np.int32))
         self._open()
 
     def _new_working_file(self, temporary_folder=False):
@@ -485,8 +604,9 @@ default="auto"
 
     @property
     def ram_bytes_per_vector_(self):
-        """Bytes per vector held in RAM: the packed shortlist code."""
-        return self.shortlist_.bytes_per_vector_
+        """Bytes per vector held in RAM: the packed shortlist code (and IVF row number)."""
+        lists = self._ivf_order.itemsize if self._has_lists else 0
+        return self.shortlist_.bytes_per_vector_ + lists
 
     @property
     def disk_bytes_per_vector_(self):
@@ -538,6 +658,11 @@ default="auto"
         check_is_fitted(self, "codes_")
         V = self._vectors(X, "X")
         codes = self.shortlist_.to_packed(self.shortlist_.transform(V))
+        if self._has_lists:
+            # Filed by the float vector, before anything is written.
+            assignment = np.concatenate(
+                [self._list_assignment(), _engine.assign_lists(V, self.centroids_)]
+            )
         if self.rescore_ is not None:
             fine = self.rescore_.to_packed(self.rescore_.transform(V))
         else:
@@ -551,6 +676,8 @@ default="auto"
             f.write(np.ascontiguousarray(fine).tobytes())
         self.codes_ = np.concatenate([self.codes_, codes])
         self._faiss_index = None
+        if self._has_lists:
+            self._set_lists(assignment)
         self._open()
         return self
 
@@ -560,13 +687,14 @@ default="auto"
         return self.shortlist_.to_packed(self.shortlist_.transform(Q))
 
     def _shortlist(self, Q, k2):
+        """Best ``k2`` rows of every query by the in-RAM codes, best first (PAD: -1)."""
         queries = self._shortlist_queries(Q)
         if self.shortlist_index == "hnsw":
             if self._faiss_index is None:
                 self._faiss_index = build_faiss_index(self.codes_, kind="hnsw")
             _, idx = self._faiss_index.search(np.ascontiguousarray(queries), k2)
             return idx.astype(np.int64)
-        if self.shortlist_metric_ == "hamming":
+        if self.shortlist_metric_ == "hamming" and self.shortlist_index == "exact":
             _, idx = search(
                 queries,
                 self.codes_,
@@ -576,41 +704,34 @@ default="auto"
                 batch_size=self.batch_size,
             )
             return idx
-        return self._code_shortlist(queries, k2)
-
-    def _code_shortlist(self, queries, k2):
-        """Best ``k2`` rows by float32 code similarity, best first.
-
-        :func:`skfusion.search.search` re-scores every candidate exactly in float64
-        (``2 * k2 * width`` values per query); a shortlist only needs the candidate
-        set, which the rescoring orders exactly, so float32 block products suffice.
-        """
-        est, metric = self.shortlist_, self.shortlist_metric_
-        Qv = est.code_vectors(queries) if metric == "codes" else queries
-        if self.shortlist_weights_ is not None:
-            Qv = Qv * self.shortlist_weights_
-        Qv = np.ascontiguousarray(Qv, dtype=np.float32)
-        m, width = Qv.shape
-        best_s = np.full((m, 0), -np.inf, dtype=np.float32)
-        best_i = np.zeros((m, 0), dtype=np.int64)
-        step = max(1, min(_BLOCK_VALUES // width, 4 * _BLOCK_VALUES // m))
-        for start in range(0, self.n_vectors_, step):
-            block = self.codes_[start : start + step]
-            D = (
-                est.inverse_transform(block)
-                if metric == "reconstruct"
-                else est.code_vectors(block)
-            )
-            S = Qv @ D.T
-            idx = np.broadcast_to(np.arange(start, start + S.shape[1]), S.shape)
-            best_s = np.concatenate([best_s, S], axis=1)
-            best_i = np.concatenate([best_i, idx], axis=1)
-            if best_s.shape[1] > k2:
-                part = np.argpartition(-best_s, k2 - 1, axis=1)[:, :k2]
-                best_s = np.take_along_axis(best_s, part, 1)
-                best_i = np.take_along_axis(best_i, part, 1)
-        order = np.lexsort((best_i, -best_s), axis=-1)
-        return np.take_along_axis(best_i, order, 1)
+        # Float32 code similarity: the rescoring orders the candidates exactly, so no
+        # float64 pass is needed here. Hamming of sign bits ranks as the inner
+        # product of their +-1 code vectors ("codes"), ties included.
+        metric = "codes" if self.shortlist_metric_ == "hamming" else self.shortlist_metric_
+        space = _engine.VectorSpace(
+            metric, queries, self.codes_, self.shortlist_, self.shortlist_weights_
+        )
+        m, n = space.Q.shape[0], self.n_vectors_
+        out = np.empty((m, k2), dtype=np.int64)
+        if self.shortlist_index == "ivf":
+            nprobe = self._check_nprobe()
+            order, offsets = self._inverted_lists()
+            # List-major: every probed list is decoded once per block of queries,
+            # whose score matrices stay within BLOCK_SCORES entries per list chunk.
+            chunk = max(1, min(self.batch_size, int(np.diff(offsets).max(initial=1))))
+            q_step = max(1, _engine.BLOCK_SCORES // chunk)
+            for s in range(0, m, q_step):
+                lists = _engine.probe_lists(Q[s : s + q_step], self.centroids_, nprobe)
+                Qb = space.Q[s : s + q_step]
+                out[s : s + q_step] = _engine.ivf_candidates(
+                    space, Qb, lists, order, offsets, k2, self.batch_size
+                )[1]
+            return out
+        q_step = max(1, _engine.BLOCK_SCORES // self.batch_size)
+        for s in range(0, m, q_step):
+            Qb = space.Q[s : s + q_step]
+            out[s : s + q_step] = _engine.candidates(space, Qb, n, k2, self.batch_size)[1]
+        return out
 
     def shortlist_search(self, queries, k=10):
         """The first stage alone: the ``k`` best rows by the in-RAM codes.
@@ -625,8 +746,8 @@ default="auto"
         Returns
         -------
         indices : ndarray of shape (n_queries, k), dtype int64
-            Best first by ``shortlist_metric_`` (ties by lower index for the exact
-            shortlist; -1 pads rows an HNSW search could not fill).
+            Best first by ``shortlist_metric_`` (ties by lower index for the exact and
+            IVF shortlists; -1 pads rows an HNSW or IVF search could not fill).
         """
         check_is_fitted(self, "codes_")
         if isinstance(k, bool) or not isinstance(k, Integral) or k < 1:
@@ -634,14 +755,6 @@ default="auto"
         if self.n_vectors_ == 0:
             raise ValueError("The index is empty: add vectors before searching.")
         return self._shortlist(self._vectors(queries, "queries"), min(k, self.n_vectors_))
-
-    def _rescore_vectors(self, rows):
-        if self.rescore_ is None:
-            D = np.asarray(rows, dtype=np.float32)
-            return _l2(D) if self.rescore_metric_ == "cosine" else D
-        if self.rescore_metric_ == "reconstruct":
-            return self.rescore_.inverse_transform(rows)
-        return self.rescore_.code_vectors(rows)
 
     def search(self, queries, k=10, *, oversample=None):
         """The best ``k`` rows for every query: shortlist on codes, rescore from disk.
@@ -661,7 +774,9 @@ default="auto"
             Rescoring similarities (exact float64 dot products of the float32 vectors
             :func:`skfusion.search.search` compares for ``rescore_metric_``).
         indices : ndarray of shape (n_queries, k), dtype int64
-            Rows in insertion order, best first; equal scores by lower index.
+            Rows in insertion order, best first; equal scores by lower index. -1 (score
+            ``-inf``) pads a query whose approximate shortlist ("hnsw", "ivf") found
+            fewer than ``k`` rows.
         """
         check_is_fitted(self, "codes_")
         oversample = self.oversample if oversample is None else oversample
@@ -674,27 +789,14 @@ default="auto"
         k = min(int(k), self.n_vectors_)
         k2 = min(self.n_vectors_, k * int(oversample))
         cand = self._shortlist(Q, k2)
-        Qr = Q * self.rescore_weights_ if self.rescore_weights_ is not None else Q
-        if self.rescore_metric_ == "cosine":
-            Qr = _l2(Qr)
-        m = Q.shape[0]
-        out_s = np.empty((m, k), dtype=np.float64)
-        out_i = np.empty((m, k), dtype=np.int64)
-        step = max(1, _BLOCK_VALUES // (k2 * self.n_features_in_))
-        for s in range(0, m, step):
-            ci = cand[s : s + step]
-            valid = ci >= 0  # faiss pads missing neighbours with -1
-            flat = np.where(valid, ci, 0).ravel()
-            order = np.argsort(flat, kind="stable")  # read the memmap in file order
-            rows = np.empty((flat.size, self.n_features_in_), dtype=np.float32)
-            rows[order] = self._rescore_vectors(self.rescore_rows_[flat[order]])
-            D = rows.reshape(ci.shape[0], k2, -1).astype(np.float64)
-            scores = (Qr[s : s + step, None, :].astype(np.float64) * D).sum(axis=-1)
-            scores[~valid] = -np.inf
-            best = np.lexsort((ci, -scores), axis=-1)[:, :k]
-            out_s[s : s + step] = np.take_along_axis(scores, best, 1)
-            out_i[s : s + step] = np.take_along_axis(ci, best, 1)
-        return out_s, out_i
+        space = _engine.VectorSpace(
+            self.rescore_metric_,
+            Q,
+            self.rescore_rows_,
+            self.rescore_,
+            self.rescore_weights_,
+        )
+        return _engine.score_candidates(space, space.Q, cand, k)
 
     # -- persistence --------------------------------------------------------------
     def save(self, path):
@@ -745,6 +847,10 @@ default="auto"
                 for name in ("shortlist_weights", "rescore_weights"):
                     if getattr(self, name + "_") is not None:
                         arrays[name] = getattr(self, name + "_")
+                if self._has_lists:
+                    arrays["ivf_centroids"] = self.centroids_
+                    arrays["ivf_order"] = self._ivf_order
+                    arrays["ivf_offsets"] = self._ivf_offsets
                 files["arrays"] = f"arrays-{version}.npz"
                 write_atomically(path / files["arrays"], lambda f: np.savez(f, **arrays))
                 files["rows"] = rows_name
@@ -764,6 +870,16 @@ default="auto"
                         )
                     },
                 }
+                if self.shortlist_index == "ivf" or self._has_lists:
+                    # (Only then, so that other indexes stay readable by older
+                    # versions.) random_state only matters to a refit; a RandomState
+                    # instance cannot be written as JSON and is saved as None.
+                    rs = self.random_state
+                    meta.update(
+                        nlist=self.nlist,
+                        nprobe=self.nprobe,
+                        random_state=rs if rs is None or isinstance(rs, int) else None,
+                    )
                 payload = json.dumps(meta, indent=1).encode()
                 write_atomically(path / "meta.json", lambda f: f.write(payload))
             except BaseException:
@@ -815,6 +931,11 @@ default="auto"
                     for n in ("shortlist_weights", "rescore_weights")
                     if n in arrays
                 }
+                lists = {
+                    n: arrays[n]
+                    for n in ("ivf_centroids", "ivf_order", "ivf_offsets")
+                    if n in arrays
+                }
             steps = {
                 name: (
                     load(path / files[name], trusted_members=trusted_members)
@@ -848,6 +969,8 @@ default="auto"
             index._owned = False
             index.codes_ = codes
             index._faiss_index = None
+            if lists:
+                index._load_lists(path, **lists)
             index._open()  # checks the file size against the codes; maps it read-only
         return index
 
@@ -940,7 +1063,7 @@ def build_faiss_index(
     >>> ids.ravel()
     array([0, 1])
     """
-    faiss = _faiss()
+    faiss = _engine.require_faiss("build_faiss_index")
     X = np.asarray(X)
     if X.ndim != 2 or X.shape[0] == 0:
         raise ValueError(f"X must be a non-empty 2-D array, got shape {X.shape}.")
@@ -1016,7 +1139,7 @@ def save_faiss_index(index, path):
     >>> load_faiss_index(path).ntotal
     500
     """
-    faiss = _faiss()
+    faiss = _engine.require_faiss("save_faiss_index")
     write = (
         faiss.write_index_binary
         if isinstance(index, faiss.IndexBinary)
@@ -1050,7 +1173,7 @@ def load_faiss_index(path):
     >>> ids.tolist()
     [[2]]
     """
-    faiss = _faiss()
+    faiss = _engine.require_faiss("load_faiss_index")
     path = os.fspath(path)
     if not Path(path).is_file():
         raise FileNotFoundError(f"No such faiss index file: {path!r}.")

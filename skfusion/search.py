@@ -10,10 +10,11 @@ codes); the estimator says which metrics its codes support and what each code st
 for. faiss, when installed, computes the candidate lists where it is faster; every
 result is then re-scored exactly, so both paths return identical scores and indices.
 
-The parts, each usable alone: :func:`_resolve_metric` (which metric a pair of inputs
-and an estimator imply), :func:`_hamming_search` (exact Hamming top-k),
-:class:`_VectorSpace` + :func:`_candidates` (float32 candidate lists for float and code
-metrics) and :func:`_rescore` (exact float64 re-scoring of the candidates).
+The metric resolution (:func:`_resolve_metric`: which metric a pair of inputs and an
+estimator imply) and the exact Hamming top-k (:func:`_hamming_search`) live here; the
+float and code metrics run on the scoring engine shared with
+:class:`~skfusion.index.CodeIndex` (``skfusion._engine``: a vector space, float32
+candidate lists, exact float64 re-scoring).
 """
 
 from numbers import Integral, Real
@@ -22,23 +23,19 @@ import numpy as np
 from scipy import sparse
 from sklearn.utils.validation import check_is_fitted
 
+from . import _engine
 from ._compat import Interval, StrOptions, validate_params
+
+# The engine's parts under the names this module's tests have always imported.
+from ._engine import VectorSpace as _VectorSpace  # noqa: F401
+from ._engine import candidates as _candidates  # noqa: F401
+from ._engine import rescore as _rescore  # noqa: F401
+from ._engine import top_block as _top_block  # noqa: F401
 from .codes import BaseCodeTransformer, BaseQuantizer
 
 __all__ = ["search", "spread_weights"]
 
 _METRICS = ("auto", "cosine", "ip", "hamming", "codes", "asymmetric", "reconstruct")
-_CODE_METRICS = ("codes", "asymmetric", "reconstruct")
-# Score-matrix entries per block (16 MiB of float32 scores).
-_BLOCK_SCORES = 1 << 22
-
-
-def _faiss():
-    try:
-        import faiss
-    except ImportError:  # pragma: no cover - depends on the environment
-        return None
-    return faiss
 
 
 def _check_rows(name, X):
@@ -63,11 +60,6 @@ def _check_rows(name, X):
 
 def _is_float(X):
     return np.issubdtype(X.dtype, np.floating)
-
-
-def _check_finite(name, X):
-    if not np.isfinite(X).all():
-        raise ValueError(f"{name} contains NaN or infinity; search needs finite rows.")
 
 
 def _resolve_metric(metric, queries, database, quantizer):
@@ -111,7 +103,7 @@ def _resolve_metric(metric, queries, database, quantizer):
             f"metric='hamming' needs packed uint8 (or bool) bits for queries and "
             f"database, got {queries.dtype} and {database.dtype}."
         )
-    if metric in _CODE_METRICS:
+    if metric in _engine.CODE_METRICS:
         if quantizer is None:
             raise ValueError(
                 f"metric={metric!r} needs the fitted quantizer that made the "
@@ -129,214 +121,6 @@ def _resolve_metric(metric, queries, database, quantizer):
         if metric != "codes" and not qf:
             raise TypeError(f"metric={metric!r} needs float queries, got {queries.dtype}.")
     return metric
-
-
-def _exact_dot(Q, D):
-    """Float64 scores of row pairs: elementwise products summed along the last axis.
-
-    Products of float32 values are exact in float64 and numpy sums each contiguous
-    last-axis row the same way whatever the number of rows, so a pair's score does not
-    depend on batching or on which path found it.
-    """
-    return (Q * D).sum(axis=-1)
-
-
-def _select(scores, idx, k):
-    """Best ``k`` of each row by (score descending, index ascending)."""
-    order = np.lexsort((idx, -scores), axis=-1)[:, :k]
-    return np.take_along_axis(scores, order, 1), np.take_along_axis(idx, order, 1)
-
-
-def _merge(best_s, best_i, s, i, k):
-    return _select(np.concatenate([best_s, s], 1), np.concatenate([best_i, i], 1), k)
-
-
-def _top_block(S, k, ties=True):
-    """The ``k`` best entries of each row of ``S``, in no particular order.
-
-    With ``ties=True`` the best by (score desc, index asc): ``argpartition`` alone
-    picks arbitrary entries among those tied with the ``k``-th score, so rows where it
-    left out a tied entry are redone with the lowest indices, which makes the result
-    independent of how the database was cut into blocks. ``ties=False`` skips that pass
-    (for candidate lists whose boundary ties are re-checked exactly anyway).
-    """
-    n = S.shape[1]
-    if n <= k:
-        return S, np.broadcast_to(np.arange(n), S.shape)
-    part = np.argpartition(S, n - k, axis=1)[:, n - k :]
-    vals = np.take_along_axis(S, part, 1)
-    if not ties:
-        return vals, part
-    kth = vals.min(axis=1, keepdims=True)
-    dropped = (S == kth).sum(axis=1) > (vals == kth).sum(axis=1)
-    rows = np.flatnonzero(dropped)
-    if rows.size:
-        sub, t = S[rows], kth[rows]
-        need = k - (sub > t).sum(axis=1)  # tied entries each such row keeps
-        r, c = np.nonzero(sub == t)  # row-major: each row's tied columns, ascending
-        rank = np.arange(r.size) - np.searchsorted(r, np.arange(rows.size))[r]
-        lowest = rank < need[r]  # each row's `need` lowest tied columns
-        above = np.nonzero(sub > t)
-        owner = np.concatenate([above[0], r[lowest]])
-        cols = np.concatenate([above[1], c[lowest]])
-        cols = cols[np.argsort(owner, kind="stable")].reshape(rows.size, k)
-        part[rows] = cols
-        vals[rows] = np.take_along_axis(sub, cols, 1)
-    return vals, part
-
-
-class _VectorSpace:
-    """Turns queries and database rows into float32 vectors whose dot is the score.
-
-    Float metrics use the rows themselves; code metrics ask the estimator: the
-    symmetric and asymmetric metrics compare its ``code_vectors`` (each code replaced
-    by its ``code_values_`` entry), "reconstruct" its ``inverse_transform``.
-    """
-
-    def __init__(self, metric, queries, database, quantizer, weights, normalize=False):
-        self.metric = metric
-        self.database = database
-        self.quantizer = quantizer
-        self.normalize = normalize and metric != "cosine"
-        self.weights = weights
-        self.exact32 = False
-        if metric in _CODE_METRICS:
-            table = quantizer.code_values_
-            top = float(np.abs(table).max()) if table.size else 0.0
-            # Half-integer code values (centred codes) whose dot products stay below
-            # 2**22 make float32 products and sums exact: no rounding slack needed.
-            self.exact32 = (
-                metric == "codes"
-                and weights is None
-                and not self.normalize
-                and bool(np.all(table * 2 == np.round(table * 2)))
-                and table.shape[0] * top**2 * 4 < 2**22
-            )
-        self.Q = self._queries(queries)
-
-    def _queries(self, queries):
-        if self.metric == "codes":
-            Q = self.quantizer.code_vectors(queries)
-        else:
-            Q = np.array(queries, dtype=np.float32)
-            if self.metric == "cosine":
-                Q = _l2(Q)
-        if self.weights is not None:
-            Q *= self.weights
-        if self.normalize:
-            Q = _l2(Q)
-        return np.ascontiguousarray(Q)
-
-    def rows(self, index):
-        """Transformed float32 database rows (a slice or an index array)."""
-        rows = self.database[index]
-        if self.metric in ("cosine", "ip"):
-            D = np.asarray(rows, dtype=np.float32)
-            # Checked block by block as read, so a memmap is never loaded whole.
-            _check_finite("database", D)
-            if self.metric == "cosine" or self.normalize:
-                return _l2(D)
-            return np.ascontiguousarray(D)
-        if self.metric == "reconstruct":
-            D = self.quantizer.inverse_transform(rows)
-        else:
-            D = self.quantizer.code_vectors(rows)
-        return _l2(D) if self.normalize else D
-
-
-def _l2(X):
-    norms = np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float32))
-    return np.ascontiguousarray(X / np.maximum(norms, np.float32(1e-30))[:, None])
-
-
-def _candidates(space, Qb, n_db, k2, db_step, faiss, ties):
-    """Best ``k2`` database rows of every query by float32 score.
-
-    With ``ties=True`` (numpy only) equal scores at the boundary go to the lower index.
-    Returns the float32 scores, the indices (both best first) and the largest
-    absolute database value seen (for the rounding bound of :func:`_rescore`).
-    """
-    m = Qb.shape[0]
-    cand_s = np.full((m, 0), -np.inf, dtype=np.float32)
-    cand_i = np.zeros((m, 0), dtype=np.int64)
-    dmax = 0.0
-    for ds in range(0, n_db, db_step):
-        D = space.rows(slice(ds, ds + db_step))
-        dmax = max(dmax, float(np.abs(D).max()))
-        if faiss is not None:
-            s, i = faiss.knn(Qb, D, min(k2, D.shape[0]), faiss.METRIC_INNER_PRODUCT)
-            i = i.astype(np.int64)
-        else:
-            S = Qb @ D.T
-            if cand_s.shape[1] == k2:
-                # Prune: only entries above the current k2-th best can enter.
-                keep = (S > cand_s[:, -1:]).any(axis=1)
-                if not keep.any():
-                    continue
-            s, i = _top_block(S, k2, ties=ties)
-        cand_s, cand_i = _merge(cand_s, cand_i, s, i + ds, k2)
-    return cand_s, cand_i, dmax
-
-
-def _rescore(space, Qb, cand_s, cand_i, dmax, n_db, k, batch_size, tie_exact=False):
-    """Exact float64 top-``k`` from float32 candidates.
-
-    A row outside the candidates has a float32 score at most the last candidate's, so
-    its exact score is at most that plus the float32 error bound; a query whose k-th
-    exact score is within that bound (ties included) is re-scored over the whole
-    database. ``tie_exact=True`` says the float32 scores are exact and the candidates
-    took boundary ties by lower index: then no row outside them can enter the top
-    ``k``, and nothing is re-scored.
-    """
-    m, k2 = cand_i.shape
-    Q64 = Qb.astype(np.float64)
-    D64 = space.rows(cand_i.ravel()).astype(np.float64).reshape(m, k2, -1)
-    best_s, best_i = _select(_exact_dot(Q64[:, None, :], D64), cand_i, k)
-    if k2 < n_db and not tie_exact:
-        tol = 0.0
-        if not space.exact32:
-            tol = 4.0 * Qb.shape[1] * 2.0**-24 * np.abs(Qb).sum(axis=1) * dmax
-        risky = np.flatnonzero(cand_s[:, -1] + tol >= best_s[:, -1] - tol)
-        for r in risky:
-            best_s[r], best_i[r] = _exact_row(space, Q64[r], n_db, k, batch_size)
-    return best_s, best_i
-
-
-def _float_search(space, n_db, k, batch_size, faiss):
-    """Exact top-``k`` of every query for the float and code metrics."""
-    Q = space.Q
-    m_all = Q.shape[0]
-    k2 = min(n_db, k + max(k, 16))
-    q_step = max(1, min(m_all, _BLOCK_SCORES // batch_size))
-    db_step = batch_size
-    if faiss is not None:
-        # faiss returns only (m, k2) per call and tiles its own score matrix: give it
-        # all queries and larger database blocks (at most ~64 MiB of float32 rows).
-        q_step = m_all
-        db_step = max(batch_size, (1 << 24) // max(Q.shape[1], 1))
-    out_s = np.empty((m_all, k), dtype=np.float64)
-    out_i = np.empty((m_all, k), dtype=np.int64)
-    for qs in range(0, m_all, q_step):
-        Qb = Q[qs : qs + q_step]
-        # Exact float32 scores (centred codes) with lower-index ties need no
-        # exact fallback; otherwise near-ties at the boundary are re-scored exactly.
-        tie_exact = space.exact32 and faiss is None
-        cand_s, cand_i, dmax = _candidates(space, Qb, n_db, k2, db_step, faiss, tie_exact)
-        best = _rescore(space, Qb, cand_s, cand_i, dmax, n_db, k, batch_size, tie_exact)
-        out_s[qs : qs + Qb.shape[0]], out_i[qs : qs + Qb.shape[0]] = best
-    return out_s, out_i
-
-
-def _exact_row(space, q64, n_db, k, batch_size):
-    """Exact top-k of one query by float64 scoring of every database row."""
-    best_s = np.zeros((1, 0))
-    best_i = np.zeros((1, 0), dtype=np.int64)
-    for ds in range(0, n_db, batch_size):
-        D64 = space.rows(slice(ds, ds + batch_size)).astype(np.float64)
-        s = _exact_dot(q64[None, :], D64)[None, :]
-        top_s, top_i = _top_block(s, k, ties=True)
-        best_s, best_i = _merge(best_s, best_i, top_s, top_i + ds, k)
-    return best_s[0], best_i[0]
 
 
 def _as_words(bits):
@@ -361,7 +145,7 @@ def _hamming_numpy(Q, database, k, batch_size):
     """Exact Hamming top-k: (distance, index) packed in one int64 key per pair."""
     n_db = database.shape[0]
     Qw = _as_words(Q)
-    q_step = max(1, min(Q.shape[0], _BLOCK_SCORES // batch_size))
+    q_step = max(1, min(Q.shape[0], _engine.BLOCK_SCORES // batch_size))
     out_d = np.empty((Q.shape[0], k), dtype=np.int64)
     out_i = np.empty((Q.shape[0], k), dtype=np.int64)
     for qs in range(0, Q.shape[0], q_step):
@@ -391,7 +175,7 @@ def _hamming_faiss(Q, database, k, batch_size, faiss):
     for ds in range(0, n_db, step):
         block = np.ascontiguousarray(database[ds : ds + step])
         d, i = faiss.knn_hamming(Qc, block, min(k2, block.shape[0]))
-        cand_d, cand_i = _merge(
+        cand_d, cand_i = _engine.merge(
             -cand_d, cand_i, -d.astype(np.int64), i.astype(np.int64) + ds, k2
         )
         cand_d = -cand_d
@@ -643,9 +427,10 @@ def search(
     for name, value in (("k", k), ("batch_size", batch_size)):
         if isinstance(value, (bool, np.bool_)):
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    faiss = None if use_faiss is False else _faiss()
-    if use_faiss is True and faiss is None:
-        raise ImportError("use_faiss=True but faiss is not installed (faiss-cpu).")
+    if use_faiss is True:
+        faiss = _engine.require_faiss("use_faiss=True")
+    else:
+        faiss = None if use_faiss is False else _engine.get_faiss()
     queries = _check_rows("queries", queries)
     database = _check_rows("database", database)
     if quantizer is not None:
@@ -653,7 +438,7 @@ def search(
     metric = _resolve_metric(metric, queries, database, quantizer)
     k = min(int(k), database.shape[0])
     if _is_float(queries):
-        _check_finite("queries", queries)
+        _engine.check_finite("queries", queries)
     if metric == "hamming":
         if weights is not None:
             raise ValueError("weights are not supported with metric='hamming'.")
@@ -663,8 +448,8 @@ def search(
             queries, database, k, quantizer=quantizer, batch_size=batch_size, faiss=faiss
         )
     weights = _check_weights(weights, _check_widths(metric, queries, database, quantizer))
-    space = _VectorSpace(metric, queries, database, quantizer, weights, normalize)
+    space = _engine.VectorSpace(metric, queries, database, quantizer, weights, normalize)
     # For float scores numpy's BLAS product is as fast as faiss.knn here (see
     # benchmarks/results/search_speed.md): faiss only when asked for explicitly.
     faiss = faiss if use_faiss is True else None
-    return _float_search(space, database.shape[0], k, batch_size, faiss)
+    return _engine.float_search(space, database.shape[0], k, batch_size, faiss)

@@ -483,3 +483,194 @@ def test_a_copy_writes_its_own_file_and_the_original_keeps_its_own(data, tmp_pat
     path = Path(index.rescore_rows_.filename)
     del index
     assert not path.exists()  # the private working file goes with its index
+
+
+# -- one engine: CodeIndex and search() agree --------------------------------------
+@pytest.mark.parametrize("shortlist_index", ["exact", "ivf"])
+@pytest.mark.parametrize(
+    "rescore, metric, weighted",
+    [
+        ("float32", "cosine", False),
+        ("float32", "cosine", True),
+        ("float16", "ip", True),
+        (PercentileQuantizer(bits=4), "asymmetric", False),
+        (PercentileQuantizer(bits=4), "reconstruct", True),
+    ],
+)
+def test_index_and_search_agree_exactly(
+    data, tmp_path, rescore, metric, weighted, shortlist_index
+):
+    # Covering oversample: the rescoring sees every row, so CodeIndex must give
+    # search()'s scores and indices to the bit, weights included.
+    calib, db = data
+    w = np.linspace(0.2, 2.0, db.shape[1]).astype(np.float32) if weighted else None
+    index = CodeIndex(
+        PercentileQuantizer(bits=1, pack=True),
+        rescore,
+        rescore_metric=metric,
+        rescore_weights=w,
+        shortlist_index=shortlist_index,
+        nlist=8,
+        nprobe=3,
+        random_state=0,
+        directory=tmp_path,
+    ).fit(calib)
+    index.add(db[:500]).add(db[500:])
+    if isinstance(rescore, str):
+        fine, quantizer = db.astype(rescore).astype(np.float32), None
+    else:
+        fine, quantizer = index.rescore_.transform(db), index.rescore_
+    ref = search(calib[:40], fine, 10, metric=metric, quantizer=quantizer, weights=w)
+    if shortlist_index == "ivf":
+        index.set_params(nprobe=8)  # every list: the whole index
+    got = index.search(calib[:40], 10, oversample=db.shape[0])
+    np.testing.assert_array_equal(got[1], ref[1])
+    np.testing.assert_array_equal(got[0], ref[0])
+
+
+# -- the IVF shortlist --------------------------------------------------------------
+@pytest.mark.parametrize(
+    "shortlist",
+    [
+        PercentileQuantizer(bits=1, pack=True),  # "codes": exact float32 scores
+        AllocatedQuantizer(bit_budget=64),  # "asymmetric"
+        RandomProjectionLSH(64, random_state=0),  # "hamming"
+    ],
+    ids=["percentile", "allocated", "lsh"],
+)
+def test_ivf_probing_every_list_is_the_exact_shortlist(data, shortlist):
+    calib, db = data
+    exact = CodeIndex(shortlist, "float32").fit(calib).add(db)
+    ivf = CodeIndex(shortlist, "float32", shortlist_index="ivf", nlist=12, nprobe=12)
+    ivf.fit(calib).add(db[:400]).add(db[400:])
+    assert ivf.nlist_ == 12 and ivf.centroids_.shape == (12, db.shape[1])
+    np.testing.assert_array_equal(ivf.codes_, exact.codes_)
+    np.testing.assert_array_equal(
+        ivf.shortlist_search(calib[:30], 60), exact.shortlist_search(calib[:30], 60)
+    )
+    for a, b in zip(ivf.search(calib[:30], 10), exact.search(calib[:30], 10), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_ivf_recall_improves_with_nprobe_and_nprobe_applies_after_fit(data):
+    calib, db = data
+    _, truth = search(calib, db, 10)
+    index = CodeIndex(
+        AllocatedQuantizer(bit_budget=64),
+        "float32",
+        shortlist_index="ivf",
+        nlist=16,
+        nprobe=1,
+        random_state=0,
+    )
+    index.fit(calib).add(db)
+    recalls = []
+    for nprobe in (1, 4, 16):
+        index.set_params(nprobe=nprobe)  # no refit: read at search time
+        recalls.append(_recall(index.search(calib, 10)[1], truth))
+    exact = CodeIndex(AllocatedQuantizer(bit_budget=64), "float32").fit(calib).add(db)
+    assert recalls[0] < recalls[1] < recalls[2]
+    assert recalls[2] == _recall(exact.search(calib, 10)[1], truth) > 0.9
+    # Rows are filed once each, by their float vector; RAM adds a 4-byte row number.
+    order, offsets = index._inverted_lists()
+    np.testing.assert_array_equal(np.sort(order), np.arange(len(db)))
+    assert offsets[-1] == len(db) and index.ram_bytes_per_vector_ == 8 + 4
+
+
+def test_ivf_pads_queries_whose_lists_hold_too_few_rows(data):
+    calib, db = data
+    index = CodeIndex(
+        PercentileQuantizer(bits=1, pack=True),
+        shortlist_index="ivf",
+        nlist=20,
+        nprobe=1,
+        random_state=0,
+    )
+    index.fit(calib).add(db[:40])
+    idx = index.shortlist_search(calib[:10], 40)
+    scores, found = index.search(calib[:10], 40, oversample=1)
+    assert (idx == -1).any()  # no single list holds all 40 rows
+    np.testing.assert_array_equal(found == -1, idx == -1)
+    assert np.isneginf(scores[found == -1]).all() and np.isfinite(scores[found >= 0]).all()
+    for row in idx:  # real rows first, each once
+        real = row[row >= 0]
+        assert len(set(real)) == len(real) and (row[len(real) :] == -1).all()
+
+
+def test_ivf_save_load_round_trips_the_lists_without_pickle(data, tmp_path):
+    calib, db = data
+    index = CodeIndex(
+        AllocatedQuantizer(bit_budget=64),
+        "float16",
+        shortlist_index="ivf",
+        nlist=10,
+        nprobe=2,
+        random_state=0,
+    )
+    index.fit(calib).add(db[:600])
+    index.save(tmp_path / "saved")
+    with np.load(_rows_file(tmp_path / "saved", "arrays"), allow_pickle=False) as arrays:
+        np.testing.assert_array_equal(arrays["ivf_centroids"], index.centroids_)
+        assert arrays["ivf_order"].dtype == np.int32
+    loaded = CodeIndex.load(tmp_path / "saved")
+    assert (loaded.shortlist_index, loaded.nlist_, loaded.nprobe) == ("ivf", 10, 2)
+    for a, b in zip(loaded.search(calib, 10), index.search(calib, 10), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # Both grow the same way, and the loaded one keeps filing new rows in its lists.
+    loaded.add(db[600:]).set_params(nprobe=5)
+    index.add(db[600:]).set_params(nprobe=5)
+    for a, b in zip(loaded.search(calib, 10), index.search(calib, 10), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # Lists that do not match the codes are refused.
+    path = _rows_file(tmp_path / "saved", "arrays")
+    with np.load(path) as arrays:
+        broken = dict(arrays)
+    broken["ivf_order"] = broken["ivf_order"][::-1].copy()
+    broken["ivf_order"][0] = broken["ivf_order"][1]
+    with open(path, "wb") as f:
+        np.savez(f, **broken)
+    with pytest.raises(ValueError, match="IVF lists do not match"):
+        CodeIndex.load(tmp_path / "saved")
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"nlist": 0}, "'nlist' parameter"),
+        ({"nprobe": 0}, "'nprobe' parameter"),
+        ({"nlist": 301}, "nlist=301 exceeds the 300 rows"),
+        ({"nlist": 4, "nprobe": 5}, "nprobe=5 exceeds the nlist_=4"),
+    ],
+)
+def test_ivf_bad_nlist_or_nprobe_at_fit(data, params, match):
+    calib, _ = data
+    index = CodeIndex(PercentileQuantizer(bits=1, pack=True), shortlist_index="ivf")
+    with pytest.raises(ValueError, match=match):
+        index.set_params(**params).fit(calib)
+
+
+def test_ivf_bad_nprobe_after_fit_and_training_rows(data):
+    calib, db = data
+    q = PercentileQuantizer(bits=1, pack=True)
+    index = CodeIndex(q, shortlist_index="ivf", nlist=4, nprobe=2).fit(calib).add(db)
+    for nprobe, match in ((5, "nprobe=5 exceeds the nlist_=4"), (1.5, "positive integer")):
+        with pytest.raises(ValueError, match=match):
+            index.set_params(nprobe=nprobe).search(calib[:2])
+    # Lists are trained on the rows fit receives: prefit steps still need X.
+    q.fit(calib)
+    with pytest.raises(ValueError, match="trains its lists on the rows passed to fit"):
+        CodeIndex(q, shortlist_index="ivf", prefit=True).fit()
+    index = CodeIndex(q, shortlist_index="ivf", nlist=4, nprobe=4, prefit=True)
+    assert index.fit(calib).shortlist_ is q and index.nlist_ == 4
+    with pytest.raises(ValueError, match="X has 5 columns"):
+        index.fit(calib[:, :5])
+    pipe = make_pipeline(StandardScaler(), PercentileQuantizer(bits=1, pack=True)).fit(
+        calib
+    )
+    index = CodeIndex.from_pipeline(pipe, shortlist_index="ivf", nlist=4, nprobe=4, X=calib)
+    _, idx = index.add(db).search(db[:5], 1, oversample=20)
+    np.testing.assert_array_equal(idx.ravel(), np.arange(5))
+    # shortlist_index="ivf" set after fit: the lists were never trained.
+    index = CodeIndex(q, "float32").fit(calib).add(db).set_params(shortlist_index="ivf")
+    with pytest.raises(ValueError, match="set after fit"):
+        index.search(calib[:2])

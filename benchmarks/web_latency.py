@@ -285,7 +285,7 @@ def main():
         f"({onnx_overlap:.3f}).",
         "",
         f"What this benchmark timed before as the Python side, `encode` + "
-        f"`skfusion.search` (which decodes and normalises all {n} corpus codes again "
+        f"`skfusion.search` (which unpacks and decodes all {n} corpus codes again "
         f"for every query): median {before['total']:.1f} ms, of which search "
         f"{before['search']:.1f} ms.",
         "",

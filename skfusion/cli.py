@@ -577,8 +577,9 @@ def _export_web(args):
     if not texts:
         raise CLIError(f"--corpus: {args.corpus} holds no texts.")
     export_web(
-        model, args.outdir, texts, ids=ids, node_modules=args.node_modules, force=args.force
-    )
+        model, args.outdir, texts, ids=ids, node_modules=args.node_modules,
+        title=args.title, force=args.force,
+    )  # fmt: skip
     print(f"wrote {args.outdir}; serve it with: python -m http.server -d {args.outdir}")
     return 0
 
@@ -764,6 +765,11 @@ def build_parser():
         "--node-modules",
         help="npm folder with onnxruntime-web and @huggingface/transformers "
         "(default: $SKFUSION_NODE_MODULES, then ./node_modules)",
+    )
+    web.add_argument(
+        "--title",
+        default="skfusion search",
+        help="the page's title and heading (shown as text, never as HTML)",
     )
     web.add_argument("--trust-pickle", action="store_true", help=_TRUST_PICKLE_HELP)
     web.add_argument(

@@ -18,7 +18,8 @@ from skfusion import (
     RandomProjectionLSH,
 )
 from skfusion.datasets import load_sample_passages
-from skfusion.onnx import to_onnx
+from skfusion.evaluation import encode
+from skfusion.onnx import ExportedPipeline, export_pipeline, to_onnx
 from skfusion.onnx.members import (
     UnsupportedMemberError,
     embed,
@@ -291,3 +292,103 @@ def test_embedder_members_export_and_non_st_members_are_named(
     lexical = ConcatEmbedder([("a", tiny_model_paths[0]), ("words", TfidfVectorizer())])
     with pytest.raises(UnsupportedMemberError, match="member 'words'"):
         export_members(lexical.fit(tiny_corpus), tmp_path / "x")
+
+
+# -- the whole pipeline: export_pipeline + ExportedPipeline ------------------------------
+
+_HEADS = {
+    "percentile-packed": [("quant", PercentileQuantizer(bits=2, pack=True))],
+    "allocated-unpacked": [("quant", AllocatedQuantizer(bit_budget=50, random_state=0))],
+    "lsh-packed": [("lsh", RandomProjectionLSH(64, random_state=0))],
+    "lsh-unpacked": [("lsh", RandomProjectionLSH(40, pack=False, random_state=0))],
+    "decoder-floats": [
+        ("dec", MatryoshkaDecoder(16, (8, 16), max_epochs=2, random_state=0))
+    ],
+    "decoder-codes": [
+        ("dec", MatryoshkaDecoder(16, (8, 16), max_epochs=2, random_state=0)),
+        ("quant", PercentileQuantizer(bits=3, pack=True)),
+    ],
+}
+
+
+def _expected_scores(pipe, queries, docs, k):
+    """What skfusion.search returns for this head, as the similarity in [-1, 1]."""
+    from skfusion.search import search
+
+    q, d = encode(pipe, queries, "query"), encode(pipe, docs, "document")
+    last = pipe[-1]
+    if isinstance(last, RandomProjectionLSH):
+        bits = [np.packbits(x, axis=1) if x.dtype == bool else x for x in (q, d)]
+        agree, idx = search(*bits, k, quantizer=last)
+        return 1.0 - 2.0 * (last.n_bits_ - agree) / last.n_bits_, idx
+    if isinstance(last, (PercentileQuantizer, AllocatedQuantizer)):
+        return search(q, d, k, quantizer=last, normalize=True)
+    return search(q, d, k)
+
+
+@pytest.mark.parametrize("head", list(_HEADS), ids=list(_HEADS))
+def test_exported_pipeline_runs_the_folder_as_the_pipeline(
+    head, tiny_model_paths, tiny_prompted_model_path, tiny_corpus, tmp_path
+):
+    from sklearn.base import clone
+    from sklearn.pipeline import Pipeline
+
+    members = [
+        ("a", tiny_model_paths[0]),
+        ("b", tiny_model_paths[1]),
+        ("p", tiny_prompted_model_path),  # "query: " / "passage: " prompts
+    ]
+    steps = [(n, clone(s)) for n, s in _HEADS[head]]
+    embedder = ConcatEmbedder(members, weights=[1.0, 0.5, 0.7])
+    pipe = Pipeline([("embed", embedder), *steps]).fit(tiny_corpus)
+    docs = [t for t in tiny_corpus if t]
+    config = export_pipeline(pipe, tmp_path / "x", docs)
+    assert [m["prompts"] for m in config["members"]][2] == {
+        "query": "query: ",
+        "document": "passage: ",
+    }
+    exported = ExportedPipeline(tmp_path / "x", n_threads=1)
+    for role in ("query", "document"):
+        got = exported.transform(tiny_corpus, role)
+        expected = encode(pipe, tiny_corpus, role)
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        if expected.dtype.kind == "f":
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+        else:
+            np.testing.assert_array_equal(got, expected)  # bit for bit
+    queries = ["web server", "image editor", "version control", "ünïcödé 漢字"]
+    scores, idx = exported.search(queries, k=7)
+    expected_scores, expected_idx = _expected_scores(pipe, queries, docs, 7)
+    np.testing.assert_array_equal(idx, expected_idx)
+    np.testing.assert_allclose(scores, expected_scores, rtol=0, atol=1e-6)
+    assert scores.dtype == np.float64 and (np.abs(scores) <= 1 + 1e-6).all()
+    assert exported.ids == [str(i) for i in range(len(docs))]
+
+
+def test_exported_pipeline_says_what_it_cannot_do(tiny_model_paths, tiny_corpus, tmp_path):
+    from sklearn.pipeline import Pipeline
+
+    with pytest.raises(FileNotFoundError, match="export_pipeline"):
+        ExportedPipeline(tmp_path)
+    pipe = Pipeline(
+        [("embed", ConcatEmbedder([tiny_model_paths[0]])), ("q", PercentileQuantizer(2))]
+    ).fit(tiny_corpus)
+    export_pipeline(pipe, tmp_path / "no-corpus")
+    exported = ExportedPipeline(tmp_path / "no-corpus")
+    assert exported.transform(["vim"], "query").shape == (1, 32)
+    with pytest.raises(ValueError, match="holds no corpus"):
+        exported.search(["vim"])
+    with pytest.raises(ValueError, match="role"):
+        exported.transform(["vim"], "passage")
+    export_pipeline(pipe, tmp_path / "corpus", tiny_corpus[:5], force=True)
+    exported = ExportedPipeline(tmp_path / "corpus")
+    for blank in ("", "  \t"):
+        with pytest.raises(ValueError, match=r"texts\[1\] is empty"):
+            exported.search(["vim", blank])
+    with pytest.raises(TypeError, match="one string"):
+        exported.transform("vim")
+    # a folder of other files is refused, as export_web refuses it
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="force=True"):
+        export_pipeline(pipe, tmp_path / "mine")

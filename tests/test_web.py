@@ -6,7 +6,6 @@ them. When one is missing the tests fail, saying what to install; only an explic
 ``SKFUSION_SKIP_BROWSER_TESTS=1`` (never honoured under ``CI=true``) skips them.
 """
 
-import importlib.util
 import json
 import os
 import shutil
@@ -26,6 +25,7 @@ from skfusion import (
 from skfusion.cli import main
 from skfusion.datasets import load_sample
 from skfusion.evaluation import encode
+from skfusion.onnx import ExportedPipeline
 from skfusion.onnx.members import embed
 from skfusion.persistence import dump
 from skfusion.quantize import pack_codes, unpack_codes
@@ -152,6 +152,30 @@ def test_export_web_writes_a_self_contained_folder(
         assert (out / "vendor" / name).is_file()
 
 
+def test_export_web_title_sets_the_page_title_as_text(
+    tmp_path, tiny_model_file, tiny_corpus, node_modules, capsys
+):
+    model_file, pipe = tiny_model_file
+    corpus = _write_corpus(tmp_path / "c.jsonl", ["a", "b"], tiny_corpus[:2])
+    title = 'Debian <script>alert("x")</script> & "packages"'
+    argv = ["export-web", str(model_file), str(tmp_path / "o"), "--corpus", str(corpus),
+            "--node-modules", str(node_modules), "--title", title]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    page = (tmp_path / "o" / "index.html").read_text()
+    escaped = (
+        "Debian &lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; "
+        "&quot;packages&quot;"
+    )
+    assert f"<title>{escaped}</title>" in page and f"<h1>{escaped}</h1>" in page
+    assert "<script>alert" not in page and "skfusion search" not in page
+    assert json.loads((tmp_path / "o" / "skfusion.json").read_text())["title"] == title
+    from skfusion.web import export_web
+
+    config = export_web(pipe, tmp_path / "p", tiny_corpus[:2], node_modules=node_modules)
+    assert config["title"] == "skfusion search"
+    assert "<h1>skfusion search</h1>" in (tmp_path / "p" / "index.html").read_text()
+
+
 def test_export_web_names_a_member_that_cannot_run_in_a_browser(
     tmp_path, tiny_model_paths, tiny_corpus, capsys
 ):
@@ -196,12 +220,9 @@ def test_export_web_says_how_to_get_the_npm_packages(tmp_path, tiny_model_file, 
 def _static_member():
     """The model2vec static model distilled from the offline all-MiniLM-L6-v2, cached."""
     cache = Path(os.environ.get("SKFUSION_TEST_CACHE", Path.home() / ".cache" / "skfusion"))
-    spec = importlib.util.spec_from_file_location(
-        "distill_model2vec", ROOT / "benchmarks" / "distill_model2vec.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return str(module.distill_member(cache / "m2v-minilm-256"))
+    from benchmarks._models import distill_member  # the benchmarks' one distiller
+
+    return str(distill_member(cache / "m2v-minilm-256"))
 
 
 @pytest.fixture(scope="module")
@@ -259,7 +280,10 @@ def test_the_page_matches_the_python_pipeline_in_chromium(demo_site, chromium):
     database = np.fromfile(out / "corpus.bin", dtype=np.uint8).reshape(
         len(demo_site["ids"]), -1
     )
-    _, expected_top = search(expected, database, 10, quantizer=pipe[-1])
+    # The page ranks by, and shows, the cosine of the code vectors.
+    expected_scores, expected_top = search(
+        expected, database, 10, quantizer=pipe[-1], normalize=True
+    )
 
     outside = []
     with serve(out) as url:
@@ -276,13 +300,21 @@ def test_the_page_matches_the_python_pipeline_in_chromium(demo_site, chromium):
         page.wait_for_function("window.skfusionReady !== undefined")
         assert page.evaluate("window.skfusionReady"), page.evaluate("window.skfusionError")
         results = [page.evaluate("q => window.skfusion.query(q)", q) for q in queries]
+        blank = [page.evaluate("q => window.skfusion.query(q)", q) for q in ("", " \t ")]
         page.fill("#query", "image editor for photos")
         page.click("#go")
         page.wait_for_selector("#results li")
+        shown = page.eval_on_selector_all(".score", "els => els.map(e => e.textContent)")
         shot = out / "screenshot.png"
         page.screenshot(path=str(shot), full_page=True)
+        page.fill("#query", "   ")  # an empty query clears the list, shows nothing
+        page.click("#go")
+        page.wait_for_function("!document.querySelector('#results li')")
+        empty_status = page.text_content("#status")
         page.close()
     assert outside == []  # nothing but the page's own server
+    assert [b["top"] for b in blank] == [[], []] and empty_status == ""
+    assert len(shown) == 10 and all(-1 <= float(x) <= 1 for x in shown)
 
     got = np.array([r["codes"] for r in results], dtype=np.uint8)
     n_dims = pipe[-1].n_features_in_
@@ -295,6 +327,21 @@ def test_the_page_matches_the_python_pipeline_in_chromium(demo_site, chromium):
     assert np.mean(overlap) >= 0.95, overlap
     for r in results:  # ids shown are the corpus's
         assert r["ids"] == [demo_site["ids"][i] for i in r["top"]]
+    # Scores: Python's normalised scores, wherever the query's codes are the same.
+    same = [i for i in range(len(queries)) if (got[i] == expected[i]).all()]
+    assert len(same) >= 0.8 * len(queries)
+    for i in same:
+        np.testing.assert_allclose(results[i]["scores"], expected_scores[i], atol=1e-5)
+    # The Python runner of the same folder gives the pipeline's codes and the page's
+    # ranking and scores.
+    exported = ExportedPipeline(out, n_threads=1)
+    python_codes = exported.transform(queries, "query")
+    assert (python_codes == expected).mean() >= 0.995
+    scores, top = exported.search(queries, 10)
+    for i in range(len(queries)):
+        if (got[i] == python_codes[i]).all():
+            assert results[i]["top"] == top[i].tolist()
+            np.testing.assert_allclose(results[i]["scores"], scores[i], atol=1e-5)
     if os.environ.get("SKFUSION_WEB_SCREENSHOT"):
         shutil.copyfile(shot, os.environ["SKFUSION_WEB_SCREENSHOT"])
 
@@ -331,16 +378,33 @@ def test_every_head_kind_searches_in_chromium_as_in_python(
 
     export_web(pipe, tmp_path, docs, node_modules=node_modules)
     queries = ["web server", "image editor", "version control"]
-    results = _page_results(chromium, tmp_path, queries)
+    results = _page_results(chromium, tmp_path, [*queries, "", "  "])
+    assert [r["top"] for r in results[3:]] == [[], []]  # empty: no results
+    results = results[:3]
     expected = encode(pipe, queries, "query")
     got = np.array([r["codes"] for r in results]).astype(expected.dtype)
     if expected.dtype.kind == "f":
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
     else:
         assert (got == expected).mean() >= 0.99
-    database = encode(pipe, docs, "document")
-    quantizer = pipe[-1] if isinstance(pipe[-1], AllocatedQuantizer) else None
-    _, top = search(expected, database, 10, quantizer=quantizer)
+    # Ranking and scores: those of the Python runner of the same folder, which are
+    # skfusion.search's normalised scores (tests/test_onnx.py).
+    exported = ExportedPipeline(tmp_path, n_threads=1)
+    python_codes = exported.transform(queries, "query")
+    scores, top = exported.search(queries, 10)
+    n_same = 0
+    for r, c, s, t in zip(results, python_codes, scores, top, strict=True):
+        assert np.all(np.abs(r["scores"]) <= 1 + 1e-6)
+        page_codes = np.asarray(r["codes"]).astype(c.dtype)
+        if c.dtype.kind == "f":
+            same = np.allclose(page_codes, c, rtol=1e-4, atol=1e-5)
+        else:
+            same = np.array_equal(page_codes, c)
+        if same:
+            n_same += 1
+            assert r["top"] == t.tolist()
+            np.testing.assert_allclose(r["scores"], s, atol=1e-5)
+    assert n_same >= 2, "the page's query codes differ from Python's too often"
     overlap = [
         len(set(r["top"]) & set(t.tolist())) / 10 for r, t in zip(results, top, strict=True)
     ]

@@ -11,6 +11,10 @@ members are exported by :func:`skfusion.onnx.members.export_members`) and return
 ``onnx.ModelProto`` whose onnxruntime output equals ``transform``: codes bit for bit,
 floats within float rounding.
 
+:func:`export_pipeline` writes a whole pipeline (members, head, optionally a corpus) to
+one folder and :class:`ExportedPipeline` runs that folder end to end in Python
+(onnxruntime + tokenizers): ``transform(texts, role=...)`` and ``search(texts, k)``.
+
 Needs the ``onnx`` extra: ``pip install "skfusion[onnx]"``.
 """
 
@@ -27,8 +31,17 @@ from ..allocation import AllocatedQuantizer
 from ..decoder import MatryoshkaDecoder
 from ..lsh import RandomProjectionLSH
 from ..quantize import PercentileQuantizer
+from .exported import ExportedPipeline, export_pipeline
 
-__all__ = ["OPSET", "code_layout", "head_steps", "register_converters", "to_onnx"]
+__all__ = [
+    "OPSET",
+    "ExportedPipeline",
+    "code_layout",
+    "export_pipeline",
+    "head_steps",
+    "register_converters",
+    "to_onnx",
+]
 
 # BitwiseAnd and ReduceL2/ReduceSum with axes as an input need opset 18.
 OPSET = 18

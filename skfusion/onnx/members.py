@@ -4,8 +4,8 @@
 attention mask in, the member's sentence embedding out: transformer, pooling and
 normalisation, or a static model's mean of token vectors), the tokenizer beside it
 (``tokenizer.json`` and ``tokenizer_config.json``, readable by ``tokenizers`` and by
-transformers.js) and ``member.json`` saying how to tokenize. :func:`embed` runs such a
-folder with onnxruntime and ``tokenizers``, without torch.
+transformers.js) and ``member.json`` saying how to tokenize. :class:`ExportedMember` (and
+:func:`embed`) runs such a folder with onnxruntime and ``tokenizers``, without torch.
 
 Export runs offline from the loaded model; it needs torch (the exporter) and ``onnx``.
 """
@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
+    "ExportedMember",
     "UnsupportedMemberError",
     "embed",
     "export_member",
@@ -261,6 +262,66 @@ def load_member(embedder, index, *, device="cpu"):
     return member
 
 
+class ExportedMember:
+    """One member folder written by :func:`export_member`, loaded once to embed many times.
+
+    Runs ``model.onnx`` with onnxruntime on the ``tokenizers`` tokenization of
+    ``tokenizer.json``, as ``member.json`` says (special tokens, truncation); no torch.
+
+    Parameters
+    ----------
+    folder : str or path-like
+        Written by :func:`export_member`.
+    n_threads : int, default=None
+        onnxruntime's intra-op threads; ``None`` leaves onnxruntime's default (all
+        cores), 1 runs single-threaded like the browser page's wasm.
+
+    Attributes
+    ----------
+    spec : dict
+        What ``member.json`` holds (``name``, ``kind``, ``dim``, ...).
+    """
+
+    def __init__(self, folder, *, n_threads=None):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        folder = Path(folder)
+        self.spec = json.loads((folder / _SPEC).read_text())
+        tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        tokenizer.no_padding()
+        if self.spec["max_length"] is not None:
+            tokenizer.enable_truncation(self.spec["max_length"])
+        else:
+            tokenizer.no_truncation()
+        self._tokenizer = tokenizer
+        options = ort.SessionOptions()
+        if n_threads is not None:
+            options.intra_op_num_threads = int(n_threads)
+            options.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(
+            str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"]
+        )
+
+    def embed(self, texts, *, prompt="", batch_size=32):
+        """Embed ``texts`` (``prompt`` prepended to each), float32 ``(len(texts), dim)``."""
+        encodings = self._tokenizer.encode_batch(
+            [prompt + t for t in texts], add_special_tokens=self.spec["add_special_tokens"]
+        )
+        out = np.empty((len(texts), self.spec["dim"]), dtype=np.float32)
+        for s in range(0, len(texts), batch_size):
+            batch = encodings[s : s + batch_size]
+            width = max([1] + [len(e.ids) for e in batch])  # padded per batch
+            ids = np.zeros((len(batch), width), dtype=np.int64)
+            mask = np.zeros((len(batch), width), dtype=np.int64)
+            for row, e in enumerate(batch):
+                ids[row, : len(e.ids)] = e.ids
+                mask[row, : len(e.ids)] = 1
+            feeds = {"input_ids": ids, "attention_mask": mask}
+            out[s : s + batch_size] = self._session.run(None, feeds)[0]
+        return out
+
+
 def embed(folder, texts, *, prompt=""):
     """Embed ``texts`` with an exported member folder (onnxruntime + tokenizers).
 
@@ -275,33 +336,11 @@ def embed(folder, texts, *, prompt=""):
     Returns
     -------
     embeddings : ndarray of shape (len(texts), dim), dtype float32
-    """
-    import onnxruntime as ort
-    from tokenizers import Tokenizer
 
-    folder = Path(folder)
-    spec = json.loads((folder / _SPEC).read_text())
-    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    tokenizer.no_padding()
-    if spec["max_length"] is not None:
-        tokenizer.enable_truncation(spec["max_length"])
-    else:
-        tokenizer.no_truncation()
-    encodings = tokenizer.encode_batch(
-        [prompt + t for t in texts], add_special_tokens=spec["add_special_tokens"]
-    )
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1  # small batches; threads only contend here
-    session = ort.InferenceSession(str(folder / "model.onnx"), options)
-    out = np.empty((len(texts), spec["dim"]), dtype=np.float32)
-    for s in range(0, len(texts), 32):
-        batch = encodings[s : s + 32]
-        width = max([1] + [len(e.ids) for e in batch])  # padded per batch
-        ids = np.zeros((len(batch), width), dtype=np.int64)
-        mask = np.zeros((len(batch), width), dtype=np.int64)
-        for row, e in enumerate(batch):
-            ids[row, : len(e.ids)] = e.ids
-            mask[row, : len(e.ids)] = 1
-        feeds = {"input_ids": ids, "attention_mask": mask}
-        out[s : s + 32] = session.run(None, feeds)[0]
-    return out
+    See Also
+    --------
+    ExportedMember : The same, loaded once for many calls.
+    skfusion.onnx.ExportedPipeline : Every member and the head of an export.
+    """
+    # small batches: threads only contend here
+    return ExportedMember(folder, n_threads=1).embed(texts, prompt=prompt)

@@ -1,21 +1,21 @@
 """A static search page that runs a fitted skfusion pipeline in the browser.
 
-:func:`export_web` writes one folder: each member as ONNX with its tokenizer
-(:mod:`skfusion.onnx.members`), the head (decoder, quantizer) as ONNX
-(:func:`skfusion.onnx.to_onnx`), the corpus's codes (packed) and ids, the page
-(``index.html``, ``app.js``) and the JavaScript it needs, copied from local npm
-packages: onnxruntime-web runs the models (wasm) and ``@huggingface/transformers``
-tokenizes. Nothing is fetched from the network when the page runs; serve the folder
-with any static server (``python -m http.server -d OUTDIR``) and open it.
+:func:`export_web` writes one folder: what :func:`skfusion.onnx.export_pipeline`
+writes (each member as ONNX with its tokenizer, the head as ONNX, the corpus's codes
+and ids), the page (``index.html``, ``app.js``) and the JavaScript it needs, copied
+from local npm packages: onnxruntime-web runs the models (wasm) and
+``@huggingface/transformers`` tokenizes. Nothing is fetched from the network when the
+page runs; serve the folder with any static server (``python -m http.server -d
+OUTDIR``) and open it. The page ranks the corpus and shows the scores that
+:class:`skfusion.onnx.ExportedPipeline` returns (similarities in [-1, 1], see
+:mod:`skfusion.onnx.exported`); an empty query shows nothing.
 """
 
 import contextlib
 import functools
+import html
 import http.server
-import json
 import os
-import shutil
-import tempfile
 import threading
 from importlib import resources
 from pathlib import Path
@@ -25,10 +25,6 @@ from sklearn.pipeline import Pipeline
 
 from .._compat import validate_params
 from .._io import write_atomically
-from ..allocation import AllocatedQuantizer
-from ..evaluation import encode
-from ..lsh import RandomProjectionLSH
-from ..quantize import PercentileQuantizer
 
 __all__ = [
     "CHROMIUM_FLAGS",
@@ -52,7 +48,6 @@ _VENDOR = (
     ("onnxruntime-web", "ort-wasm-simd-threaded.wasm"),
     ("@huggingface/transformers", "transformers.min.js"),
 )
-_SNIPPET_CHARS = 300
 # Headless Chromium that talks to nothing but the page's server (tests, benchmarks).
 CHROMIUM_FLAGS = (
     "--headless",
@@ -191,11 +186,8 @@ def pack_stream(codes, widths):
 
 
 def _write(path, data):
-    """Write ``data`` (bytes) to ``path`` through a temporary file renamed over it.
-
-    The rename replaces whatever ``path`` is (an older file, or a symlink itself) and
-    never writes through a symlink to a file outside the folder.
-    """
+    """Write ``data`` (bytes) to ``path`` through a temporary file renamed over it
+    (a symlink there is replaced, never written through)."""
 
     def write(f):
         f.write(data)
@@ -211,81 +203,6 @@ def _real_dir(path):
         path.unlink()
     path.mkdir(exist_ok=True)
     return path
-
-
-def _is_export(folder):
-    """Whether ``folder`` holds a ``skfusion.json`` written by :func:`export_web`."""
-    config = Path(folder) / "skfusion.json"
-    if config.is_symlink() or not config.is_file():
-        return False
-    try:
-        data = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and {"members", "head", "corpus"} <= data.keys()
-
-
-def _check_outdir(outdir, force):
-    """Refuse a file, or a non-empty folder that is no earlier export unless ``force``."""
-    if outdir.exists() and not outdir.is_dir():
-        raise NotADirectoryError(f"outdir {outdir} exists and is not a folder.")
-    if force or not outdir.is_dir() or not any(outdir.iterdir()) or _is_export(outdir):
-        return
-    raise FileExistsError(
-        f"outdir {outdir} is not empty and holds no earlier export (no skfusion.json "
-        "written by export_web): writing the page there would replace files such as "
-        "index.html. Give a new or empty folder, or pass force=True (--force) to "
-        "replace the files of the same names in it."
-    )
-
-
-def _member_prompt(embedder, name, model):
-    """The prompt a member prepends to queries (as ``encode_queries`` resolves it)."""
-    own = (embedder.prompts or {}).get(name, {})
-    if "query" in own:
-        return own["query"]
-    return (getattr(model, "prompts", None) or {}).get("query", "")
-
-
-def _head_spec(model, corpus_out):
-    """How the page reads the head's output and the corpus rows, and the corpus bytes."""
-    last = model.steps[-1][1] if isinstance(model, Pipeline) else model
-    if isinstance(last, (PercentileQuantizer, AllocatedQuantizer)):
-        from ..onnx import code_layout
-
-        # Fitted attributes only: `bits` may have been changed by set_params since fit.
-        widths = code_layout(last)
-        table = np.asarray(last.code_values_, dtype=np.float32)
-        if isinstance(last, PercentileQuantizer):
-            what = f"{int(widths[0])}-bit percentile codes"
-        else:
-            what = f"{last.n_bits_}-bit allocated codes"
-        rows = corpus_out if last.pack else pack_stream(corpus_out, widths)
-        spec = {
-            "output": "codes",
-            "packed": bool(last.pack),
-            "widths": widths.tolist(),
-            "table_file": "code_values.bin",
-            "table_stride": int(table.shape[1]),
-            "description": what,
-        }
-        return spec, rows, np.ascontiguousarray(table, dtype="<f4")
-    if isinstance(last, RandomProjectionLSH):
-        rows = corpus_out if last.pack else np.packbits(corpus_out, axis=1)
-        spec = {
-            "output": "hamming",
-            "packed": bool(last.pack),
-            "n_bits": int(last.n_bits_),
-            "description": f"{last.n_bits_} LSH bits",
-        }
-        return spec, rows, None
-    rows = np.ascontiguousarray(corpus_out, dtype="<f4")
-    spec = {
-        "output": "cosine",
-        "width": int(rows.shape[1]),
-        "description": f"{rows.shape[1]} float32 dimensions",
-    }
-    return spec, rows.view(np.uint8).reshape(len(rows), -1), None
 
 
 @validate_params(
@@ -329,6 +246,7 @@ def export_web(
     node_modules : str or path-like, default=None
         Folder with the npm packages (see :func:`find_node_modules`).
     title : str, default="skfusion search"
+        The page's title and heading (``--title``); shown as text (HTML-escaped).
     force : bool, default=False
         Also write into a non-empty folder that holds no earlier export, replacing
         its files of the same names (``index.html``, ``skfusion.json``, ...).
@@ -347,99 +265,28 @@ def export_web(
         Naming a member that cannot run in a browser (TF-IDF or other scikit-learn
         members, remote or compiled engines).
     """
-    from ..onnx import head_steps, to_onnx
-    from ..onnx.members import export_member, load_member, member_folder
+    from ..onnx.exported import export_pipeline, write_config
 
-    if not isinstance(model, Pipeline) or not hasattr(model[0], "member_names_"):
-        raise TypeError(
-            f"model must be a fitted skfusion Pipeline starting with a ConcatEmbedder, "
-            f"got {type(model).__name__}."
-        )
     texts = list(texts)
     if not texts:
         raise ValueError("texts is empty; give at least one document to search.")
-    ids = [str(i) for i in range(len(texts))] if ids is None else [str(i) for i in ids]
-    if len(ids) != len(texts):
-        raise ValueError(f"ids has {len(ids)} entries for {len(texts)} texts.")
+    assets = []  # found after the pipeline's checks, before anything is written
+    config = export_pipeline(
+        model, outdir, texts, ids=ids, force=force,
+        before_write=lambda: assets.append(find_node_modules(node_modules)),
+    )  # fmt: skip
     outdir = Path(outdir)
-    _check_outdir(outdir, force)
-    embedder = model[0]
-    head_steps(model)  # a clear error before any work when there is no head
-    # Load (and so check) every member before writing anything.
-    loaded = [load_member(embedder, i) for i in range(len(embedder.models))]
-    assets = find_node_modules(node_modules)
-
-    outdir.mkdir(parents=True, exist_ok=True)
-    members_dir = _real_dir(outdir / "members")
-    weights = (
-        np.ones(len(loaded)) if embedder.weights is None else np.asarray(embedder.weights)
-    )
-    members = []
-    for i, (name, st_model) in enumerate(zip(embedder.member_names_, loaded, strict=True)):
-        path = member_folder(i, name)
-        # Written into a new folder, then renamed over the old one (or a symlink).
-        tmp = Path(tempfile.mkdtemp(dir=members_dir, prefix=f".{path}."))
-        try:
-            tmp.chmod(0o755)
-            spec = export_member(
-                st_model, tmp, name=name, max_length=embedder.max_seq_length
-            )
-            dest = members_dir / path
-            if dest.is_symlink() or dest.is_file():
-                dest.unlink()
-            elif dest.exists():
-                shutil.rmtree(dest)
-            tmp.rename(dest)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        spec.update(
-            path=path,
-            prompt=_member_prompt(embedder, name, st_model),
-            weight=float(weights[i]),
-        )
-        members.append(spec)
-    _write(outdir / "head.onnx", to_onnx(model).SerializeToString())
-
-    corpus_out = encode(model, texts, "document")
-    head, rows, table = _head_spec(model, corpus_out)
-    head["file"] = "head.onnx"
-    if table is not None:
-        _write(outdir / head["table_file"], table.tobytes())
-    rows = np.ascontiguousarray(rows, dtype=np.uint8)
-    _write(outdir / "corpus.bin", rows.tobytes())
-    _write(outdir / "ids.json", json.dumps(ids).encode())
-    snippets = [t if len(t) <= _SNIPPET_CHARS else t[:_SNIPPET_CHARS] + "…" for t in texts]
-    _write(outdir / "docs.json", json.dumps(snippets, ensure_ascii=False).encode())
-
-    config = {
-        "title": title,
-        "members": members,
-        "normalize": bool(embedder.normalize),
-        "n_features": int(embedder.n_features_out_),
-        "head": head,
-        "corpus": {
-            "file": "corpus.bin",
-            "n": len(texts),
-            "row_bytes": int(rows.shape[1]),
-            "ids_file": "ids.json",
-            "texts_file": "docs.json",
-        },
-    }
     static = resources.files("skfusion.web") / "static"
     for name in ("index.html", "app.js"):
         text = (static / name).read_text(encoding="utf-8")
         if name == "index.html":
-            text = text.replace("skfusion search", _escape(title))
+            for tag in ("title", "h1"):
+                placeholder = f"<{tag}>skfusion search</{tag}>"
+                text = text.replace(placeholder, f"<{tag}>{html.escape(title)}</{tag}>")
         _write(outdir / name, text.encode("utf-8"))
     vendor = _real_dir(outdir / "vendor")
     for package, file in _VENDOR:
-        _write(vendor / file, (assets / package / "dist" / file).read_bytes())
-    # Last: its presence marks the folder as a complete export (see _is_export).
-    config_text = json.dumps(config, indent=1, ensure_ascii=False)
-    _write(outdir / "skfusion.json", config_text.encode("utf-8"))
+        _write(vendor / file, (assets[0] / package / "dist" / file).read_bytes())
+    config = {"title": title, **config}
+    write_config(outdir, config)  # last again: the page is complete
     return config
-
-
-def _escape(text):
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

@@ -1,5 +1,7 @@
 // skfusion search page: tokenize (transformers.js), embed each member and run the
 // head (onnxruntime-web, wasm), then rank the corpus codes -- all from local files.
+// Scores are similarities in [-1, 1], as skfusion.onnx.ExportedPipeline.search gives:
+// codes: cosine of the code vectors; LSH bits: 1 - 2 * hamming / n_bits; floats: cosine.
 import * as ort from "./vendor/ort.wasm.min.mjs";
 import { AutoTokenizer, env } from "./vendor/transformers.min.js";
 
@@ -66,7 +68,7 @@ async function load() {
   let docs = null, table = null;
   if (h.output === "codes") {
     // Each document as the float values its codes stand for (what Python's search
-    // scores with): table[j][code].
+    // scores with): table[j][code], L2-normalised so that a dot product is a cosine.
     table = new Float32Array((await getBytes(h.table_file)).buffer);
     const d = h.widths.length;
     docs = new Float32Array(corpus.n * d);
@@ -74,6 +76,7 @@ async function load() {
     for (let i = 0; i < corpus.n; i++) {
       unpackInto(raw, i * corpus.row_bytes, h.widths, codes);
       for (let j = 0; j < d; j++) docs[i * d + j] = table[j * h.table_stride + codes[j]];
+      l2normalize(docs.subarray(i * d, (i + 1) * d));
     }
   } else if (h.output === "cosine") {
     docs = new Float32Array(raw.buffer);
@@ -129,6 +132,7 @@ function rank(state, q) {
     else codes.set(q);
     const qv = new Float32Array(d);
     for (let j = 0; j < d; j++) qv[j] = table[j * h.table_stride + codes[j]];
+    l2normalize(qv);
     for (let i = 0; i < n; i++) {
       let s = 0;
       for (let j = 0, o = i * d; j < d; j++) s += qv[j] * docs[o + j];
@@ -144,7 +148,7 @@ function rank(state, q) {
     for (let i = 0; i < n; i++) {
       let diff = 0;
       for (let j = 0; j < w; j++) diff += POPCOUNT[bytes[j] ^ docs[i * w + j]];
-      scores[i] = h.n_bits - diff;
+      scores[i] = 1 - (2 * diff) / h.n_bits;
     }
   } else {
     const v = l2normalize(Float32Array.from(q));
@@ -159,6 +163,10 @@ function rank(state, q) {
 }
 
 async function query(state, text) {
+  if (!text.trim()) { // nothing to search for: no results (not 10 arbitrary ones)
+    const ms = { embed: 0, head: 0, search: 0, total: 0 };
+    return { codes: [], top: [], ids: [], scores: [], ms, empty: true };
+  }
   const t0 = performance.now();
   const x = await embedText(state, text);
   const t1 = performance.now();
@@ -186,13 +194,18 @@ function render(state, result) {
     id.textContent = state.ids[i];
     const score = document.createElement("span");
     score.className = "score";
-    score.textContent = result.scores[r].toFixed(2);
+    score.textContent = result.scores[r].toFixed(3);
+    score.title = `similarity (${state.cfg.head.score}), in [-1, 1]`;
     const text = document.createElement("div");
     text.className = "text";
     text.textContent = state.texts[i];
     li.append(id, score, text);
     list.append(li);
   });
+  if (result.empty) {
+    $("status").textContent = "";
+    return;
+  }
   $("status").textContent = `top ${result.top.length} of ${state.cfg.corpus.n} in ` +
     `${result.ms.total.toFixed(1)} ms (encode ${result.ms.embed.toFixed(1)}, head ` +
     `${result.ms.head.toFixed(1)}, search ${result.ms.search.toFixed(1)})`;

@@ -4,20 +4,22 @@ Usage (repository root): ``HF_HUB_OFFLINE=1 SKFUSION_NODE_MODULES=DIR python -m
 benchmarks.web_latency``.
 
 The demo-like model: MiniLM (offline all-MiniLM-L6-v2) + a model2vec static model
-distilled from it (``python -m benchmarks.distill_model2vec``), a 256-d Matryoshka decoder and
-2-bit percentile codes, fitted on the bundled sample's 2,000 documents, which are the
-searched corpus. ``skfusion export-web`` writes the page; it is served on 127.0.0.1 and
-opened in Debian's chromium (playwright). For 100 test queries, one at a time and the
-sides in turn (so that the shared machine's load falls on all of them alike), it
-records the page's own timing (``performance.now()``) and, with the same work and one
-thread on every side, the Python side twice: the page's ONNX files in native
+distilled from it (``python -m benchmarks.distill_model2vec``), a 256-d Matryoshka
+decoder and 2-bit percentile codes, fitted on the bundled sample's 2,000 documents,
+which are the searched corpus. ``skfusion export-web`` writes the page; it is served on
+127.0.0.1 and opened in Debian's chromium (playwright). For 100 test queries, one at a
+time and the sides in turn (so that the shared machine's load falls on all of them
+alike), it records the page's own timing (``performance.now()``) and, with the same work
+and one thread on every side, the Python side twice: the page's ONNX files in native
 onnxruntime (:class:`skfusion.onnx.ExportedPipeline`) and the sklearn pipeline
 (sentence-transformers on torch). Every side tokenizes, embeds, runs the head and ranks
-the corpus codes, decoded and normalised once beforehand as the page does at load;
-what this benchmark timed before (``encode`` + :func:`skfusion.search.search`, which
-decodes the whole corpus again per query) is reported beside them. Plus the bytes the
-page downloads. Results: benchmarks/results/web_latency.{json,md}, screenshot
-benchmarks/results/web_search.png.
+the corpus codes, decoded and normalised once beforehand as the page does at load; what
+this benchmark timed before (``encode`` + :func:`skfusion.search.search`, which decodes
+the whole corpus again per query) is reported beside them. Plus the bytes the page
+downloads.
+
+Results: ``benchmarks/results/web_latency.{json,md}``, screenshot
+``benchmarks/results/web_search.png``.
 """
 
 import os

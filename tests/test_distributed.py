@@ -425,9 +425,8 @@ def test_readme_dask_example_runs_as_a_script(pipeline, corpus, tmp_path):
     # and loaded a model.joblib, which skfusion encode refuses.
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme.split("### Encoding on a Dask cluster", 1)[1].split("\n### ", 1)[0]
-    code = re.findall(r"```python\n(.+?)\n```", section, flags=re.S)[0]
+    guide = Path(__file__).resolve().parents[1] / "docs" / "guide" / "distributed.md"
+    code = re.findall(r"```python\n(.+?)\n```", guide.read_text(), flags=re.S)[0]
     (tmp_path / "encode_corpus.py").write_text(code + "\n")
     dump(pipeline, tmp_path / "model.skops")
     rows = [{"_id": f"d{i}", "text": t} for i, t in enumerate(corpus[:40])]

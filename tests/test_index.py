@@ -308,14 +308,13 @@ def test_shortlist_search_is_the_first_stage(data):
     np.testing.assert_array_equal(idx, ref)
 
 
-def test_readme_search_at_scale_example_runs(tmp_path, monkeypatch, capsys):
+def test_guide_search_at_scale_example_runs(tmp_path, monkeypatch, capsys):
     import re
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = text.split("## Search at scale", 1)[1].split("\n## ", 1)[0]
-    code = re.findall(r"```python\n(.+?)\n```", section, flags=re.S)[0]
+    guide = Path(__file__).resolve().parents[1] / "docs" / "guide" / "search-at-scale.md"
+    code = re.findall(r"```python\n(.+?)\n```", guide.read_text(), flags=re.S)[0]
     monkeypatch.chdir(tmp_path)
-    exec(compile(code, "README search at scale", "exec"), {})
+    exec(compile(code, "guide: search at scale", "exec"), {})
     assert capsys.readouterr().out.split() == ["16", "128", "[0", "1", "2", "3", "4]"]
 
 

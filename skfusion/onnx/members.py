@@ -17,15 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = [
-    "ExportedMember",
-    "UnsupportedMemberError",
-    "embed",
-    "export_member",
-    "export_members",
-    "load_member",
-    "member_folder",
-]
+# ExportedMember, embed, export_member and load_member serve skfusion.onnx and the
+# benchmarks; users run exported folders with skfusion.onnx.ExportedPipeline.
+__all__ = ["UnsupportedMemberError", "export_members", "member_folder"]
 
 # Opset of the member graphs; onnxruntime-web runs it too.
 MEMBER_OPSET = 17
@@ -33,7 +27,14 @@ _SPEC = "member.json"
 
 
 class UnsupportedMemberError(ValueError):
-    """A member that cannot be exported to ONNX (the message names it and why)."""
+    """A member that cannot be exported to ONNX (the message names it and why).
+
+    Examples
+    --------
+    >>> from skfusion.onnx.members import UnsupportedMemberError
+    >>> issubclass(UnsupportedMemberError, ValueError)
+    True
+    """
 
 
 def _module_names(model):
@@ -221,6 +222,18 @@ def export_members(embedder, folder, *, device="cpu"):
     UnsupportedMemberError
         Naming the first member that is not a sentence-transformers model
         (scikit-learn text transformers such as TF-IDF, callables, HTTP members).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from sklearn.feature_extraction.text import TfidfVectorizer
+    >>> from skfusion import ConcatEmbedder
+    >>> from skfusion.onnx.members import export_members
+    >>> embedder = ConcatEmbedder([("tfidf", TfidfVectorizer())]).fit(["apt", "vim"])
+    >>> export_members(embedder, tempfile.mkdtemp())
+    Traceback (most recent call last):
+    ...
+    skfusion.onnx.members.UnsupportedMemberError: member 'tfidf' ...
     """
     models = [load_member(embedder, i, device=device) for i in range(len(embedder.models))]
     specs = []

@@ -91,6 +91,17 @@ def serve(folder, host="127.0.0.1", port=0):
     ------
     url : str
         The page's address (``http://host:port/index.html``).
+
+    Examples
+    --------
+    >>> import tempfile, urllib.request
+    >>> from pathlib import Path
+    >>> from skfusion.web import serve
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "index.html").write_text("<h1>search</h1>")
+    >>> with serve(folder) as url:
+    ...     urllib.request.urlopen(url, timeout=10).read()
+    b'<h1>search</h1>'
     """
     handler = functools.partial(_Handler, directory=os.fspath(folder))
     server = http.server.ThreadingHTTPServer((host, port), handler)
@@ -122,6 +133,16 @@ def find_node_modules(node_modules=None):
     ------
     FileNotFoundError
         Saying which file is missing and the npm command that installs it.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from skfusion.web import find_node_modules
+    >>> try:
+    ...     find_node_modules(tempfile.mkdtemp())
+    ... except FileNotFoundError as exc:  # it says what to install
+    ...     print("npm install --ignore-scripts" in str(exc))
+    True
     """
     candidates = (
         [node_modules]
@@ -264,6 +285,17 @@ def export_web(
     skfusion.onnx.members.UnsupportedMemberError
         Naming a member that cannot run in a browser (TF-IDF or other scikit-learn
         members, remote or compiled engines).
+
+    Examples
+    --------
+    It needs the page's npm packages (``scripts/install-browser-deps.sh``), so it is
+    not run as a doctest; ``tests/test_web.py`` exports and opens the page in Chromium:
+
+    >>> from skfusion.web import export_web, serve  # doctest: +SKIP
+    >>> export_web(pipe, "site", docs, title="Package search")  # doctest: +SKIP
+    >>> with serve("site") as url:  # doctest: +SKIP
+    ...     print(url)
+    http://127.0.0.1:.../index.html
     """
     from ..onnx.exported import export_pipeline, write_config
 

@@ -23,6 +23,7 @@ from skfusion.members.base import (
     EncodeSettings,
     Member,
     MemberOutputError,
+    UnsupportedMemberError,
     as_float32,
 )
 from skfusion.members.encoder import EncoderMember, has_encode_methods
@@ -41,6 +42,7 @@ __all__ = [
     "SentenceTransformerMember",
     "SklearnMember",
     "StaticModelMember",
+    "UnsupportedMemberError",
     "as_float32",
     "as_member",
 ]

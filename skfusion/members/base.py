@@ -18,7 +18,9 @@ A :class:`~skfusion.ConcatEmbedder` turns each entry of ``models`` into a
   the embedder checks again and raises :class:`MemberOutputError` before anything
   is cached);
 - ``__getstate__``: what is pickled (plain Python types and numpy arrays, or the
-  reference a model is reloaded from).
+  reference a model is reloaded from);
+- ``export_model(device)``: the model in the form ONNX export converts (a
+  SentenceTransformer); by default unsupported (:class:`UnsupportedMemberError`).
 """
 
 import os
@@ -34,6 +36,7 @@ __all__ = [
     "EncodeSettings",
     "Member",
     "MemberOutputError",
+    "UnsupportedMemberError",
     "as_float32",
     "check_float32",
 ]
@@ -64,6 +67,23 @@ class EncodeSettings:
     batch_size: int = 32
     max_seq_length: int | None = None
     device: str | None = None
+
+
+class UnsupportedMemberError(ValueError):
+    """A member that cannot be exported to ONNX (the message names it and why).
+
+    Examples
+    --------
+    >>> from sklearn.feature_extraction.text import TfidfVectorizer
+    >>> from skfusion.members import EncodeSettings, UnsupportedMemberError, as_member
+    >>> member = as_member(TfidfVectorizer())
+    >>> _ = member.fit_member("words", ["apt", "vim"], EncodeSettings())
+    >>> try:
+    ...     member.export_model()
+    ... except UnsupportedMemberError as exc:
+    ...     print(str(exc).split(";")[0])
+    member 'words' (a sklearn member) is not a SentenceTransformer
+    """
 
 
 class MemberOutputError(ValueError):
@@ -279,6 +299,23 @@ class Member(BaseEstimator):
     #: changed model never gets the vectors cached for the old one. Members that copy
     #: (clone) what they are given, or hold no model, keep the fit-time fingerprint.
     holds_caller_model = False
+
+    def export_model(self, device="cpu"):
+        """The model as ONNX export converts it: a SentenceTransformer (transformer
+        or static), loaded on ``device`` when the member holds a reference.
+
+        This default refuses: members that run only in Python (scikit-learn
+        transformers, encoder objects, hosted services) cannot be exported.
+
+        Raises
+        ------
+        UnsupportedMemberError
+            Naming the member and what it is.
+        """
+        raise UnsupportedMemberError(
+            f"member {self.name_!r} (a {self.kind} member) is not a SentenceTransformer; "
+            "only sentence-transformers models (transformer or static) export to ONNX."
+        )
 
     def default_name(self):
         """Name used when ``models`` does not name the member."""

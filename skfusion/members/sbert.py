@@ -189,6 +189,15 @@ class SentenceTransformerMember(Member):
     def load_model(self, settings):
         return _load(self.name_, self.ref_, settings.device, reloading=True)
 
+    def export_model(self, device="cpu"):
+        """The SentenceTransformer itself: the caller's instance, or loaded from
+        ``ref_`` on ``device`` (offline with ``HF_HUB_OFFLINE=1``)."""
+        if self.ref_ is None:
+            return self.model
+        from sentence_transformers import SentenceTransformer
+
+        return SentenceTransformer(self.ref_, device=device)
+
     def model_fingerprint(self, model):
         return st_fingerprint(model)
 

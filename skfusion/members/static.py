@@ -120,6 +120,15 @@ class StaticModelMember(Member):
         self.dim_ = int(model.dim)
         return self
 
+    def export_model(self, device="cpu"):
+        """A folder given by path loads as a SentenceTransformer (a StaticEmbedding
+        model); an in-memory model2vec ``StaticModel`` has no such form: refused."""
+        if self.ref_ is None:
+            return super().export_model(device)
+        from sentence_transformers import SentenceTransformer
+
+        return SentenceTransformer(self.ref_, device=device)
+
     def load_model(self, settings):
         from model2vec import StaticModel
 

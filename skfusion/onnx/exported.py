@@ -32,7 +32,7 @@ import numpy as np
 from sklearn.pipeline import Pipeline
 
 from .._compat import validate_params
-from .._io import write_atomically
+from .._io import real_dir, write_public
 from ..codes import BaseCodeTransformer
 from ..evaluation import encode, split_pipeline
 from .members import ExportedMember, export_member, load_member, member_folder
@@ -44,29 +44,6 @@ CONFIG = "skfusion.json"
 # Prompt names sentence-transformers' encode_query / encode_document look up, in order.
 _PROMPT_NAMES = {"query": ("query",), "document": ("document", "passage", "corpus")}
 _SNIPPET_CHARS = 300
-
-
-def _write(path, data):
-    """Write ``data`` (bytes) to ``path`` through a temporary file renamed over it.
-
-    The rename replaces whatever ``path`` is (an older file, or a symlink itself) and
-    never writes through a symlink to a file outside the folder.
-    """
-
-    def write(f):
-        f.write(data)
-        os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600: a web server must read it
-
-    write_atomically(path, write)
-
-
-def _real_dir(path):
-    """``path`` as a real folder: a symlink (or file) there is removed, not followed."""
-    path = Path(path)
-    if path.is_symlink() or (path.exists() and not path.is_dir()):
-        path.unlink()
-    path.mkdir(exist_ok=True)
-    return path
 
 
 def _read_config(folder):
@@ -273,7 +250,7 @@ def export_pipeline(model, outdir, texts=None, *, ids=None, force=False, before_
         before_write()
 
     outdir.mkdir(parents=True, exist_ok=True)
-    members_dir = _real_dir(outdir / "members")
+    members_dir = real_dir(outdir / "members")
     weights = (
         np.ones(len(loaded)) if embedder.weights is None else np.asarray(embedder.weights)
     )
@@ -304,13 +281,13 @@ def export_pipeline(model, outdir, texts=None, *, ids=None, force=False, before_
             weight=float(weights[i]),
         )
         members.append(spec)
-    _write(outdir / "head.onnx", to_onnx(model).SerializeToString())
+    write_public(outdir / "head.onnx", to_onnx(model).SerializeToString())
 
     corpus_out = None if texts is None else encode(model, texts, "document")
     head, rows, table = _head_spec(model, corpus_out)
     head["file"] = "head.onnx"
     if table is not None:
-        _write(outdir / head["table_file"], table.tobytes())
+        write_public(outdir / head["table_file"], table.tobytes())
     config = {
         "members": members,
         "normalize": bool(embedder.normalize),
@@ -319,12 +296,14 @@ def export_pipeline(model, outdir, texts=None, *, ids=None, force=False, before_
     }
     if texts is not None:
         rows = np.ascontiguousarray(rows, dtype=np.uint8)
-        _write(outdir / "corpus.bin", rows.tobytes())
-        _write(outdir / "ids.json", json.dumps(ids).encode())
+        write_public(outdir / "corpus.bin", rows.tobytes())
+        write_public(outdir / "ids.json", json.dumps(ids).encode())
         snippets = [
             t if len(t) <= _SNIPPET_CHARS else t[:_SNIPPET_CHARS] + "…" for t in texts
         ]
-        _write(outdir / "docs.json", json.dumps(snippets, ensure_ascii=False).encode())
+        write_public(
+            outdir / "docs.json", json.dumps(snippets, ensure_ascii=False).encode()
+        )
         config["corpus"] = {
             "file": "corpus.bin",
             "n": len(texts),
@@ -342,7 +321,7 @@ def write_config(outdir, config):
     Written last by :func:`export_pipeline`: its presence marks a complete export.
     """
     text = json.dumps(config, indent=1, ensure_ascii=False)
-    _write(Path(outdir) / CONFIG, text.encode("utf-8"))
+    write_public(Path(outdir) / CONFIG, text.encode("utf-8"))
 
 
 def _unpack_stream(packed, widths):

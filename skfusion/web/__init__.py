@@ -24,7 +24,7 @@ import numpy as np
 from sklearn.pipeline import Pipeline
 
 from .._compat import validate_params
-from .._io import write_atomically
+from .._io import real_dir, write_public
 
 __all__ = [
     "CHROMIUM_FLAGS",
@@ -206,26 +206,6 @@ def pack_stream(codes, widths):
     return out
 
 
-def _write(path, data):
-    """Write ``data`` (bytes) to ``path`` through a temporary file renamed over it
-    (a symlink there is replaced, never written through)."""
-
-    def write(f):
-        f.write(data)
-        os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600: a web server must read it
-
-    write_atomically(path, write)
-
-
-def _real_dir(path):
-    """``path`` as a real folder: a symlink (or file) there is removed, not followed."""
-    path = Path(path)
-    if path.is_symlink() or (path.exists() and not path.is_dir()):
-        path.unlink()
-    path.mkdir(exist_ok=True)
-    return path
-
-
 @validate_params(
     {
         "model": [Pipeline],
@@ -315,10 +295,10 @@ def export_web(
             for tag in ("title", "h1"):
                 placeholder = f"<{tag}>skfusion search</{tag}>"
                 text = text.replace(placeholder, f"<{tag}>{html.escape(title)}</{tag}>")
-        _write(outdir / name, text.encode("utf-8"))
-    vendor = _real_dir(outdir / "vendor")
+        write_public(outdir / name, text.encode("utf-8"))
+    vendor = real_dir(outdir / "vendor")
     for package, file in _VENDOR:
-        _write(vendor / file, (assets[0] / package / "dist" / file).read_bytes())
+        write_public(vendor / file, (assets[0] / package / "dist" / file).read_bytes())
     config = {"title": title, **config}
     write_config(outdir, config)  # last again: the page is complete
     return config

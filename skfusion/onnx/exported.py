@@ -188,7 +188,7 @@ def export_pipeline(model, outdir, texts=None, *, ids=None, force=False, before_
     FileExistsError
         When ``outdir`` is a non-empty folder that holds no earlier export and
         ``force=False``; nothing is written.
-    skfusion.onnx.members.UnsupportedMemberError
+    skfusion.members.UnsupportedMemberError
         Naming a member that cannot be exported (TF-IDF or other scikit-learn
         members, remote or compiled engines).
 

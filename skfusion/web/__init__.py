@@ -262,7 +262,7 @@ def export_web(
     FileExistsError
         When ``outdir`` is a non-empty folder that holds no earlier export and
         ``force=False``; nothing is written.
-    skfusion.onnx.members.UnsupportedMemberError
+    skfusion.members.UnsupportedMemberError
         Naming a member that cannot run in a browser (TF-IDF or other scikit-learn
         members, remote or compiled engines).
 

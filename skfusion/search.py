@@ -25,12 +25,6 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import _engine
 from ._compat import Interval, StrOptions, validate_params
-
-# The engine's parts under the names this module's tests have always imported.
-from ._engine import VectorSpace as _VectorSpace  # noqa: F401
-from ._engine import candidates as _candidates  # noqa: F401
-from ._engine import rescore as _rescore  # noqa: F401
-from ._engine import top_block as _top_block  # noqa: F401
 from .codes import BaseCodeTransformer, BaseQuantizer
 
 __all__ = ["search", "spread_weights"]

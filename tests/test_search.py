@@ -311,7 +311,7 @@ def test_one_bit_code_rankings_do_not_depend_on_batch_size_or_backend(use_faiss)
 
 
 def test_top_block_keeps_the_lowest_tied_indices():
-    from skfusion.search import _top_block
+    from skfusion._engine import top_block as _top_block
 
     S = np.array([[1.0, 3.0, 3.0, 2.0, 3.0, 3.0], [0.0, 0.0, 0.0, 0.0, 5.0, 0.0]])
     vals, idx = _top_block(S, 3)
@@ -340,7 +340,10 @@ def test_resolve_metric_asks_the_estimator():
 
 
 def test_rescore_gives_the_exact_order_from_float32_candidates():
-    from skfusion.search import _candidates, _rescore, _VectorSpace
+    # The shared engine behind search() and CodeIndex.
+    from skfusion._engine import VectorSpace as _VectorSpace
+    from skfusion._engine import candidates as _candidates
+    from skfusion._engine import rescore as _rescore
 
     Q, D = _data(n_db=300, n_q=5, d=8)
     space = _VectorSpace("ip", Q, D, None, None)

@@ -13,7 +13,7 @@ Contract
 - Candidate generation keeps the best ``k2`` rows of every query by float32 score,
   reading the database in blocks of ``db_step`` rows, so memory is bounded by the block
   size and never by the database: :func:`candidates` scans every row,
-  :func:`ivf_candidates` only the inverted lists each query probes.
+  :meth:`CodeLists.search` only the inverted lists each query probes.
 - Rescoring (:func:`score_candidates`, :func:`rescore`) computes exact float64 scores
   (:func:`exact_dot`) of the candidates. Results are ordered by score descending with
   ties to the lower index (:func:`select`) on every path, so a result does not depend on
@@ -23,30 +23,32 @@ Contract
 - Inverted lists (IVF): :func:`train_centroids` (spherical k-means, faiss) on float
   rows, :func:`assign_lists` / :func:`probe_lists` by inner product with the centroids
   (ties to the lower list), :func:`inverted_lists` groups rows by list, ascending
-  within each list; with every list probed, :func:`ivf_candidates` equals
-  :func:`candidates`.
+  within each list. :class:`CodeLists` holds the codes in faiss inverted lists and
+  scans them in faiss with the float32 scores of a code metric; with every list
+  probed it finds the rows :func:`candidates` finds, up to float32 rounding and ties
+  at the last place.
 - faiss is optional: :func:`get_faiss` returns the module or None;
   :func:`require_faiss` returns it or raises an ImportError naming what to install.
 """
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 __all__ = [
     "BLOCK_SCORES",
     "BLOCK_VALUES",
     "CODE_METRICS",
+    "CodeLists",
     "PAD",
     "VectorSpace",
     "assign_lists",
     "candidates",
     "check_finite",
+    "column_values",
     "exact_dot",
     "exact_row",
     "float_search",
     "get_faiss",
     "inverted_lists",
-    "ivf_candidates",
     "l2_normalize",
     "merge",
     "probe_lists",
@@ -406,54 +408,171 @@ def inverted_lists(assignment, nlist):
     return order, offsets
 
 
-def ivf_candidates(space, Qb, lists, order, offsets, k2, db_step):
-    """Best ``k2`` rows of every query by float32 score, among its probed lists only.
+def column_values(metric, quantizer):
+    """What every code of every column stands for under a code ``metric``.
 
-    ``lists`` (n_queries, nprobe) are the probed lists (:func:`probe_lists`),
-    ``order`` / ``offsets`` the inverted lists (:func:`inverted_lists`). The work is
-    list-major: each probed list's rows are decoded once (``space.rows``, at most
-    ``db_step`` rows at a time) and scored against every query that probes it with
-    one matrix product. Ties go to the lower index, so probing every list gives the
-    candidates of :func:`candidates` with ``ties=True``. Queries whose lists hold
-    fewer than ``k2`` rows are padded with :data:`PAD` (score ``-inf``).
+    Returns ``table`` of shape (2**max(bits_), n_codes), float32: ``table[c, j]`` is
+    the value of code ``c`` in column ``j`` (codes past a column's range repeat its top
+    code), asked of the code transformer itself (``code_vectors``, or
+    ``inverse_transform`` for "reconstruct"). Raises ValueError when the decoding is
+    not one value per (column, code), checked on random rows.
     """
-    m = Qb.shape[0]
-    best_s = np.full((m, k2), -np.inf, dtype=np.float32)
-    best_i = np.full((m, k2), PAD, dtype=np.int64)
-    flat = lists.ravel()
-    by_list = np.argsort(flat, kind="stable")
-    owners = np.repeat(np.arange(m), lists.shape[1])[by_list]
-    touched, starts = np.unique(flat[by_list], return_index=True)
-    ends = np.append(starts[1:], flat.size)
-    # The per-list products are small: BLAS threads only add wake-up latency (20x
-    # slower with 2 threads on a busy 2-core machine).
-    with threadpool_limits(limits=1, user_api="blas"):
-        for j, a, b in zip(touched, starts, ends, strict=True):
-            _score_list(
-                space,
-                Qb,
-                owners[a:b],
-                order[offsets[j] : offsets[j + 1]],
-                best_s,
-                best_i,
-                k2,
-                db_step,
+    bits = np.asarray(quantizer.bits_, dtype=np.int64)
+    decode = (
+        quantizer.inverse_transform if metric == "reconstruct" else quantizer.code_vectors
+    )
+    top = (1 << bits) - 1
+    levels = np.minimum(np.arange(1 << int(bits.max(initial=0)))[:, None], top)
+    table = np.asarray(decode(levels.astype(np.uint8)), dtype=np.float32)
+    probe = np.random.default_rng(0).integers(0, top + 1, size=(64, bits.size))
+    got = np.asarray(decode(probe.astype(np.uint8)), dtype=np.float32)
+    if table.shape != (levels.shape[0], bits.size) or not np.array_equal(
+        got, table[probe, np.arange(bits.size)]
+    ):
+        raise ValueError(
+            f"{type(quantizer).__name__} codes under metric {metric!r} are not one "
+            "value per column and code, which inverted lists of codes need; use "
+            "shortlist_index='exact'."
+        )
+    return table
+
+
+class CodeLists:
+    """Inverted lists of codes, scanned by faiss; scores equal the code metric's.
+
+    Codes are grouped into bytes: the columns (those with at least one bit) are
+    packed first-fit decreasing into groups of at most 8 bits, and each group becomes
+    one 8-bit sub-quantizer of a faiss ``IndexIVFPQ`` (no residuals, inner product)
+    whose 256 centroids are the group's column values (:func:`column_values`). Its
+    list scan then sums, for each code, the query's products with the code's column
+    values: the float32 score of the code metric (less the constant of 0-bit
+    columns), in faiss's table-lookup loop. The lists hold one byte per group plus
+    faiss's 8-byte id per row, and are the only copy of the codes in RAM:
+    :meth:`codes` rebuilds them. Rows are filed by the caller (``add``'s
+    ``assignment``) and queries probe the lists the caller picks, so the lists'
+    centroids may live in another space than the codes.
+
+    Parameters
+    ----------
+    table : ndarray of shape (n_levels, n_codes)
+        :func:`column_values` of the metric.
+    bits : ndarray of shape (n_codes,)
+        Bits of every code column.
+    nlist : int
+        Number of lists.
+    faiss : module
+    """
+
+    def __init__(self, table, bits, nlist, faiss):
+        bits = np.asarray(bits, dtype=np.int64)
+        if bits.max(initial=0) > 8:
+            raise ValueError("Inverted lists of codes take at most 8 bits per column.")
+        cols = [int(j) for j in np.argsort(-bits, kind="stable") if bits[j] > 0]
+        groups, room = [], []
+        for j in cols:
+            fit = next((g for g, r in enumerate(room) if r >= bits[j]), None)
+            if fit is None:
+                groups.append([])
+                room.append(8)
+                fit = len(groups) - 1
+            groups[fit].append(j)
+            room[fit] -= int(bits[j])
+        m = max(len(groups), 1)
+        dsub = max((len(g) for g in groups), default=1)
+        self.bits = bits
+        self.nlist = int(nlist)
+        # slot (group, position) -> column, -1 for padding; shift of each slot's bits.
+        self.slot_col = np.full((m, dsub), -1, dtype=np.int64)
+        self.slot_shift = np.zeros((m, dsub), dtype=np.int64)
+        centroids = np.zeros((m, 256, dsub), dtype=np.float32)
+        code = np.arange(256)
+        for g, group in enumerate(groups):
+            shift = 0
+            for s, j in enumerate(group):
+                self.slot_col[g, s], self.slot_shift[g, s] = j, shift
+                level = (code >> shift) & ((1 << int(bits[j])) - 1)
+                centroids[g, :, s] = table[level, j]
+                shift += int(bits[j])
+        d = m * dsub
+        # The lists' own coarse quantizer is never asked: queries come pre-assigned.
+        self.index = faiss.IndexIVFPQ(
+            faiss.IndexFlatIP(d), d, self.nlist, m, 8, faiss.METRIC_INNER_PRODUCT
+        )
+        self.index.by_residual = False
+        faiss.copy_array_to_vector(centroids.ravel(), self.index.pq.centroids)
+        self.index.is_trained = True
+
+    @property
+    def ntotal(self):
+        return int(self.index.ntotal)
+
+    @property
+    def code_size(self):
+        """RAM bytes of one row in the lists (without its 8-byte id)."""
+        return int(self.index.code_size)
+
+    def _group_codes(self, codes):
+        out = np.zeros((codes.shape[0], self.slot_col.shape[0]), dtype=np.uint8)
+        for (g, s), j in np.ndenumerate(self.slot_col):
+            if j >= 0:
+                out[:, g] |= codes[:, j] << np.uint8(self.slot_shift[g, s])
+        return out
+
+    def add(self, codes, assignment):
+        """Append unpacked ``codes`` (ids from ``ntotal`` on) to lists ``assignment``."""
+        faiss = require_faiss()
+        grouped = self._group_codes(codes)
+        ids = np.arange(self.ntotal, self.ntotal + codes.shape[0], dtype=np.int64)
+        order = np.argsort(assignment, kind="stable")
+        bounds = np.searchsorted(assignment[order], np.arange(self.nlist + 1))
+        for j in np.flatnonzero(np.diff(bounds)):
+            rows = order[bounds[j] : bounds[j + 1]]
+            list_ids = np.ascontiguousarray(ids[rows])
+            list_codes = np.ascontiguousarray(grouped[rows])
+            self.index.invlists.add_entries(
+                int(j),
+                rows.size,
+                faiss.swig_ptr(list_ids),
+                faiss.swig_ptr(list_codes),
             )
-    return best_s, best_i
+        self.index.ntotal += codes.shape[0]
 
+    def codes(self):
+        """(unpacked codes in row order, list of every row), rebuilt from the lists."""
+        faiss, inv = require_faiss(), self.index.invlists
+        n, size = self.ntotal, self.code_size
+        grouped = np.empty((n, size), dtype=np.uint8)
+        assignment = np.empty(n, dtype=np.int32)
+        for j in range(self.nlist):
+            count = inv.list_size(j)
+            if count:
+                ids = faiss.rev_swig_ptr(inv.get_ids(j), count).copy()
+                raw = faiss.rev_swig_ptr(inv.get_codes(j), count * size)
+                grouped[ids] = raw.reshape(count, size)
+                assignment[ids] = j
+        codes = np.zeros((n, self.bits.size), dtype=np.uint8)
+        for (g, s), j in np.ndenumerate(self.slot_col):
+            if j >= 0:
+                mask = np.uint8((1 << int(self.bits[j])) - 1)
+                codes[:, j] = (grouped[:, g] >> np.uint8(self.slot_shift[g, s])) & mask
+        return codes, assignment
 
-def _score_list(space, Qb, qs, rows, best_s, best_i, k2, db_step):
-    """Merge one inverted list's rows into the candidates of the queries ``qs``."""
-    for c in range(0, rows.size, db_step):
-        r = rows[c : c + db_step].astype(np.int64)
-        S = Qb[qs] @ space.rows(r).T
-        # Lists come in any index order: a tie with the k2-th best may enter.
-        keep = (S >= best_s[qs, -1:]).any(axis=1)
-        if not keep.all():
-            if not keep.any():
-                continue
-            qk, S = qs[keep], S[keep]
-        else:
-            qk = qs
-        s, i = top_block(S, k2, ties=True)
-        best_s[qk], best_i[qk] = merge(best_s[qk], best_i[qk], s, r[i], k2)
+    def search(self, Q, lists, k2):
+        """Best ``k2`` rows of every query among its ``lists`` (:data:`PAD` fills).
+
+        ``Q``: the query vectors of the metric (one column per code column). Rows
+        come best first, ties by lower index; a tie at the ``k2``-th place may keep
+        any of the tied rows.
+        """
+        cols = self.slot_col.ravel()
+        used = cols >= 0
+        Qg = np.zeros((Q.shape[0], cols.size), dtype=np.float32)
+        Qg[:, used] = Q[:, cols[used]]
+        self.index.nprobe = lists.shape[1]
+        D, idx = self.index.search_preassigned(
+            Qg, int(k2), lists, np.zeros(lists.shape, dtype=np.float32)
+        )
+        # faiss's heap leaves ties in any order: best first, then lower index (pads,
+        # scored -FLT_MAX, stay last).
+        order = np.lexsort((idx, -D), axis=-1)
+        return np.take_along_axis(idx, order, axis=-1).astype(np.int64)

@@ -17,8 +17,9 @@ bits (LSH bits, 1-bit codes) into ``IndexBinaryFlat`` / ``IndexBinaryHNSW`` /
 equivalent: keep them as the rescoring stage of :class:`CodeIndex`, whose shortlist can
 run in a faiss ``IndexBinaryHNSW`` over 1-bit codes or LSH bits
 (``shortlist_index="hnsw"``), or score only the codes of the inverted lists nearest to
-each query (``shortlist_index="ivf"``, any codes). Candidates, exact rescoring, ties and
-padding come from the scoring engine :func:`skfusion.search.search` runs on.
+each query in faiss (``shortlist_index="ivf"``, any per-column codes). Candidates,
+exact rescoring, ties and padding come from the scoring engine
+:func:`skfusion.search.search` runs on.
 """
 
 import contextlib
@@ -157,8 +158,11 @@ default="auto"
         (approximate): :meth:`fit` trains ``nlist`` centroids on its float rows
         (spherical k-means, faiss), :meth:`add` files every row in the list of its
         nearest centroid (inner product, from the float vector), and a query scores
-        only the codes of its ``nprobe`` nearest lists, by the shortlist metric. With
-        ``nprobe == nlist_`` it returns what "exact" returns.
+        only the codes of its ``nprobe`` nearest lists, by the shortlist metric, in a
+        faiss ``IndexIVFPQ`` whose 8-bit sub-quantizers are byte groups of code columns
+        (exact code scores, no residuals; codes whose values mix columns are refused).
+        With ``nprobe == nlist_`` it scores what "exact" scores; only which of the rows
+        tied at the shortlist's last place it keeps may differ.
     nlist : int, default=None
         Lists of ``shortlist_index="ivf"``; None: ``4 * sqrt(n)`` of the ``n`` rows
         :meth:`fit` trains on, at most ``n // 39`` (at least 1). At most ``n``.
@@ -190,15 +194,17 @@ default="auto"
     n_features_in_ : int
         Width of the vectors the code steps were fitted on.
     codes_ : ndarray of shape (n_vectors, shortlist_.bytes_per_vector_), dtype uint8
-        The packed in-RAM codes.
+        The packed in-RAM codes, in insertion order (for ``shortlist_index="ivf"``
+        a copy rebuilt from the lists, which hold the only copy).
     n_vectors_ : int
         Number of vectors added.
     directory_ : pathlib.Path
         Folder of the working file (for a loaded index, the saved folder, whose rows
         are copied to a private working file on the first :meth:`add`).
     ram_bytes_per_vector_ : int
-        Bytes per vector held in RAM: the shortlist's ``bytes_per_vector_``, plus the
-        4-byte row number of the inverted lists for ``shortlist_index="ivf"``.
+        Bytes per vector held in RAM: the shortlist's ``bytes_per_vector_``; for
+        ``shortlist_index="ivf"`` the lists' bytes per row (one per byte group of
+        code columns) plus faiss's 8-byte id.
     disk_bytes_per_vector_ : int
         Bytes per vector on disk.
     nlist_ : int
@@ -454,6 +460,7 @@ default="auto"
         """The IVF centroids (``shortlist_index="ivf"``), trained on the float rows V."""
         for name in ("nlist_", "centroids_"):
             self.__dict__.pop(name, None)  # (a previous fit's lists)
+        self._lists = None
         if self.shortlist_index != "ivf":
             return
         if V is None:
@@ -481,6 +488,19 @@ default="auto"
         self.centroids_ = _engine.train_centroids(V, nlist, seed, faiss)
         self.nlist_ = int(nlist)
         self._check_nprobe()
+        self._lists = self._new_lists()
+
+    def _new_lists(self):
+        """Empty faiss lists scoring the codes by the shortlist metric."""
+        # Hamming of sign bits ranks as the inner product of their +-1 code vectors.
+        metric = "codes" if self.shortlist_metric_ == "hamming" else self.shortlist_metric_
+        table = _engine.column_values(metric, self.shortlist_)
+        faiss = _engine.require_faiss("shortlist_index='ivf'")
+        return _engine.CodeLists(table, self.shortlist_.bits_, self.nlist_, faiss)
+
+    def _check_started(self):
+        """Raise NotFittedError unless :meth:`fit` (or :meth:`load`) started the index."""
+        check_is_fitted(self, "directory_")
 
     @property
     def _has_lists(self):
@@ -504,23 +524,9 @@ default="auto"
             )
         return int(nprobe)
 
-    def _set_lists(self, assignment):
-        """Group the rows by list (``assignment``: the list of every row)."""
-        self._ivf_order, self._ivf_offsets = _engine.inverted_lists(assignment, self.nlist_)
-
-    def _list_assignment(self):
-        """The list of every row, rebuilt from the grouped rows (int32)."""
-        out = np.empty(self._ivf_order.size, dtype=np.int32)
-        counts = np.diff(self._ivf_offsets)
-        out[self._ivf_order] = np.repeat(np.arange(self.nlist_, dtype=np.int32), counts)
-        return out
-
-    def _inverted_lists(self):
-        return self._ivf_order, self._ivf_offsets
-
-    def _load_lists(self, path, ivf_centroids, ivf_order, ivf_offsets):
+    def _load_lists(self, path, codes, ivf_centroids, ivf_order, ivf_offsets):
         """Attach saved IVF lists after checking that they fit the codes."""
-        n, nlist = self.codes_.shape[0], ivf_centroids.shape[0]
+        n, nlist = codes.shape[0], ivf_centroids.shape[0]
         ok = (
             ivf_centroids.shape == (nlist, self.n_features_in_)
             and ivf_offsets.shape == (nlist + 1,)
@@ -539,8 +545,11 @@ default="auto"
             )
         self.centroids_ = np.ascontiguousarray(ivf_centroids, dtype=np.float32)
         self.nlist_ = int(nlist)
-        self._ivf_order = ivf_order
-        self._ivf_offsets = ivf_offsets.astype(np.int64)
+        assignment = np.empty(n, dtype=np.int32)
+        counts = np.diff(ivf_offsets)
+        assignment[ivf_order] = np.repeat(np.arange(nlist, dtype=np.int32), counts)
+        self._lists = self._new_lists()
+        self._lists.add(self.shortlist_.to_codes(codes), assignment)
 
     def _start(self, codes):
         """Attach the in-RAM codes and a new, empty private working file."""
@@ -551,10 +560,9 @@ default="auto"
             folder.mkdir(parents=True, exist_ok=True)
             self.directory_ = folder
         self._new_working_file(temporary_folder=folder is None)
-        self.codes_ = codes
+        # With IVF lists the codes live in them only (one copy in RAM).
+        self._codes = None if self._has_lists else codes
         self._faiss_index = None
-        if self._has_lists:
-            self._set_lists(np.zeros(codes.shape[0], dtype=np.int32))
         self._open()
 
     def _new_working_file(self, temporary_folder=False):
@@ -598,15 +606,25 @@ default="auto"
         return self.n_features_in_
 
     @property
+    def codes_(self):
+        """The packed in-RAM codes, in insertion order (IVF: rebuilt, a copy)."""
+        if "_codes" not in self.__dict__:
+            raise AttributeError("codes_")  # (not fitted)
+        if self._codes is None:
+            return self.shortlist_.to_packed(self._lists.codes()[0])
+        return self._codes
+
+    @property
     def n_vectors_(self):
         """Number of vectors in the index."""
-        return self.codes_.shape[0]
+        return self._codes.shape[0] if self._codes is not None else self._lists.ntotal
 
     @property
     def ram_bytes_per_vector_(self):
-        """Bytes per vector held in RAM: the packed shortlist code (and IVF row number)."""
-        lists = self._ivf_order.itemsize if self._has_lists else 0
-        return self.shortlist_.bytes_per_vector_ + lists
+        """Bytes per vector held in RAM: the shortlist's codes (IVF: and faiss's id)."""
+        if self._codes is None:
+            return self._lists.code_size + 8
+        return self.shortlist_.bytes_per_vector_
 
     @property
     def disk_bytes_per_vector_(self):
@@ -615,7 +633,7 @@ default="auto"
 
     def _open(self):
         """Map the on-disk file (read-only); None while it is empty."""
-        n = self.codes_.shape[0]
+        n = self.n_vectors_
         path = self._rows_path
         size = path.stat().st_size
         expected = n * self.disk_bytes_per_vector_
@@ -655,14 +673,12 @@ default="auto"
             Row ``i`` of the ``j``-th added batch has index ``n_vectors_`` (before the
             call) + ``i``.
         """
-        check_is_fitted(self, "codes_")
+        self._check_started()
         V = self._vectors(X, "X")
         codes = self.shortlist_.to_packed(self.shortlist_.transform(V))
-        if self._has_lists:
+        if self._codes is None:
             # Filed by the float vector, before anything is written.
-            assignment = np.concatenate(
-                [self._list_assignment(), _engine.assign_lists(V, self.centroids_)]
-            )
+            assignment = _engine.assign_lists(V, self.centroids_)
         if self.rescore_ is not None:
             fine = self.rescore_.to_packed(self.rescore_.transform(V))
         else:
@@ -674,10 +690,11 @@ default="auto"
                 self._write_rows(f)
         with open(self._rows_path, "ab") as f:
             f.write(np.ascontiguousarray(fine).tobytes())
-        self.codes_ = np.concatenate([self.codes_, codes])
+        if self._codes is None:
+            self._lists.add(self.shortlist_.to_codes(codes), assignment)
+        else:
+            self._codes = np.concatenate([self._codes, codes])
         self._faiss_index = None
-        if self._has_lists:
-            self._set_lists(assignment)
         self._open()
         return self
 
@@ -708,25 +725,18 @@ default="auto"
         # float64 pass is needed here. Hamming of sign bits ranks as the inner
         # product of their +-1 code vectors ("codes"), ties included.
         metric = "codes" if self.shortlist_metric_ == "hamming" else self.shortlist_metric_
+        if self.shortlist_index == "ivf":
+            nprobe = self._check_nprobe()
+            space = _engine.VectorSpace(
+                metric, queries, None, self.shortlist_, self.shortlist_weights_
+            )
+            lists = _engine.probe_lists(Q, self.centroids_, nprobe)
+            return self._lists.search(space.Q, lists, k2)
         space = _engine.VectorSpace(
             metric, queries, self.codes_, self.shortlist_, self.shortlist_weights_
         )
         m, n = space.Q.shape[0], self.n_vectors_
         out = np.empty((m, k2), dtype=np.int64)
-        if self.shortlist_index == "ivf":
-            nprobe = self._check_nprobe()
-            order, offsets = self._inverted_lists()
-            # List-major: every probed list is decoded once per block of queries,
-            # whose score matrices stay within BLOCK_SCORES entries per list chunk.
-            chunk = max(1, min(self.batch_size, int(np.diff(offsets).max(initial=1))))
-            q_step = max(1, _engine.BLOCK_SCORES // chunk)
-            for s in range(0, m, q_step):
-                lists = _engine.probe_lists(Q[s : s + q_step], self.centroids_, nprobe)
-                Qb = space.Q[s : s + q_step]
-                out[s : s + q_step] = _engine.ivf_candidates(
-                    space, Qb, lists, order, offsets, k2, self.batch_size
-                )[1]
-            return out
         q_step = max(1, _engine.BLOCK_SCORES // self.batch_size)
         for s in range(0, m, q_step):
             Qb = space.Q[s : s + q_step]
@@ -747,9 +757,10 @@ default="auto"
         -------
         indices : ndarray of shape (n_queries, k), dtype int64
             Best first by ``shortlist_metric_`` (ties by lower index for the exact and
-            IVF shortlists; -1 pads rows an HNSW or IVF search could not fill).
+            IVF shortlists, though IVF may keep any of the rows tied at the ``k``-th
+            place; -1 pads rows an HNSW or IVF search could not fill).
         """
-        check_is_fitted(self, "codes_")
+        self._check_started()
         if isinstance(k, bool) or not isinstance(k, Integral) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}.")
         if self.n_vectors_ == 0:
@@ -778,7 +789,7 @@ default="auto"
             ``-inf``) pads a query whose approximate shortlist ("hnsw", "ivf") found
             fewer than ``k`` rows.
         """
-        check_is_fitted(self, "codes_")
+        self._check_started()
         oversample = self.oversample if oversample is None else oversample
         for name, value in (("k", k), ("oversample", oversample)):
             if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
@@ -815,7 +826,7 @@ default="auto"
         path : str or path-like
             Folder (created); an index saved there before is replaced.
         """
-        check_is_fitted(self, "codes_")
+        self._check_started()
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         with _folder_lock(path, exclusive=True):
@@ -843,14 +854,17 @@ default="auto"
                     if est is not None:
                         files[name] = f"{name}-{version}.skops"
                         dump(est, path / files[name])
-                arrays = {"codes": self.codes_}
+                arrays = {"codes": self._codes}
                 for name in ("shortlist_weights", "rescore_weights"):
                     if getattr(self, name + "_") is not None:
                         arrays[name] = getattr(self, name + "_")
-                if self._has_lists:
+                if self._codes is None:
+                    codes, assignment = self._lists.codes()
+                    arrays["codes"] = self.shortlist_.to_packed(codes)
+                    order, offsets = _engine.inverted_lists(assignment, self.nlist_)
                     arrays["ivf_centroids"] = self.centroids_
-                    arrays["ivf_order"] = self._ivf_order
-                    arrays["ivf_offsets"] = self._ivf_offsets
+                    arrays["ivf_order"] = order
+                    arrays["ivf_offsets"] = offsets
                 files["arrays"] = f"arrays-{version}.npz"
                 write_atomically(path / files["arrays"], lambda f: np.savez(f, **arrays))
                 files["rows"] = rows_name
@@ -967,10 +981,11 @@ default="auto"
             index._cleanup = None
             index._rows_path = path / files["rows"]
             index._owned = False
-            index.codes_ = codes
             index._faiss_index = None
+            index._lists = None
             if lists:
-                index._load_lists(path, **lists)
+                index._load_lists(path, codes, **lists)
+            index._codes = None if lists else codes
             index._open()  # checks the file size against the codes; maps it read-only
         return index
 

@@ -538,16 +538,29 @@ def test_index_and_search_agree_exactly(
     ids=["percentile", "allocated", "lsh"],
 )
 def test_ivf_probing_every_list_is_the_exact_shortlist(data, shortlist):
+    from skfusion._engine import VectorSpace
+
     calib, db = data
     exact = CodeIndex(shortlist, "float32").fit(calib).add(db)
     ivf = CodeIndex(shortlist, "float32", shortlist_index="ivf", nlist=12, nprobe=12)
     ivf.fit(calib).add(db[:400]).add(db[400:])
     assert ivf.nlist_ == 12 and ivf.centroids_.shape == (12, db.shape[1])
     np.testing.assert_array_equal(ivf.codes_, exact.codes_)
-    np.testing.assert_array_equal(
-        ivf.shortlist_search(calib[:30], 60), exact.shortlist_search(calib[:30], 60)
-    )
-    for a, b in zip(ivf.search(calib[:30], 10), exact.search(calib[:30], 10), strict=True):
+    # The same scores, best first, ties by lower index; a tie at the last place may
+    # keep any of the tied rows.
+    metric = "codes" if exact.shortlist_metric_ == "hamming" else exact.shortlist_metric_
+    queries = exact._shortlist_queries(calib[:30])
+    got, want = ivf.shortlist_search(calib[:30], 60), exact.shortlist_search(calib[:30], 60)
+    space = VectorSpace(metric, queries, exact.codes_, exact.shortlist_, None)
+    for q, (a, b) in enumerate(zip(got, want, strict=True)):
+        sa, sb = space.rows(a) @ space.Q[q], space.rows(b) @ space.Q[q]
+        np.testing.assert_array_equal(sa, sb)
+        tied = sa == sa[-1]
+        np.testing.assert_array_equal(a[~tied], b[~tied])
+        assert (np.diff(a[tied]) > 0).all()
+    # A shortlist of every row leaves no tie at its last place: exact results.
+    got = ivf.search(calib[:30], 10, oversample=len(db))
+    for a, b in zip(got, exact.search(calib[:30], 10, oversample=len(db)), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -570,10 +583,9 @@ def test_ivf_recall_improves_with_nprobe_and_nprobe_applies_after_fit(data):
     exact = CodeIndex(AllocatedQuantizer(bit_budget=64), "float32").fit(calib).add(db)
     assert recalls[0] < recalls[1] < recalls[2]
     assert recalls[2] == _recall(exact.search(calib, 10)[1], truth) > 0.9
-    # Rows are filed once each, by their float vector; RAM adds a 4-byte row number.
-    order, offsets = index._inverted_lists()
-    np.testing.assert_array_equal(np.sort(order), np.arange(len(db)))
-    assert offsets[-1] == len(db) and index.ram_bytes_per_vector_ == 8 + 4
+    # The lists hold the only copy of the codes: 64 bits plus faiss's 8-byte id.
+    np.testing.assert_array_equal(index.codes_, exact.codes_)
+    assert index.n_vectors_ == len(db) and index.ram_bytes_per_vector_ == 8 + 8
 
 
 def test_ivf_pads_queries_whose_lists_hold_too_few_rows(data):
@@ -630,6 +642,35 @@ def test_ivf_save_load_round_trips_the_lists_without_pickle(data, tmp_path):
         np.savez(f, **broken)
     with pytest.raises(ValueError, match="IVF lists do not match"):
         CodeIndex.load(tmp_path / "saved")
+
+
+def test_ivf_copies_keep_their_own_lists(data):
+    calib, db = data
+    index = CodeIndex(AllocatedQuantizer(bit_budget=64), shortlist_index="ivf", nlist=8)
+    index.fit(calib).add(db[:200])
+    before = index.search(calib[:20], 5)
+    for copy_ in (pickle.loads(pickle.dumps(index)), copy.deepcopy(index)):
+        for a, b in zip(copy_.search(calib[:20], 5), before, strict=True):
+            np.testing.assert_array_equal(a, b)
+        copy_.add(db[200:])
+        assert copy_.n_vectors_ == len(db)
+    assert index.n_vectors_ == 200 and index.codes_.shape == (200, 8)
+
+
+class _RotatedCodes(PercentileQuantizer):
+    """Code vectors that mix columns: no per-column table exists."""
+
+    def code_vectors(self, codes):
+        V = super().code_vectors(codes)
+        return V @ np.linalg.qr(np.random.default_rng(0).normal(size=(V.shape[1],) * 2))[0]
+
+
+def test_ivf_refuses_codes_whose_values_mix_columns(data):
+    calib, _ = data
+    index = CodeIndex(_RotatedCodes(bits=2), shortlist_index="ivf", nlist=4, nprobe=2)
+    match = "not one value per column.*shortlist_index='exact'"
+    with pytest.raises(ValueError, match=match):
+        index.fit(calib)
 
 
 @pytest.mark.parametrize(

@@ -54,15 +54,16 @@ def _is_codes(X, quantizer):
 
 
 def _from_codes(X, quantizer):
-    """Codes of ``quantizer`` (packed or not) as what the table stores: packed bits
-    when Hamming is their similarity, else float32 code vectors (inner product)."""
+    """(what the table stores, its metric) for codes of ``quantizer`` (packed or not):
+    packed bits when the code transformer says Hamming is their similarity, else float32
+    code vectors (inner product); (``X``, None) for anything else."""
     X = np.asarray(X)
     if not _is_codes(X, quantizer):
-        return X
+        return X, None
     check_is_fitted(quantizer)
     if "hamming" in quantizer.code_metrics:
-        return quantizer.to_packed(X)
-    return quantizer.code_vectors(X)
+        return quantizer.to_packed(X), "hamming"
+    return quantizer.code_vectors(X), "ip"
 
 
 def _rows(name, X):
@@ -170,7 +171,7 @@ def write_lancedb(db, name, vectors, ids=None, *, mode="create", quantizer=None)
     import pyarrow as pa
 
     lancedb = _lancedb()
-    vectors = _rows("vectors", _from_codes(vectors, quantizer))
+    vectors = _rows("vectors", _from_codes(vectors, quantizer)[0])
     if not hasattr(db, "create_table"):
         db = lancedb.connect(os.fspath(db))
     start = 0
@@ -257,13 +258,12 @@ def search_lancedb(
     >>> ids.tolist(), np.round(scores, 2).tolist()
     ([['xy', 'y']], [[1.0, 0.8]])
     """
-    coded = _is_codes(np.asarray(queries), quantizer)
-    queries = _rows("queries", _from_codes(queries, quantizer))
+    queries, code_metric = _from_codes(queries, quantizer)
+    queries = _rows("queries", queries)
     if metric == "auto":
-        if queries.dtype == np.uint8:
-            metric = "hamming"
-        else:  # code vectors: their inner product is the code similarity
-            metric = "ip" if coded else "cosine"
+        # Codes: what their transformer says; otherwise packed uint8 bits (faiss's
+        # convention) or float rows.
+        metric = code_metric or ("hamming" if queries.dtype == np.uint8 else "cosine")
     if (metric == "hamming") != (queries.dtype == np.uint8):
         raise TypeError(
             f"metric={metric!r} does not apply to queries of dtype {queries.dtype}: "

@@ -158,11 +158,15 @@ default="auto"
         (approximate): :meth:`fit` trains ``nlist`` centroids on its float rows
         (spherical k-means, faiss), :meth:`add` files every row in the list of its
         nearest centroid (inner product, from the float vector), and a query scores
-        only the codes of its ``nprobe`` nearest lists, by the shortlist metric, in a
-        faiss ``IndexIVFPQ`` whose 8-bit sub-quantizers are byte groups of code columns
-        (exact code scores, no residuals; codes whose values mix columns are refused).
-        With ``nprobe == nlist_`` it scores what "exact" scores; only which of the rows
-        tied at the shortlist's last place it keeps may differ.
+        only the codes of its ``nprobe`` nearest lists, by the shortlist metric, in
+        faiss: codes of at most 4 bits a column (LSH bits, 1- to 4-bit codes, the
+        default ``AllocatedQuantizer``) in an ``IndexIVFPQFastScan`` whose 4-bit
+        sub-quantizers are groups of code columns (SIMD scanning, scores rounded by its
+        8-bit look-up tables), wider codes in an ``IndexIVFPQ`` with byte groups
+        (exact float32 code scores); no residuals, and codes whose values mix columns
+        are refused. With ``nprobe == nlist_`` the byte groups score what "exact"
+        scores (only which of the rows tied at the shortlist's last place it keeps
+        may differ); the 4-bit groups may swap rows whose scores nearly tie.
     nlist : int, default=None
         Lists of ``shortlist_index="ivf"``; None: ``4 * sqrt(n)`` of the ``n`` rows
         :meth:`fit` trains on, at most ``n // 39`` (at least 1). At most ``n``.
@@ -203,8 +207,9 @@ default="auto"
         are copied to a private working file on the first :meth:`add`).
     ram_bytes_per_vector_ : int
         Bytes per vector held in RAM: the shortlist's ``bytes_per_vector_``; for
-        ``shortlist_index="ivf"`` the lists' bytes per row (one per byte group of
-        code columns) plus faiss's 8-byte id.
+        ``shortlist_index="ivf"`` the lists' bytes per row (one per 4-bit or byte
+        group of code columns; fast-scan lists round each list up to a block of 32
+        rows) plus faiss's 8-byte id.
     disk_bytes_per_vector_ : int
         Bytes per vector on disk.
     nlist_ : int
@@ -756,9 +761,10 @@ default="auto"
         Returns
         -------
         indices : ndarray of shape (n_queries, k), dtype int64
-            Best first by ``shortlist_metric_`` (ties by lower index for the exact and
-            IVF shortlists, though IVF may keep any of the rows tied at the ``k``-th
-            place; -1 pads rows an HNSW or IVF search could not fill).
+            Best first by ``shortlist_metric_`` (IVF lists of codes of at most 4 bits
+            a column: by faiss fast-scan's rounded scores), ties by lower index for
+            the exact and IVF shortlists, though IVF may keep any of the rows tied at
+            the ``k``-th place; -1 pads rows an HNSW or IVF search could not fill.
         """
         self._check_started()
         if isinstance(k, bool) or not isinstance(k, Integral) or k < 1:

@@ -427,3 +427,59 @@ def test_heavily_tied_scores_match_brute_force(seed, n_db, d, k, batch_size):
     s, i = search(cq, cd, k, quantizer=q, batch_size=batch_size)
     ref = (cq.astype(np.float64) - 0.5) @ (cd.astype(np.float64) - 0.5).T
     np.testing.assert_array_equal(i, _brute(ref, kk)[1])
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_float16_rows_with_inf_or_nan_are_refused(bad):
+    # float16 rows are checked by their exponent bits, not numpy's isfinite.
+    Q, D = _data(n_db=200, d=8)
+    D16 = D.astype(np.float16)
+    D16[123, 5] = bad
+    with pytest.raises(ValueError, match="database contains NaN or infinity"):
+        search(Q, D16, 10, metric="ip")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    n_rows=st.integers(1, 60),
+    k=st.integers(1, 70),
+    half=st.booleans(),
+)
+def test_rescoring_near_ties_matches_float64_brute_force(seed, n_rows, k, half):
+    # Rows that differ in their last bits: the float32 pre-scores cannot order them,
+    # so everything within the error bound must get its exact float64 score.
+    from skfusion._engine import VectorSpace, score_candidates
+
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal(24).astype(np.float32)
+    D = base + rng.integers(-3, 4, (n_rows, 24)) * np.spacing(np.abs(base))
+    D = D.astype(np.float16 if half else np.float32)
+    Q = (base + 1e-3 * rng.standard_normal((4, 24))).astype(np.float32)
+    space = VectorSpace("ip", Q, D, None, None)
+    cand = np.stack([rng.permutation(n_rows) for _ in range(4)])
+    cand[:, ::7] = -1  # padded entries sort last
+    s, i = score_candidates(space, space.Q, cand, k)
+    S = Q.astype(np.float64) @ D.astype(np.float32).astype(np.float64).T
+    for q in range(4):
+        keep = np.sort(cand[q][cand[q] >= 0])
+        ref_s, ref_i = _brute(S[q : q + 1, keep], min(k, n_rows))
+        n = ref_i.shape[1]
+        np.testing.assert_array_equal(i[q, :n], keep[ref_i[0]])
+        np.testing.assert_allclose(s[q, :n], ref_s[0], rtol=1e-12)
+        assert (i[q, n:] == -1).all() and np.isneginf(s[q, n:]).all()
+
+
+def test_probed_lists_break_ties_by_lower_list():
+    from skfusion._engine import probe_lists
+
+    rng = np.random.default_rng(0)
+    distinct = rng.standard_normal((6, 16)).astype(np.float32)
+    centroids = distinct[rng.integers(0, 6, 40)]  # every centroid repeated
+    X = rng.standard_normal((50, 16)).astype(np.float32)
+    S = X.astype(np.float64) @ distinct.T.astype(np.float64)
+    S = S[:, [int(np.flatnonzero((distinct == c).all(1))[0]) for c in centroids]]
+    for nprobe in (1, 3, 7, 40):
+        np.testing.assert_array_equal(
+            probe_lists(X, centroids, nprobe), _brute(S, nprobe)[1]
+        )

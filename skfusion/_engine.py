@@ -314,9 +314,10 @@ def score_candidates(space, Q, cand_i, k):
     (score ``-inf``, index -1) come last. Rows are read in ascending order, in blocks
     of at most :data:`BLOCK_VALUES` values.
 
-    Float32 scores of every candidate (rows as stored, float16 included) bound the
-    exact ones; only candidates within twice the float32 error of the ``k``-th best
-    can be in the exact top ``k``, and only those get :func:`exact_dot` scores.
+    Lists longer than ``4 * k``: float32 scores of every candidate (rows as stored,
+    float16 included) bound the exact ones; only candidates within twice the float32
+    error of the ``k``-th best can be in the exact top ``k``, and only those get
+    :func:`exact_dot` scores. Shorter lists are scored exactly whole.
     """
     m, k2 = cand_i.shape
     width = Q.shape[1]
@@ -328,6 +329,13 @@ def score_candidates(space, Q, cand_i, k):
         ci, Qb = cand_i[s : s + step], Q[s : s + step]
         valid = ci != PAD
         flat = np.where(valid, ci, 0).ravel()
+        if k2 <= 4 * kk:
+            # Short lists (search()'s): most candidates may count; score them all.
+            D64 = space.gather(flat, np.float64).reshape(ci.shape[0], k2, width)
+            scores = exact_dot(Qb[:, None, :].astype(np.float64), D64)
+            scores[~valid] = -np.inf
+            out_s[s : s + step], out_i[s : s + step] = select(scores, ci, kk)
+            continue
         D = to_float32(space.gather(flat, None)).reshape(ci.shape[0], k2, width)
         approx = np.einsum("qd,qkd->qk", Qb, D)
         approx[~valid] = -np.inf

@@ -636,41 +636,49 @@ class CodeLists:
             )
         return ids, flat[:count]
 
-    def _write_list(self, j, ids, flat):
-        """Replace list ``j`` by ``ids`` with faiss codes ``flat``."""
-        faiss, inv = require_faiss(), self.index.invlists
-        inv.resize(j, 0)
-        ids = np.ascontiguousarray(ids, dtype=np.int64)
-        if self.fast:
-            # Block lists take whole packed blocks, and only into an empty list.
-            packer = self.index.get_CodePacker()
-            nvec, block = packer.nvec, packer.block_size
-            n_blocks = -(-ids.size // nvec)
-            padded = np.zeros((n_blocks * nvec, flat.shape[1]), dtype=np.uint8)
-            padded[: ids.size] = flat
-            packed = np.zeros(n_blocks * block, dtype=np.uint8)
-            for b in range(n_blocks):
-                packer.pack_all(
-                    faiss.swig_ptr(padded[b * nvec : (b + 1) * nvec]),
-                    faiss.swig_ptr(packed[b * block : (b + 1) * block]),
-                )
-            flat = packed
-        flat = np.ascontiguousarray(flat, dtype=np.uint8)
-        inv.add_entries(int(j), ids.size, faiss.swig_ptr(ids), faiss.swig_ptr(flat))
+    def _pack_blocks(self, flat):
+        """Fast-scan codes ``flat`` packed into faiss's blocks of ``nvec`` rows."""
+        faiss = require_faiss()
+        packer = self.index.get_CodePacker()
+        nvec, block = packer.nvec, packer.block_size
+        n_blocks = -(-flat.shape[0] // nvec)
+        padded = np.zeros((n_blocks * nvec, flat.shape[1]), dtype=np.uint8)
+        padded[: flat.shape[0]] = flat
+        packed = np.zeros(n_blocks * block, dtype=np.uint8)
+        for b in range(n_blocks):
+            packer.pack_all(
+                faiss.swig_ptr(padded[b * nvec : (b + 1) * nvec]),
+                faiss.swig_ptr(packed[b * block : (b + 1) * block]),
+            )
+        return packed
 
     def add(self, codes, assignment):
-        """Append unpacked ``codes`` (ids from ``ntotal`` on) to lists ``assignment``."""
+        """Append unpacked ``codes`` (ids from ``ntotal`` on) to lists ``assignment``.
+
+        Byte-group lists are appended to; a fast-scan list that gains rows is
+        rewritten whole, since faiss's block lists take packed blocks into an empty
+        list only.
+        """
+        faiss, inv = require_faiss(), self.index.invlists
         flat = self._encode(codes)
         ids = np.arange(self.ntotal, self.ntotal + codes.shape[0], dtype=np.int64)
         order = np.argsort(assignment, kind="stable")
         bounds = np.searchsorted(assignment[order], np.arange(self.nlist + 1))
         for j in np.flatnonzero(np.diff(bounds)):
             rows = order[bounds[j] : bounds[j + 1]]
-            old_ids, old_flat = self._read_list(int(j))
-            self._write_list(
+            list_ids, list_flat = ids[rows], flat[rows]
+            if self.fast:
+                old_ids, old_flat = self._read_list(int(j))
+                list_ids = np.concatenate([old_ids, list_ids])
+                list_flat = self._pack_blocks(np.concatenate([old_flat, list_flat]))
+                inv.resize(int(j), 0)
+            list_ids = np.ascontiguousarray(list_ids, dtype=np.int64)
+            list_flat = np.ascontiguousarray(list_flat, dtype=np.uint8)
+            inv.add_entries(
                 int(j),
-                np.concatenate([old_ids, ids[rows]]),
-                np.concatenate([old_flat, flat[rows]]),
+                list_ids.size,
+                faiss.swig_ptr(list_ids),
+                faiss.swig_ptr(list_flat),
             )
         self.index.ntotal += codes.shape[0]
 
